@@ -1,0 +1,33 @@
+# sam2-kubeflow: developer entry points. `make setup` then `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup test test-all lint format
+
+# Creates the venv and installs the project (editable) with its dev extra; safe to rerun.
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -e '.[dev]'
+	@touch $@
+
+# The fast CPU suite (slow and gpu markers excluded by pyproject's addopts).
+test: setup
+	$(PY) -m pytest
+
+# Everything, slow tests included (gpu tests skip without CUDA).
+test-all: setup
+	$(PY) -m pytest -m ''
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
