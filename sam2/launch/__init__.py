@@ -1,0 +1,1 @@
+"""Start training: a Kubeflow PyTorchJob on a cluster, or the same entry point under local torchrun."""

@@ -1,0 +1,163 @@
+"""The k8s/ manifests are valid Kubernetes objects, and the PyTorchJob obeys the operator's CRD and webhook."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sam2.launch.pytorchjob import admission_problems
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "k8s"
+SCHEMAS = ROOT.parent / "shared" / "schemas"
+CRD = SCHEMAS / "kubeflow.org_pytorchjobs.yaml"
+MANIFESTS = sorted(p.name for p in K8S.glob("*.yaml"))
+
+
+def _kubernetes_validate() -> str:
+    exe = Path(sys.executable).with_name("kubernetes-validate")
+    if not exe.exists():
+        pytest.skip("kubernetes-validate is not installed in this venv (`make setup` installs it)")
+    return str(exe)
+
+
+def pytorchjob_schema() -> dict:
+    if not CRD.exists():
+        pytest.skip(f"the PyTorchJob CRD is not at {CRD} (../shared/schemas is absent in this clone)")
+    crd = yaml.safe_load(CRD.read_text())
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return v1["schema"]["openAPIV3Schema"]
+
+
+def test_the_expected_manifests_are_present():
+    assert {"pytorchjob.yaml", "rbac.yaml", "mlflow.yaml", "minio.yaml", "kustomization.yaml"} <= set(
+        MANIFESTS
+    )
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifest_passes_kubernetes_validate_strict(name):
+    proc = subprocess.run(
+        [_kubernetes_validate(), "--strict", str(K8S / name)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_kubernetes_validate_strict_rejects_an_unknown_field(tmp_path):
+    """Guards the check above: the validator really is strict."""
+    bad = yaml.safe_load((K8S / "rbac.yaml").read_text().split("---")[0])
+    bad["spec"] = {"bogus": 1}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    proc = subprocess.run([_kubernetes_validate(), "--strict", str(path)], capture_output=True, text=True)
+    assert proc.returncode != 0
+
+
+def test_pytorchjob_matches_the_crd_schema():
+    import jsonschema
+
+    job = yaml.safe_load((K8S / "pytorchjob.yaml").read_text())
+    jsonschema.validate(job, pytorchjob_schema())
+
+
+def test_crd_schema_check_catches_a_wrong_type():
+    import jsonschema
+
+    job = yaml.safe_load((K8S / "pytorchjob.yaml").read_text())
+    job["spec"]["runPolicy"]["backoffLimit"] = "three"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(job, pytorchjob_schema())
+
+
+def test_pytorchjob_obeys_the_webhook_rules():
+    job = yaml.safe_load((K8S / "pytorchjob.yaml").read_text())
+    assert admission_problems(job) == []
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda j: j["metadata"].update(name="Sam2_Job"), "DNS-1035"),
+        (lambda j: j["spec"].update(nprocPerNode=1), "nprocPerNode"),
+        (lambda j: j["spec"]["pytorchReplicaSpecs"]["Master"].update(replicas=2), "Master replicas"),
+        (lambda j: j["spec"]["pytorchReplicaSpecs"]["Worker"].update(replicas=0), "Worker replicas"),
+        (
+            lambda j: j["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0].update(
+                name="trainer"
+            ),
+            "no container named",
+        ),
+        (
+            lambda j: (j["spec"].update(elasticPolicy={}), j["spec"]["pytorchReplicaSpecs"].pop("Worker")),
+            "elasticPolicy",
+        ),
+    ],
+)
+def test_webhook_rules_reject_what_the_operator_rejects(mutate, expected):
+    job = yaml.safe_load((K8S / "pytorchjob.yaml").read_text())
+    mutate(job)
+    assert any(expected in p for p in admission_problems(job))
+
+
+def _pod_specs(job: dict) -> list[dict]:
+    return [r["template"] for r in job["spec"]["pytorchReplicaSpecs"].values()]
+
+
+def test_pytorchjob_operational_settings():
+    """What the training needs on a cluster: GPUs, a big /dev/shm, secrets by reference, no Istio, resume."""
+    text = (K8S / "pytorchjob.yaml").read_text()
+    job = yaml.safe_load(text)
+    assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob"
+    assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
+    assert job["spec"]["runPolicy"]["ttlSecondsAfterFinished"] > 0
+    assert job["spec"]["runPolicy"]["backoffLimit"] >= 1
+    for role, replica in job["spec"]["pytorchReplicaSpecs"].items():
+        assert replica["restartPolicy"] == "OnFailure", role
+    for template in _pod_specs(job):
+        assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+        (container,) = template["spec"]["containers"]
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        shm = next(name for name, path in mounts.items() if path == "/dev/shm")
+        assert volumes[shm]["emptyDir"]["medium"] == "Memory"
+        for item in container["env"]:
+            if "SECRET" in item["name"] or "ACCESS_KEY" in item["name"]:
+                assert "value" not in item and "secretKeyRef" in item["valueFrom"], item
+    assert "AWS_SECRET_ACCESS_KEY=" not in text.replace("--from-literal=AWS_SECRET_ACCESS_KEY=...", "")
+
+
+def test_rbac_is_namespaced_and_least_privilege():
+    docs = list(yaml.safe_load_all((K8S / "rbac.yaml").read_text()))
+    kinds = {d["kind"] for d in docs}
+    assert kinds == {"ServiceAccount", "Role", "RoleBinding"}, "a ClusterRole would reach other namespaces"
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    granted = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert ("kubeflow.org", "pytorchjobs", "create") in granted
+    assert ("", "pods/log", "get") in granted
+    assert all("*" not in item for triple in granted for item in triple)
+    resources = {r for _, r, _ in granted}
+    assert resources <= {"pytorchjobs", "pods", "pods/log"}
+    assert not any(r == "secrets" for _, r, _ in granted)
+
+
+def test_kustomization_lists_existing_files():
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    for res in kust["resources"]:
+        assert (K8S / res).exists(), res
+
+
+def test_no_literal_secret_in_any_manifest():
+    for name in MANIFESTS:
+        for doc in yaml.safe_load_all((K8S / name).read_text()):
+            assert doc.get("kind") != "Secret", f"{name} carries a Secret; create it with kubectl instead"
