@@ -1,0 +1,1 @@
+"""Helpers shared by the predictors and training: frame loading, transforms, mask utilities."""

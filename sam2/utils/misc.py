@@ -1,0 +1,304 @@
+"""Video frame loading for the predictors, mask boxes, prompt bookkeeping, and hole filling of mask scores.
+
+Everything here runs without a compiled extension: connected components are labelled in plain torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from threading import Thread
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".JPG", ".JPEG")
+VIDEO_FILE_SUFFIXES = (".mp4", ".MP4", ".mov", ".MOV", ".avi", ".AVI", ".mkv", ".MKV", ".webm")
+
+
+def mask_to_box(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes around bool masks [B, 1, H, W] -> [B, 1, 4] int (x0, y0, x1, y1), inclusive corners.
+
+    An empty mask gives (W, H, -1, -1), i.e. an inverted box that downstream code can detect.
+    """
+    batch, _, height, width = masks.shape
+    xs = torch.arange(width, device=masks.device, dtype=torch.int32)
+    ys = torch.arange(height, device=masks.device, dtype=torch.int32)
+    grid_x = xs[None, :].expand(height, width)[None, None].expand(batch, 1, height, width)
+    grid_y = ys[:, None].expand(height, width)[None, None].expand(batch, 1, height, width)
+    x0 = torch.where(masks, grid_x, width).flatten(-2).amin(dim=-1)
+    x1 = torch.where(masks, grid_x, -1).flatten(-2).amax(dim=-1)
+    y0 = torch.where(masks, grid_y, height).flatten(-2).amin(dim=-1)
+    y1 = torch.where(masks, grid_y, -1).flatten(-2).amax(dim=-1)
+    return torch.stack((x0, y0, x1, y1), dim=-1)
+
+
+def concat_points(
+    old_point_inputs: dict[str, torch.Tensor] | None, new_points: torch.Tensor, new_labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Append clicks [B, N, 2] / labels [B, N] to a frame's earlier clicks (order matters to the model)."""
+    if old_point_inputs is None:
+        return {"point_coords": new_points, "point_labels": new_labels}
+    return {
+        "point_coords": torch.cat([old_point_inputs["point_coords"], new_points], dim=1),
+        "point_labels": torch.cat([old_point_inputs["point_labels"], new_labels], dim=1),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Connected components and hole filling
+# ----------------------------------------------------------------------------------------------------------
+
+
+def get_connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label the 8-connected components of binary masks [N, 1, H, W].
+
+    Returns (labels, counts), both [N, 1, H, W] int32: `labels` is 0 on background and a positive id per
+    component (ids are unique within one mask, not consecutive); `counts` holds each foreground pixel's
+    component area and 0 on background.
+
+    Works by parallel label propagation: every foreground pixel starts with its own index, repeatedly
+    takes the smallest index among its 3x3 neighbours, then follows its label as a pointer (pointer jumping)
+    so long chains collapse in few rounds.
+    """
+    if mask.dim() != 4 or mask.size(1) != 1:
+        raise ValueError(f"mask must be shaped [N, 1, H, W], got {tuple(mask.shape)}")
+    num, _, height, width = mask.shape
+    fg = mask.bool().reshape(num, height * width)
+    n_pix = height * width
+    no_label = n_pix  # larger than any pixel index; background keeps it
+    pixel_idx = torch.arange(n_pix, device=mask.device, dtype=torch.int64).expand(num, n_pix)
+    labels = torch.where(fg, pixel_idx, torch.full_like(pixel_idx, no_label))
+    while True:
+        grid = labels.reshape(num, 1, height, width).float()
+        # Min over the 3x3 neighbourhood as -maxpool(-x); float is exact for indices below 2**24.
+        neigh_min = -F.max_pool2d(-grid, kernel_size=3, stride=1, padding=1)
+        new = torch.where(fg, torch.minimum(labels, neigh_min.reshape(num, n_pix).long()), labels)
+        # Pointer jumping: a label is a pixel of the same component; take that pixel's label.
+        for _ in range(4):
+            safe = new.clamp(max=n_pix - 1)
+            jumped = torch.gather(new, 1, safe)
+            new = torch.where(fg, torch.minimum(new, jumped), new)
+        if torch.equal(new, labels):
+            break
+        labels = new
+
+    counts = torch.zeros(num, n_pix + 1, device=mask.device, dtype=torch.int64)
+    counts.scatter_add_(1, labels, torch.ones_like(labels))
+    area = torch.gather(counts, 1, labels)
+    area = torch.where(fg, area, torch.zeros_like(area))
+    out_labels = torch.where(fg, labels + 1, torch.zeros_like(labels))
+    return (
+        out_labels.reshape(num, 1, height, width).to(torch.int32),
+        area.reshape(num, 1, height, width).to(torch.int32),
+    )
+
+
+def fill_holes_in_mask_scores(mask: torch.Tensor, max_area: int) -> torch.Tensor:
+    """Turn small background holes (8-connected regions with score <= 0 and area <= `max_area`) into
+    foreground by giving them a small positive score (0.1). `mask`: [N, 1, H, W] logits."""
+    if max_area <= 0:
+        raise ValueError(f"max_area must be positive, got {max_area}")
+    labels, areas = get_connected_components(mask <= 0)
+    is_hole = (labels > 0) & (areas <= max_area)
+    return torch.where(is_hole, torch.as_tensor(0.1, dtype=mask.dtype, device=mask.device), mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Video frames
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _read_frame(path: str, image_size: int) -> tuple[torch.Tensor, int, int]:
+    """One image file -> ([3, S, S] float32 in [0, 1], original height, original width)."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            pixels = np.array(img.convert("RGB").resize((image_size, image_size)))
+    except OSError as err:
+        raise RuntimeError(f"cannot decode video frame {path}: {err}; re-extract this frame") from err
+    if pixels.dtype != np.uint8:
+        raise RuntimeError(f"video frame {path} has pixel type {pixels.dtype}; expected 8-bit RGB")
+    # Divide in float64 then round once to float32 (as the official loader does, for identical inputs).
+    return torch.from_numpy(pixels / 255.0).permute(2, 0, 1).float(), height, width
+
+
+def list_jpeg_frames(video_dir: str | os.PathLike) -> list[str]:
+    """Paths of the JPEG frames in `video_dir`, ordered by the integer in their names (00000.jpg, 1.jpg...).
+
+    Raises FileNotFoundError for a missing folder, ValueError for an empty one or for names that are not
+    integers.
+    """
+    folder = Path(video_dir)
+    if not folder.exists():
+        raise FileNotFoundError(f"video folder {folder} does not exist; pass a folder of <index>.jpg frames")
+    if not folder.is_dir():
+        raise NotADirectoryError(
+            f"{folder} is not a folder; pass a folder of <index>.jpg frames "
+            f"(extract them with `python -m sam2.tools.extract_frames --input {folder} --output <dir>`)"
+        )
+    names = [p.name for p in folder.iterdir() if p.suffix in JPEG_SUFFIXES]
+    if not names:
+        raise ValueError(f"no JPEG frames (*.jpg, *.jpeg) found in video folder {folder}")
+    bad = [n for n in names if not os.path.splitext(n)[0].isdigit()]
+    if bad:
+        shown = ", ".join(sorted(bad)[:5])
+        raise ValueError(
+            f"frames in {folder} must be named by their integer index (e.g. 00000.jpg); "
+            f"found {len(bad)} other name(s): {shown}. Rename them, e.g. with "
+            f"`python -m sam2.tools.extract_frames`."
+        )
+    names.sort(key=lambda n: int(os.path.splitext(n)[0]))
+    return [str(folder / n) for n in names]
+
+
+class AsyncVideoFrameLoader(Sequence):
+    """Frames read in a background thread so a session can start (and the user click) at once.
+
+    Indexing a frame that is not loaded yet reads it on the spot; an error in the thread is re-raised on
+    the next access.
+    """
+
+    def __init__(
+        self,
+        img_paths: list[str],
+        image_size: int,
+        offload_video_to_cpu: bool,
+        img_mean: torch.Tensor,
+        img_std: torch.Tensor,
+        compute_device: torch.device,
+    ) -> None:
+        self.img_paths = img_paths
+        self.image_size = image_size
+        self.offload_video_to_cpu = offload_video_to_cpu
+        self.img_mean = img_mean
+        self.img_std = img_std
+        self.compute_device = compute_device
+        self.images: list[torch.Tensor | None] = [None] * len(img_paths)
+        self.exception: BaseException | None = None
+        self.video_height: int | None = None
+        self.video_width: int | None = None
+        self[0]  # first frame now: it sets the video size and is where users usually click
+        self.thread = Thread(target=self._load_all, daemon=True)
+        self.thread.start()
+
+    def _load_all(self) -> None:
+        try:
+            for idx in tqdm(range(len(self.images)), desc="frame loading (JPEG)"):
+                self[idx]
+        except Exception as err:  # surfaced to the caller by __getitem__
+            self.exception = err
+
+    def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]
+        if self.exception is not None:
+            raise RuntimeError("loading video frames in the background failed") from self.exception
+        cached = self.images[index]
+        if cached is not None:
+            return cached
+        img, height, width = _read_frame(self.img_paths[index], self.image_size)
+        self.video_height, self.video_width = height, width
+        img = (img - self.img_mean) / self.img_std
+        if not self.offload_video_to_cpu:
+            img = img.to(self.compute_device, non_blocking=True)
+        self.images[index] = img
+        return img
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_video_frames_from_jpg_images(
+    video_path: str | os.PathLike,
+    image_size: int,
+    offload_video_to_cpu: bool,
+    img_mean: tuple[float, float, float] = IMAGENET_MEAN,
+    img_std: tuple[float, float, float] = IMAGENET_STD,
+    async_loading_frames: bool = False,
+    compute_device: torch.device | str = "cuda",
+) -> tuple[torch.Tensor | AsyncVideoFrameLoader, int, int]:
+    """Read a folder of `<index>.jpg` frames, resized to `image_size` squared and normalised.
+
+    Frames go to `compute_device` unless `offload_video_to_cpu`. Returns (frames [T, 3, S, S] or a lazy
+    loader, original height, original width).
+    """
+    img_paths = list_jpeg_frames(video_path)
+    mean = torch.tensor(img_mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(img_std, dtype=torch.float32)[:, None, None]
+    compute_device = torch.device(compute_device)
+    if async_loading_frames:
+        lazy = AsyncVideoFrameLoader(img_paths, image_size, offload_video_to_cpu, mean, std, compute_device)
+        return lazy, lazy.video_height, lazy.video_width
+
+    frames = torch.zeros(len(img_paths), 3, image_size, image_size, dtype=torch.float32)
+    height = width = 0
+    for idx, path in enumerate(tqdm(img_paths, desc="frame loading (JPEG)")):
+        frames[idx], height, width = _read_frame(path, image_size)
+    if not offload_video_to_cpu:
+        frames, mean, std = frames.to(compute_device), mean.to(compute_device), std.to(compute_device)
+    frames -= mean
+    frames /= std
+    return frames, height, width
+
+
+def load_video_frames_from_video_file(
+    video_path: str | os.PathLike,
+    image_size: int,
+    offload_video_to_cpu: bool,
+    img_mean: tuple[float, float, float] = IMAGENET_MEAN,
+    img_std: tuple[float, float, float] = IMAGENET_STD,
+    compute_device: torch.device | str = "cuda",
+) -> tuple[torch.Tensor, int, int]:
+    """Decode a video file with PyAV, resized to `image_size` squared and normalised."""
+    import av
+
+    path = Path(video_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {path} does not exist")
+    frames = []
+    height = width = 0
+    try:
+        with av.open(str(path)) as container:
+            for frame in tqdm(container.decode(video=0), desc="frame decoding"):
+                img = frame.to_image()
+                width, height = img.size
+                pixels = np.array(img.convert("RGB").resize((image_size, image_size)))
+                frames.append(torch.from_numpy(pixels / 255.0).permute(2, 0, 1).float())
+    except av.error.FFmpegError as err:
+        raise RuntimeError(f"cannot decode video file {path}: {err}") from err
+    if not frames:
+        raise ValueError(f"video file {path} holds no frames")
+    stack = torch.stack(frames)
+    mean = torch.tensor(img_mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(img_std, dtype=torch.float32)[:, None, None]
+    if not offload_video_to_cpu:
+        stack, mean, std = stack.to(compute_device), mean.to(compute_device), std.to(compute_device)
+    return (stack - mean) / std, height, width
+
+
+def load_video_frames(
+    video_path: str | os.PathLike,
+    image_size: int,
+    offload_video_to_cpu: bool,
+    img_mean: tuple[float, float, float] = IMAGENET_MEAN,
+    img_std: tuple[float, float, float] = IMAGENET_STD,
+    async_loading_frames: bool = False,
+    compute_device: torch.device | str = "cuda",
+) -> tuple[torch.Tensor | AsyncVideoFrameLoader, int, int]:
+    """Frames of a video given as a folder of `<index>.jpg` files or as a video file (.mp4 etc.)."""
+    path = Path(video_path)
+    if path.suffix in VIDEO_FILE_SUFFIXES and not path.is_dir():
+        return load_video_frames_from_video_file(
+            path, image_size, offload_video_to_cpu, img_mean, img_std, compute_device
+        )
+    return load_video_frames_from_jpg_images(
+        path, image_size, offload_video_to_cpu, img_mean, img_std, async_loading_frames, compute_device
+    )
