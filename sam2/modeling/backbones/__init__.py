@@ -1,0 +1,1 @@
+"""Image backbone: Hiera trunk, FPN neck and the ImageEncoder that joins them."""

@@ -1,0 +1,1 @@
+"""SAM prompt encoder, mask decoder and their attention layers."""
