@@ -1,0 +1,322 @@
+"""Register fine-tuned checkpoints in a model registry and decide which one is the champion.
+
+One registered model per data set (`sam2-<dataset>`). Every version's source is the checkpoint's `s3://`
+URI; its metrics and lineage (data set version, training config, code version, pipeline run) are tags.
+The `champion` alias moves to a new version only when its J&F beats the current champion's by the
+promotion margin; otherwise the version gets the `challenger` alias.
+
+Two pipeline runs finishing at once must not both become champion. MLflow has no compare-and-set, so the
+read-decide-write sequence runs under a lock:
+
+* SQLite / file stores (local runs): an exclusive `fcntl` lock on a file next to the database. Registration
+  happens under it too, which also keeps concurrent SQLite writers from tripping over each other.
+* A tracking server: a lease kept as a registered-model tag (`promotion_lock` = `<owner> <expiry>`).
+  Taking it is write-then-verify: write my owner id when the tag is free or expired, wait `settle_s`, read
+  it back; only the owner whose id survived (the last writer) goes on, everyone else retries. After the
+  alias is set, the champion is read again: if another run moved it meanwhile (possible only with a lost
+  lease, a pause longer than the lease), that run's write stands and this version becomes challenger. Expiry frees the lease of
+  a crashed run.
+
+`ModelRegistry` is the small interface the pipeline uses, so a Kubeflow Model Registry backend can be
+added later beside `MlflowModelRegistry`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PRIMARY_METRIC = "J&F"
+LOCK_TAG = "promotion_lock"
+METRIC_TAG_PREFIX = "metric."
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trained checkpoint with its evaluation and where it came from."""
+
+    dataset_name: str
+    checkpoint_uri: str
+    metrics: dict[str, float]
+    dataset_version: str
+    config: str
+    pipeline_run: str
+    code_version: str = field(default_factory=lambda: code_version())
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """What the registry decided for one candidate."""
+
+    model_name: str
+    version: str
+    decision: str  # CHAMPION or CHALLENGER
+    score: float
+    previous_champion_version: str | None
+    previous_champion_score: float | None
+    margin: float
+
+    @property
+    def is_champion(self) -> bool:
+        return self.decision == CHAMPION
+
+
+class ModelRegistry(Protocol):
+    """Registers a candidate and applies the promotion rule atomically with respect to other runs."""
+
+    def register_and_promote(self, candidate: Candidate, margin: float) -> PromotionResult: ...
+
+
+def model_name_for(dataset_name: str) -> str:
+    """The registered model that holds every fine-tune of one data set."""
+    return f"sam2-{dataset_name}"
+
+
+def metric_tag(metric: str) -> str:
+    """The tag key of a metric ("J&F" -> "metric.J_and_F"; MLflow keys may not hold '&')."""
+    return METRIC_TAG_PREFIX + metric.replace("&", "_and_")
+
+
+def code_version() -> str:
+    """The git commit of the checkout this package runs from, else the installed package version."""
+    here = Path(__file__).resolve().parent
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=False
+        )
+        if proc.returncode == 0 and proc.stdout.strip():
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=here,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+            return f"git:{proc.stdout.strip()}" + ("-dirty" if dirty else "")
+    try:
+        return f"pkg:sam2-kubeflow=={metadata.version('sam2-kubeflow')}"
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def decide(score: float, champion_score: float | None, margin: float) -> str:
+    """CHAMPION when there is no champion or `score` beats it by more than `margin`, else CHALLENGER."""
+    if champion_score is None:
+        return CHAMPION
+    return CHAMPION if score > champion_score + margin else CHALLENGER
+
+
+class MlflowModelRegistry:
+    """`ModelRegistry` on MLflow: SQLite locally, a tracking server URI on a cluster."""
+
+    def __init__(
+        self,
+        registry_uri: str,
+        lock_dir: str | os.PathLike[str] | None = None,
+        lease_s: float = 120.0,
+        settle_s: float = 0.5,
+        lock_timeout_s: float = 600.0,
+    ) -> None:
+        from mlflow import MlflowClient
+
+        self.registry_uri = registry_uri
+        self.client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+        self._lock_file = _local_lock_file(registry_uri, lock_dir)
+        self.lease_s = lease_s
+        self.settle_s = settle_s
+        self.lock_timeout_s = lock_timeout_s
+
+    # -- public -----------------------------------------------------------------------------------------
+
+    def register_and_promote(self, candidate: Candidate, margin: float) -> PromotionResult:
+        """Register `candidate` as a new version and give it `champion` or `challenger`.
+
+        Raises ValueError for a candidate without the primary metric or with a non-S3 source, and
+        TimeoutError when another run holds the promotion lock for longer than `lock_timeout_s`.
+        """
+        if PRIMARY_METRIC not in candidate.metrics:
+            raise ValueError(f"candidate metrics have no {PRIMARY_METRIC!r}: {sorted(candidate.metrics)}")
+        if urlparse(candidate.checkpoint_uri).scheme != "s3":
+            raise ValueError(
+                f"checkpoint URI {candidate.checkpoint_uri!r} is not an s3:// URI; upload the checkpoint "
+                "to object storage first so every cluster and laptop can load the registered version"
+            )
+        if margin < 0:
+            raise ValueError(f"promotion margin must be >= 0, got {margin}")
+        name = model_name_for(candidate.dataset_name)
+        with self._locked(name):
+            version = self._register(name, candidate)
+            result = self._promote(name, version, float(candidate.metrics[PRIMARY_METRIC]), margin)
+        logger.info(
+            "registered %s version %s (J&F %.2f): %s (previous champion %s, J&F %s, margin %.2f)",
+            name,
+            result.version,
+            result.score,
+            result.decision,
+            result.previous_champion_version,
+            result.previous_champion_score,
+            margin,
+        )
+        return result
+
+    def champion(self, dataset_name: str) -> tuple[str, float] | None:
+        """(version, J&F) of the current champion, or None."""
+        return self._alias_score(model_name_for(dataset_name), CHAMPION)
+
+    # -- steps ------------------------------------------------------------------------------------------
+
+    def _register(self, name: str, candidate: Candidate) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            with contextlib.suppress(MlflowException):  # another run may have created it meanwhile
+                self.client.create_registered_model(
+                    name, description=f"SAM 2 fine-tuned on data set {candidate.dataset_name!r}"
+                )
+        tags = {
+            "dataset_name": candidate.dataset_name,
+            "dataset_version": candidate.dataset_version,
+            "config": candidate.config,
+            "code_version": candidate.code_version,
+            "pipeline_run": candidate.pipeline_run,
+            "checkpoint_uri": candidate.checkpoint_uri,
+            **{metric_tag(k): f"{float(v):.6f}" for k, v in candidate.metrics.items()},
+            **candidate.extra_tags,
+        }
+        mv = self.client.create_model_version(
+            name,
+            source=candidate.checkpoint_uri,
+            tags=tags,
+            description=f"J&F {float(candidate.metrics[PRIMARY_METRIC]):.2f} on the validation split",
+        )
+        return str(mv.version)
+
+    def _promote(self, name: str, version: str, score: float, margin: float) -> PromotionResult:
+        current = self._alias_score(name, CHAMPION)
+        prev_version, prev_score = current if current else (None, None)
+        decision = decide(score, prev_score, margin)
+        self.client.set_registered_model_alias(name, decision, version)
+        if decision == CHAMPION:
+            # Compare-and-set re-check: if another run moved the champion after our write (possible only
+            # with a lost lease), its write stands and this version steps back, so two champions never stand.
+            now = self._alias_score(name, CHAMPION)
+            if now is None or now[0] != version:
+                decision = CHALLENGER
+                self.client.set_registered_model_alias(name, CHALLENGER, version)
+        self.client.set_model_version_tag(name, version, "promotion", decision)
+        return PromotionResult(name, version, decision, score, prev_version, prev_score, margin)
+
+    def _alias_score(self, name: str, alias: str) -> tuple[str, float] | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+        raw = mv.tags.get(metric_tag(PRIMARY_METRIC))
+        if raw is None:
+            raise ValueError(
+                f"{alias} version {mv.version} of {name!r} has no tag {metric_tag(PRIMARY_METRIC)}; "
+                "set it (in percent) or move the alias away before promoting"
+            )
+        return str(mv.version), float(raw)
+
+    # -- locking ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        if self._lock_file is not None:
+            with _file_lock(self._lock_file, self.lock_timeout_s):
+                yield
+        else:
+            with self._tag_lease(name):
+                yield
+
+    @contextlib.contextmanager
+    def _tag_lease(self, name: str) -> Iterator[None]:
+        from mlflow.exceptions import MlflowException
+
+        with contextlib.suppress(MlflowException):
+            self.client.create_registered_model(name)
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            holder = self.client.get_registered_model(name).tags.get(LOCK_TAG)
+            if _lease_free(holder):
+                self.client.set_registered_model_tag(name, LOCK_TAG, f"{owner} {time.time() + self.lease_s}")
+                time.sleep(self.settle_s)
+                holder = self.client.get_registered_model(name).tags.get(LOCK_TAG, "")
+                if holder.split(" ")[0] == owner:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"registered model {name!r} stayed locked by {holder!r} for {self.lock_timeout_s}s; if no "
+                    f"promotion is running, delete its tag {LOCK_TAG!r}"
+                )
+            time.sleep(self.settle_s * (1 + uuid.uuid4().int % 100 / 100))
+        try:
+            yield
+        finally:
+            holder = self.client.get_registered_model(name).tags.get(LOCK_TAG, "")
+            if holder.split(" ")[0] == owner:
+                self.client.delete_registered_model_tag(name, LOCK_TAG)
+
+
+def _lease_free(holder: str | None) -> bool:
+    if not holder:
+        return True
+    try:
+        return float(holder.split(" ")[1]) < time.time()
+    except (IndexError, ValueError):
+        return True
+
+
+def _local_lock_file(registry_uri: str, lock_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The lock file for a store on this machine (SQLite or file), None for a remote server."""
+    if lock_dir is not None:
+        return Path(lock_dir) / "promotion.lock"
+    parsed = urlparse(registry_uri)
+    if parsed.scheme == "sqlite":
+        db = registry_uri.split("sqlite:///", 1)[-1]
+        return Path(db).with_name(Path(db).name + ".promotion.lock")
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path or registry_uri) / ".promotion.lock"
+    return None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout_s: float) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    with open(path, "a+") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"promotion lock {path} held for more than {timeout_s}s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
