@@ -1,0 +1,1 @@
+"""Training utilities: typed batches, distributed helpers, checkpoints."""
