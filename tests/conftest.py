@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "s3_server"]  # s3_server: private SeaweedFS fixtures (DATA-PREP)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,0 +1,665 @@
+"""S3-compatible object storage for data sets, checkpoints and reports (MinIO client).
+
+Every pipeline step reads and writes artifacts through this module, so it owns the rules that keep them
+safe:
+
+- URIs are ``s3://bucket/key``; :func:`parse_s3_uri` turns one into an :class:`S3Uri`.
+- Folders are uploaded and downloaded in parallel, each file with retries; every object carries its
+  SHA-256 in the ``x-amz-meta-sha256`` header and downloads are checked against it.
+- Publish-then-marker: :meth:`ObjectStore.upload_folder` first removes the prefix's ``_SUCCESS`` marker,
+  uploads every file, and only then writes a new marker listing each file with its size and checksum.
+  Readers (:meth:`ObjectStore.download_folder`, :meth:`ObjectStore.sync_to_local`) refuse a prefix without
+  a marker and fetch exactly the files it lists, so nobody sees half a data set.
+- Errors say what went wrong in user terms: a rejected credential (:class:`StorageAuthError`), an endpoint
+  that cannot be reached or stops answering (:class:`StorageUnreachableError`, naming the endpoint),
+  a missing object (:class:`StorageNotFoundError`), a checksum mismatch (:class:`StorageIntegrityError`),
+  an unfinished publish (:class:`IncompletePublishError`).
+
+Configuration comes from the environment (:meth:`S3Settings.from_env`):
+
+``S3_ENDPOINT_URL``
+    ``http(s)://host:port`` of the server, e.g. ``http://127.0.0.1:8333`` for ``make services-up``.
+    ``AWS_ENDPOINT_URL_S3`` and ``AWS_ENDPOINT_URL`` are read when it is unset; without any of them the
+    client talks to AWS S3 (``https://s3.amazonaws.com``).
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``
+    The key pair. Required.
+``AWS_SESSION_TOKEN``
+    Optional, for temporary credentials.
+``AWS_REGION`` (or ``AWS_DEFAULT_REGION``)
+    Optional; ``us-east-1`` by default (SeaweedFS and MinIO accept any region).
+
+The secret key and session token are never logged, never part of a ``repr`` and never put into an error
+message; the access key id appears only shortened (``AKIA…``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, S3Error, ServerError
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+MARKER_NAME = "_SUCCESS"
+"""Name of the completion marker written last under a published prefix."""
+
+CHECKSUM_META_KEY = "sha256"
+"""User metadata key holding an object's SHA-256 (sent as ``x-amz-meta-sha256``)."""
+
+_AUTH_ERROR_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AuthorizationHeaderMalformed",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "SignatureDoesNotMatch",
+    }
+)
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"})
+_HASH_CHUNK = 1 << 20
+
+T = TypeVar("T")
+
+
+class StorageError(RuntimeError):
+    """Base class of every error raised by this module."""
+
+
+class StorageAuthError(StorageError):
+    """The server rejected the credentials (wrong key pair, expired token, missing permission)."""
+
+
+class StorageUnreachableError(StorageError):
+    """The endpoint could not be reached, or stopped answering, after all retries."""
+
+
+class StorageNotFoundError(StorageError):
+    """A bucket or object does not exist."""
+
+
+class StorageIntegrityError(StorageError):
+    """Downloaded bytes do not match the checksum recorded for the object."""
+
+
+class IncompletePublishError(StorageError):
+    """A prefix has no completion marker: its upload is unfinished, failed, or still in progress."""
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    """A parsed ``s3://bucket/key`` URI; ``key`` has no leading slash and may be empty (bucket root)."""
+
+    bucket: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
+
+    def join(self, *parts: str) -> S3Uri:
+        """This URI with ``parts`` appended as ``/``-separated path segments."""
+        segments = [self.key.strip("/")] + [p.strip("/") for p in parts]
+        return S3Uri(self.bucket, "/".join(s for s in segments if s))
+
+    @property
+    def prefix(self) -> str:
+        """The key as a folder prefix: empty for the bucket root, otherwise ending in ``/``."""
+        stripped = self.key.strip("/")
+        return f"{stripped}/" if stripped else ""
+
+
+def is_s3_uri(value: str | os.PathLike) -> bool:
+    """True when ``value`` is a string starting with ``s3://``."""
+    return isinstance(value, str) and value.startswith("s3://")
+
+
+def parse_s3_uri(uri: str) -> S3Uri:
+    """Split ``s3://bucket/some/key`` into bucket and key.
+
+    Raises:
+        ValueError: when ``uri`` is not of that form, naming it.
+    """
+    if not is_s3_uri(uri):
+        raise ValueError(f"not an S3 URI: {uri!r}; expected s3://bucket/key")
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"S3 URI {uri!r} has no bucket name; expected s3://bucket/key")
+    return S3Uri(bucket=bucket, key=key.lstrip("/"))
+
+
+def _short_key_id(access_key: str) -> str:
+    return f"{access_key[:4]}…" if len(access_key) > 4 else "…"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the server is and how to sign requests. The secret never appears in ``repr``."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> S3Settings:
+        """Read the settings from the environment variables listed in the module docstring.
+
+        Raises:
+            StorageAuthError: when the access key or the secret key is not set.
+        """
+        env = os.environ if environ is None else environ
+        endpoint = (
+            env.get("S3_ENDPOINT_URL")
+            or env.get("AWS_ENDPOINT_URL_S3")
+            or env.get("AWS_ENDPOINT_URL")
+            or "https://s3.amazonaws.com"
+        )
+        access_key = env.get("AWS_ACCESS_KEY_ID", "")
+        secret_key = env.get("AWS_SECRET_ACCESS_KEY", "")
+        missing = [
+            name
+            for name, v in (("AWS_ACCESS_KEY_ID", access_key), ("AWS_SECRET_ACCESS_KEY", secret_key))
+            if not v
+        ]
+        if missing:
+            raise StorageAuthError(
+                f"no S3 credentials: set {' and '.join(missing)} (for the local server: "
+                "`make services-up`, then `source .local/s3.env`)"
+            )
+        return cls(
+            endpoint_url=endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            session_token=env.get("AWS_SESSION_TOKEN") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+    def as_env(self) -> dict[str, str]:
+        """The variables that make :meth:`from_env` return these settings (for child processes)."""
+        env = {
+            "S3_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+        }
+        if self.session_token:
+            env["AWS_SESSION_TOKEN"] = self.session_token
+        return env
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """What a folder transfer did: files moved, files already up to date, bytes moved, seconds taken."""
+
+    uri: str
+    local_dir: Path
+    transferred: int
+    skipped: int
+    bytes_transferred: int
+    seconds: float
+
+
+def sha256_of_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _iter_local_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(posix relative path, path) of every regular file under ``root``, sorted, marker excluded."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            rel = path.relative_to(root).as_posix()
+            if rel != MARKER_NAME:
+                yield rel, path
+
+
+def _atomic_write_bytes(dest: Path, data: bytes) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ObjectStore:
+    """A thin, safe layer over :class:`minio.Minio` for one endpoint and one key pair.
+
+    Args:
+        settings: endpoint and credentials; :meth:`S3Settings.from_env` when omitted.
+        workers: parallel transfers in folder uploads and downloads.
+        retries: extra attempts after a transient failure (connection refused or reset, 5xx, timeouts).
+        backoff_s: first wait between attempts; doubled after each failure.
+        timeout_s: socket connect and read timeout of one request.
+    """
+
+    def __init__(
+        self,
+        settings: S3Settings | None = None,
+        *,
+        workers: int = 8,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.settings = settings or S3Settings.from_env()
+        self.workers = max(1, workers)
+        self.retries = max(0, retries)
+        self.backoff_s = backoff_s
+        parts = urlsplit(self.settings.endpoint_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"S3 endpoint {self.settings.endpoint_url!r} is not a URL like http://host:port; "
+                "fix S3_ENDPOINT_URL"
+            )
+        self.endpoint = f"{parts.scheme}://{parts.netloc}"
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(timeout_s, 10.0), read=timeout_s),
+            maxsize=self.workers + 2,
+            retries=urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0, raise_on_status=False),
+        )
+        self._client = Minio(
+            parts.netloc,
+            access_key=self.settings.access_key,
+            secret_key=self.settings.secret_key,
+            session_token=self.settings.session_token,
+            secure=parts.scheme == "https",
+            region=self.settings.region,
+            http_client=http,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ObjectStore(endpoint={self.endpoint!r}, access_key={_short_key_id(self.settings.access_key)!r})"
+        )
+
+    # ---- error handling -------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one request with retries on transient failures; translate errors into StorageError."""
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except S3Error as err:
+                if err.code in _AUTH_ERROR_CODES:
+                    raise StorageAuthError(
+                        f"S3 server {self.endpoint} rejected the credentials (access key "
+                        f"{_short_key_id(self.settings.access_key)}) while {what}: {err.code}. Check "
+                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and the bucket policy)."
+                    ) from None
+                if err.code in _NOT_FOUND_CODES:
+                    raise StorageNotFoundError(f"{what}: {err.code} on {self.endpoint}") from None
+                transient = err.response is not None and err.response.status >= 500
+                last: BaseException = err
+                if not transient:
+                    raise StorageError(
+                        f"S3 error while {what} on {self.endpoint}: {err.code}: {err.message}"
+                    ) from None
+            except (urllib3.exceptions.HTTPError, ServerError, InvalidResponseError, OSError) as err:
+                last = err
+            if attempt < self.retries:
+                logger.warning(
+                    "attempt %d failed while %s (%s); retrying in %.1fs",
+                    attempt + 1,
+                    what,
+                    type(last).__name__,
+                    delay,
+                )
+                time.sleep(delay)
+                delay *= 2
+        reason = last.__class__.__name__
+        if isinstance(last, urllib3.exceptions.MaxRetryError) and last.reason is not None:
+            reason = f"{type(last.reason).__name__}: {last.reason}"
+        elif isinstance(last, S3Error):
+            reason = f"{last.code}: {last.message}"
+        elif str(last):
+            reason = f"{reason}: {last}"
+        raise StorageUnreachableError(
+            f"S3 endpoint {self.endpoint} did not answer while {what} ({self.retries + 1} attempts; last: "
+            f"{reason}). Is the server running and S3_ENDPOINT_URL right? Locally: `make services-up`."
+        ) from None
+
+    # ---- buckets and single objects -----------------------------------------------------------
+
+    def ensure_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` when it does not exist yet."""
+        if not self._call(f"checking bucket {bucket}", lambda: self._client.bucket_exists(bucket)):
+            logger.info("creating bucket %s on %s", bucket, self.endpoint)
+            try:
+                self._call(f"creating bucket {bucket}", lambda: self._client.make_bucket(bucket))
+            except StorageError as err:
+                if "BucketAlready" not in str(err):
+                    raise
+
+    def delete_bucket(self, bucket: str) -> None:
+        """Remove an empty bucket."""
+        self._call(f"deleting bucket {bucket}", lambda: self._client.remove_bucket(bucket))
+
+    def exists(self, uri: str) -> bool:
+        """True when the object at ``uri`` exists."""
+        loc = parse_s3_uri(uri)
+        try:
+            self._call(f"checking {uri}", lambda: self._client.stat_object(loc.bucket, loc.key))
+        except StorageNotFoundError:
+            return False
+        return True
+
+    def list_objects(self, uri: str) -> dict[str, int]:
+        """Sizes of every object under the folder ``uri``, keyed by path relative to it."""
+        loc = parse_s3_uri(uri)
+        prefix = loc.prefix
+
+        def listing() -> dict[str, int]:
+            return {
+                obj.object_name[len(prefix) :]: obj.size or 0
+                for obj in self._client.list_objects(loc.bucket, prefix=prefix, recursive=True)
+                if not obj.is_dir
+            }
+
+        try:
+            return self._call(f"listing {uri}", listing)
+        except StorageNotFoundError:
+            return {}
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Store ``data`` at ``uri`` with its checksum (one PUT: readers see all of it or nothing)."""
+        loc = parse_s3_uri(uri)
+        self.ensure_bucket(loc.bucket)
+        meta = {CHECKSUM_META_KEY: hashlib.sha256(data).hexdigest()}
+        self._call(
+            f"uploading {uri}",
+            lambda: self._client.put_object(
+                loc.bucket, loc.key, io.BytesIO(data), len(data), content_type=content_type, metadata=meta
+            ),
+        )
+
+    def read_bytes(self, uri: str) -> bytes:
+        """The bytes stored at ``uri``, checked against the recorded checksum when there is one."""
+        loc = parse_s3_uri(uri)
+
+        def fetch() -> tuple[bytes, str | None]:
+            response = self._client.get_object(loc.bucket, loc.key)
+            try:
+                return response.read(), response.headers.get(f"x-amz-meta-{CHECKSUM_META_KEY}")
+            finally:
+                response.close()
+                response.release_conn()
+
+        data, expected = self._call(f"downloading {uri}", fetch)
+        if expected and hashlib.sha256(data).hexdigest() != expected:
+            raise StorageIntegrityError(
+                f"{uri}: downloaded bytes do not match the stored SHA-256; retry the read"
+            )
+        return data
+
+    def upload_file(self, local_path: str | Path, uri: str) -> str:
+        """Upload one file to ``uri``; returns its SHA-256. The bucket is created when missing."""
+        path = Path(local_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot upload {path}: no such file")
+        loc = parse_s3_uri(uri)
+        self.ensure_bucket(loc.bucket)
+        return self._put_file(path, loc, sha256_of_file(path))
+
+    def _put_file(self, path: Path, loc: S3Uri, digest: str) -> str:
+        self._call(
+            f"uploading {path} to {loc}",
+            lambda: self._client.fput_object(
+                loc.bucket, loc.key, str(path), metadata={CHECKSUM_META_KEY: digest}
+            ),
+        )
+        return digest
+
+    def download_file(self, uri: str, local_path: str | Path, expected_sha256: str | None = None) -> int:
+        """Download ``uri`` to ``local_path`` atomically (temp name, checksum check, rename).
+
+        The checksum is ``expected_sha256`` when given, else the one stored with the object.
+        Returns the number of bytes written.
+
+        Raises:
+            StorageIntegrityError: the bytes do not match; nothing is left at ``local_path``.
+        """
+        loc = parse_s3_uri(uri)
+        dest = Path(local_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+
+        def fetch() -> int:
+            response = self._client.get_object(loc.bucket, loc.key)
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+            digest = hashlib.sha256()
+            size = 0
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    for chunk in response.stream(_HASH_CHUNK):
+                        handle.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                stored = response.headers.get(f"x-amz-meta-{CHECKSUM_META_KEY}")
+                want = expected_sha256 or stored
+                if want and digest.hexdigest() != want:
+                    raise StorageIntegrityError(
+                        f"{uri}: downloaded bytes (sha256 {digest.hexdigest()[:12]}…) do not match the "
+                        f"recorded checksum ({want[:12]}…); the object changed or was corrupted"
+                    )
+                os.replace(tmp, dest)
+                return size
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._call(f"downloading {uri}", fetch)
+
+    def delete_prefix(self, uri: str) -> int:
+        """Delete every object under the folder ``uri`` (marker first); returns how many were deleted."""
+        loc = parse_s3_uri(uri)
+        names = sorted(self.list_objects(uri), key=lambda rel: rel != MARKER_NAME)
+        for rel in names:
+            key = loc.prefix + rel
+            self._call(
+                f"deleting s3://{loc.bucket}/{key}", lambda k=key: self._client.remove_object(loc.bucket, k)
+            )
+        return len(names)
+
+    # ---- publish-then-marker folders ----------------------------------------------------------
+
+    def marker_uri(self, uri: str) -> str:
+        """URI of the completion marker of the folder ``uri``."""
+        return str(parse_s3_uri(uri).join(MARKER_NAME))
+
+    def read_marker(self, uri: str) -> dict:
+        """The marker of the folder ``uri``: ``{"files": {rel: {"size", "sha256"}}, ...}``.
+
+        Raises:
+            IncompletePublishError: there is no marker.
+        """
+        try:
+            return json.loads(self.read_bytes(self.marker_uri(uri)))
+        except StorageNotFoundError:
+            raise IncompletePublishError(
+                f"{uri} has no {MARKER_NAME} marker: its upload never finished (or is still running). "
+                "Re-run the step that publishes it."
+            ) from None
+
+    def is_published(self, uri: str) -> bool:
+        """True when the folder ``uri`` has a completion marker."""
+        return self.exists(self.marker_uri(uri))
+
+    def wait_for_marker(self, uri: str, timeout_s: float = 600.0, poll_s: float = 2.0) -> dict:
+        """Block until the folder ``uri`` is published; returns its marker.
+
+        Raises:
+            IncompletePublishError: no marker appeared within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.read_marker(uri)
+            except IncompletePublishError:
+                if time.monotonic() >= deadline:
+                    raise IncompletePublishError(
+                        f"{uri}: no {MARKER_NAME} marker after waiting {timeout_s:.0f}s"
+                    ) from None
+                time.sleep(poll_s)
+
+    def _run_parallel(self, jobs: list[Callable[[], int]], desc: str, total_bytes: int) -> int:
+        """Run transfer jobs on the pool; stop at the first failure (re-raised). Returns bytes moved."""
+        moved = 0
+        with (
+            tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=None, leave=False) as bar,
+            ThreadPoolExecutor(self.workers, thread_name_prefix="s3") as pool,
+        ):
+            futures: set[Future[int]] = {pool.submit(job) for job in jobs}
+            while futures:
+                done, futures = wait(futures, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    if fut.exception() is not None:
+                        for other in futures:
+                            other.cancel()
+                        raise fut.exception()
+                    moved += fut.result()
+                    bar.update(fut.result())
+        return moved
+
+    def upload_folder(self, local_dir: str | Path, uri: str) -> TransferResult:
+        """Publish ``local_dir`` under the folder ``uri``: unpublish, upload in parallel, write marker.
+
+        Files already stored with the same checksum are not sent again, so a failed upload resumes.
+        Raises the first transfer error; the prefix then stays unpublished (no marker).
+        """
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"cannot upload {root}: not a folder")
+        start = time.perf_counter()
+        loc = parse_s3_uri(uri)
+        self.ensure_bucket(loc.bucket)
+        marker_key = loc.join(MARKER_NAME)
+        self._call(f"removing {marker_key}", lambda: self._client.remove_object(loc.bucket, marker_key.key))
+        remote_sizes = self.list_objects(uri)
+
+        files = list(_iter_local_files(root))
+        listing: dict[str, dict] = {}
+        skipped = 0
+
+        def upload_one(rel: str, path: Path, digest: str) -> int:
+            self._put_file(path, loc.join(rel), digest)
+            return path.stat().st_size
+
+        jobs: list[Callable[[], int]] = []
+        total = 0
+        for rel, path in files:
+            size = path.stat().st_size
+            digest = sha256_of_file(path)
+            listing[rel] = {"size": size, "sha256": digest}
+            if remote_sizes.get(rel) == size and self._stored_checksum(loc.join(rel)) == digest:
+                skipped += 1
+                continue
+            total += size
+            jobs.append(lambda r=rel, p=path, d=digest: upload_one(r, p, d))
+        moved = self._run_parallel(jobs, f"upload {uri}", total)
+        marker = {
+            "files": listing,
+            "num_files": len(listing),
+            "total_bytes": sum(v["size"] for v in listing.values()),
+        }
+        self.write_bytes(
+            str(marker_key), json.dumps(marker, indent=1, sort_keys=True).encode(), "application/json"
+        )
+        result = TransferResult(uri, root, len(jobs), skipped, moved, time.perf_counter() - start)
+        logger.info(
+            "published %s: %d files sent, %d unchanged, %.1f MB", uri, len(jobs), skipped, moved / 1e6
+        )
+        return result
+
+    def _stored_checksum(self, loc: S3Uri) -> str | None:
+        try:
+            stat = self._call(f"checking {loc}", lambda: self._client.stat_object(loc.bucket, loc.key))
+        except StorageNotFoundError:
+            return None
+        return (stat.metadata or {}).get(f"x-amz-meta-{CHECKSUM_META_KEY}")
+
+    def sync_to_local(self, uri: str, local_dir: str | Path) -> TransferResult:
+        """Make ``local_dir`` hold the published folder ``uri``: fetch files missing or different.
+
+        Only the files listed in the marker are fetched, each checked against the marker's checksum and
+        written atomically; a copy of the marker is written last to ``local_dir/_SUCCESS`` so local
+        readers can check completeness the same way.
+
+        Raises:
+            IncompletePublishError: ``uri`` has no marker (nothing is downloaded).
+        """
+        start = time.perf_counter()
+        root = Path(local_dir)
+        marker = self.read_marker(uri)
+        loc = parse_s3_uri(uri)
+        jobs: list[Callable[[], int]] = []
+        total = 0
+        skipped = 0
+        for rel, info in sorted(marker["files"].items()):
+            dest = (root / rel).resolve()
+            if not dest.is_relative_to(root.resolve()):
+                raise StorageError(f"{uri}: marker lists {rel!r}, which climbs out of the target folder")
+            if (
+                dest.is_file()
+                and dest.stat().st_size == info["size"]
+                and sha256_of_file(dest) == info["sha256"]
+            ):
+                skipped += 1
+                continue
+            total += info["size"]
+            jobs.append(lambda r=rel, d=dest, s=info["sha256"]: self.download_file(str(loc.join(r)), d, s))
+        if jobs and root.joinpath(MARKER_NAME).exists():
+            root.joinpath(MARKER_NAME).unlink()
+        moved = self._run_parallel(jobs, f"download {uri}", total)
+        _atomic_write_bytes(root / MARKER_NAME, json.dumps(marker, indent=1, sort_keys=True).encode())
+        logger.info("synced %s to %s: %d files fetched, %d unchanged", uri, root, len(jobs), skipped)
+        return TransferResult(uri, root, len(jobs), skipped, moved, time.perf_counter() - start)
+
+    def download_folder(self, uri: str, local_dir: str | Path) -> TransferResult:
+        """Download the published folder ``uri`` into ``local_dir`` (same as :meth:`sync_to_local`)."""
+        return self.sync_to_local(uri, local_dir)
+
+
+# ---- module-level shortcuts on a store built from the environment ------------------------------
+
+
+def upload_folder(local_dir: str | Path, uri: str, workers: int = 8) -> TransferResult:
+    """Publish a local folder to ``uri`` with credentials from the environment (see module docstring)."""
+    return ObjectStore(workers=workers).upload_folder(local_dir, uri)
+
+
+def sync_to_local(uri: str, local_dir: str | Path, workers: int = 8) -> TransferResult:
+    """Fetch the published folder ``uri`` into ``local_dir`` with credentials from the environment."""
+    return ObjectStore(workers=workers).sync_to_local(uri, local_dir)
+
+
+def is_local_marker_present(local_dir: str | Path) -> bool:
+    """True when a local folder holds a ``_SUCCESS`` marker (it was fully synced or published)."""
+    return Path(local_dir, MARKER_NAME).is_file()

