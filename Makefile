@@ -31,3 +31,16 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# Local S3 server (SeaweedFS) with a key pair kept in .local/s3.env; idempotent. (DATA-PREP)
+.PHONY: services-up-s3 services-down-s3
+services-up-s3:
+	$(PY) -m sam2.tools.s3_server up
+
+services-down-s3:
+	$(PY) -m sam2.tools.s3_server down
+
+# Other services add themselves as extra prerequisites, e.g. `services-up: services-up-mlflow`.
+.PHONY: services-up services-down
+services-up: services-up-s3
+services-down: services-down-s3
