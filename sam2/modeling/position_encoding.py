@@ -117,8 +117,7 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward_with_coords(self, coords_input: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """[B, N, 2] pixel (x, y) coordinates in an image of `image_size` (h, w) -> [B, N, C]."""
-        scale = coords_input.new_tensor([1.0 / image_size[1], 1.0 / image_size[0]])
-        coords = coords_input[..., :2] * scale
+        coords = coords_input[..., :2] / coords_input.new_tensor([image_size[1], image_size[0]])
         return self._pe_encoding(coords.float())
 
 
