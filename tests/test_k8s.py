@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,12 @@ def _kubernetes_validate() -> str:
 def pytorchjob_schema() -> dict:
     if not CRD.exists():
         pytest.skip(f"the PyTorchJob CRD is not at {CRD} (../shared/schemas is absent in this clone)")
-    crd = yaml.safe_load(CRD.read_text())
+    return _load_schema()
+
+
+@functools.cache
+def _load_schema() -> dict:
+    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return v1["schema"]["openAPIV3Schema"]
 

@@ -1,0 +1,211 @@
+"""`JobLauncher` on a Kubeflow cluster: a PyTorchJob created idempotently, watched, logged, cleaned up.
+
+The job is rendered from `k8s/pytorchjob.yaml` (see `sam2.launch.pytorchjob`) and named after the run id,
+so a retried pipeline step attaches to the job it created before instead of starting a second one. The
+master pod's log is streamed into this process's log; when the job fails, the reason comes from the job's
+conditions and the pods' container states (OOMKilled, ImagePullBackOff, exit codes).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sam2.launch.launcher import TrainingFailed, TrainingRequest, TrainingResult
+from sam2.launch.pytorchjob import PyTorchJobSpec, job_name_for, render_pytorchjob
+
+logger = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
+CLEANUP_POLICIES = ("never", "on-success", "always")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where and how jobs run on the cluster."""
+
+    namespace: str
+    image: str
+    s3_endpoint_url: str | None = None
+    s3_secret_name: str = "sam2-s3-credentials"
+    cpu: str | None = None
+    memory: str | None = None
+    timeout_s: float = 3 * 24 * 3600.0
+    poll_s: float = 15.0
+    cleanup: str = "on-success"
+    stream_logs: bool = True
+
+
+def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in job.get("status", {}).get("conditions", []) or []:
+        if cond.get("type") == kind and str(cond.get("status")) == "True":
+            return cond
+    return None
+
+
+class PyTorchJobLauncher:
+    """Creates (or attaches to) a PyTorchJob for a request and waits for it to finish."""
+
+    def __init__(self, settings: ClusterSettings, custom_api: Any = None, core_api: Any = None) -> None:
+        if settings.cleanup not in CLEANUP_POLICIES:
+            raise ValueError(f"cleanup must be one of {CLEANUP_POLICIES}, got {settings.cleanup!r}")
+        self.settings = settings
+        if custom_api is None or core_api is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            custom_api = custom_api or client.CustomObjectsApi()
+            core_api = core_api or client.CoreV1Api()
+        self.custom = custom_api
+        self.core = core_api
+
+    def render(self, request: TrainingRequest) -> dict[str, Any]:
+        """The PyTorchJob this launcher creates for `request`."""
+        env = {"S3_ENDPOINT_URL": self.settings.s3_endpoint_url} if self.settings.s3_endpoint_url else {}
+        spec = PyTorchJobSpec(
+            name=job_name_for(request.run_id),
+            image=self.settings.image,
+            args=["--scratch-dir", "/scratch", *request.node_args()],
+            num_nodes=request.num_nodes,
+            gpus_per_node=request.procs_per_node if request.use_gpus else 0,
+            cpu_procs_per_node=request.procs_per_node,
+            namespace=self.settings.namespace,
+            cpu=self.settings.cpu,
+            memory=self.settings.memory,
+            env=env,
+            s3_secret_name=self.settings.s3_secret_name,
+            labels={"sam2-kubeflow/run-id": job_name_for(request.run_id, prefix="run")},
+        )
+        return render_pytorchjob(spec)
+
+    def create_or_attach(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Create `job`; when one of that name exists already, return it instead (idempotent)."""
+        from kubernetes.client.exceptions import ApiException
+
+        name, ns = job["metadata"]["name"], self.settings.namespace
+        try:
+            created = self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, job)
+            logger.info("created PyTorchJob %s/%s", ns, name)
+            return created
+        except ApiException as exc:
+            if exc.status != 409:
+                raise TrainingFailed(
+                    f"could not create PyTorchJob {ns}/{name}: {exc.status} {exc.reason}"
+                ) from exc
+        logger.info("PyTorchJob %s/%s exists already; attaching to it", ns, name)
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+
+    def launch(self, request: TrainingRequest) -> TrainingResult:
+        job = self.render(request)
+        name = job["metadata"]["name"]
+        start = time.monotonic()
+        self.create_or_attach(job)
+        log_thread = None
+        if self.settings.stream_logs:
+            log_thread = threading.Thread(target=self._stream_master_log, args=(name,), daemon=True)
+            log_thread.start()
+        succeeded = False
+        try:
+            final = self.wait(name)
+            succeeded = True
+        finally:
+            self._cleanup(name, succeeded)
+        return TrainingResult(
+            request.run_id,
+            f"{request.run_uri.rstrip('/')}/checkpoints",
+            f"{request.run_uri.rstrip('/')}/tensorboard",
+            time.monotonic() - start,
+            {
+                "launcher": "pytorchjob",
+                "job": f"{self.settings.namespace}/{name}",
+                "completion": str(final.get("status", {}).get("completionTime", "")),
+            },
+        )
+
+    def wait(self, name: str) -> dict[str, Any]:
+        """Poll the job until Succeeded (returned) or Failed (`TrainingFailed`); `TimeoutError` past the limit."""
+        ns = self.settings.namespace
+        deadline = time.monotonic() + self.settings.timeout_s
+        while True:
+            job = self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            if _condition(job, "Succeeded"):
+                logger.info("PyTorchJob %s/%s succeeded", ns, name)
+                return job
+            failed = _condition(job, "Failed")
+            if failed:
+                raise TrainingFailed(
+                    f"PyTorchJob {ns}/{name} failed: {failed.get('reason', '?')}: {failed.get('message', '')}"
+                    + self._pod_failures(name)
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"PyTorchJob {ns}/{name} did not finish within {self.settings.timeout_s:.0f}s; it keeps "
+                    f"running: inspect with `kubectl -n {ns} describe pytorchjob {name}`"
+                    + self._pod_failures(name)
+                )
+            time.sleep(self.settings.poll_s)
+
+    def _pod_failures(self, name: str) -> str:
+        """Why the job's containers stopped or cannot start, one line per pod ('' when nothing is known)."""
+        try:
+            pods = self.core.list_namespaced_pod(
+                self.settings.namespace, label_selector=f"{JOB_NAME_LABEL}={name}"
+            )
+        except Exception as exc:  # noqa: BLE001 - only decorates an error message
+            return f"\n(pods not readable: {exc})"
+        lines = []
+        for pod in pods.items:
+            for status in pod.status.container_statuses or []:
+                state = status.state
+                if state.terminated is not None and state.terminated.exit_code != 0:
+                    t = state.terminated
+                    lines.append(
+                        f"{pod.metadata.name}: {t.reason} (exit {t.exit_code}) {t.message or ''}".rstrip()
+                    )
+                elif state.waiting is not None and state.waiting.reason not in (None, "ContainerCreating"):
+                    lines.append(
+                        f"{pod.metadata.name}: {state.waiting.reason} {state.waiting.message or ''}".rstrip()
+                    )
+        return ("\n" + "\n".join(lines)) if lines else ""
+
+    def _stream_master_log(self, name: str) -> None:
+        ns = self.settings.namespace
+        selector = f"{JOB_NAME_LABEL}={name},{REPLICA_TYPE_LABEL}=master"
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            pods = self.core.list_namespaced_pod(ns, label_selector=selector).items
+            running = [p for p in pods if p.status.phase in ("Running", "Succeeded", "Failed")]
+            if running:
+                pod = running[0].metadata.name
+                try:
+                    stream = self.core.read_namespaced_pod_log(
+                        pod, ns, container="pytorch", follow=True, _preload_content=False
+                    )
+                    for raw in stream.stream():
+                        for line in raw.decode(errors="replace").splitlines():
+                            logger.info("[%s] %s", pod, line)
+                except Exception as exc:  # noqa: BLE001 - logs are best effort; the status decides
+                    logger.warning("log stream of %s ended: %s", pod, exc)
+                return
+            time.sleep(self.settings.poll_s)
+
+    def _cleanup(self, name: str, succeeded: bool) -> None:
+        policy = self.settings.cleanup
+        if policy == "never" or (policy == "on-success" and not succeeded):
+            return
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.settings.namespace, PLURAL, name)
+            logger.info("deleted PyTorchJob %s/%s (cleanup=%s)", self.settings.namespace, name, policy)
+        except ApiException as exc:
+            if exc.status != 404:
+                logger.warning("could not delete PyTorchJob %s: %s %s", name, exc.status, exc.reason)

@@ -1,0 +1,287 @@
+"""One training node: fetch inputs, run `torchrun` on the training entry point, publish outputs.
+
+Every pod of the PyTorchJob runs `python -m sam2.launch.training_node ...`, and so does every "node" of
+the local launcher, so the cluster and the laptop share one code path:
+
+1. the data set (a published `s3://` folder, or a local folder) is synced to the node's scratch disk;
+2. the run's published checkpoints are synced back into the experiment folder, so a restarted pod (the
+   job's restartPolicy is OnFailure) resumes from the newest checkpoint: the trainer auto-resumes from
+   `<experiment_log_dir>/checkpoints/checkpoint.pt`;
+3. `torchrun -m sam2.training.train -c CONFIG --use-cluster 0 ...` runs; torchrun takes the node count,
+   node rank, processes per node and master address from the `PET_*` variables the training operator
+   (or the local launcher) sets;
+4. node rank 0 mirrors checkpoints to the run folder while training runs and publishes checkpoints and
+   TensorBoard logs when it ends.
+
+`--run-uri` and `--dataset-uri` may be `s3://` URIs (credentials from the environment, see
+`sam2.storage`) or local folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sam2.storage import ObjectStore, is_s3_uri
+
+logger = logging.getLogger(__name__)
+
+TRAIN_MODULE = "sam2.training.train"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+INIT_CHECKPOINT_OVERRIDE = "trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path"
+
+
+@dataclass(frozen=True)
+class NodeTopology:
+    """Where this node sits in the job, as torchrun will see it (from the PET_* variables)."""
+
+    num_nodes: int
+    node_rank: int
+    procs_per_node: int
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> NodeTopology:
+        env = dict(os.environ if env is None else env)
+        try:
+            procs = int(env.get("PET_NPROC_PER_NODE", "1"))
+        except ValueError:
+            raise ValueError(
+                f"PET_NPROC_PER_NODE={env['PET_NPROC_PER_NODE']!r}: set nprocPerNode to a number of processes"
+            ) from None
+        return cls(int(env.get("PET_NNODES", "1")), int(env.get("PET_NODE_RANK", "0")), procs)
+
+
+def dataset_overrides(data_dir: Path, train_list: str) -> list[str]:
+    """Hydra overrides that point the upstream training config at a local copy of the data set."""
+    file_list = data_dir / train_list
+    if not file_list.is_file():
+        raise FileNotFoundError(
+            f"training video list {file_list} does not exist; run the split step first "
+            f"(python -m sam2.tools.split_dataset) or pass --train-list"
+        )
+    return [
+        f"dataset.img_folder={data_dir / 'JPEGImages'}",
+        f"dataset.gt_folder={data_dir / 'Annotations'}",
+        f"dataset.file_list_txt={file_list}",
+    ]
+
+
+def torchrun_command(config: str, topology: NodeTopology, overrides: Sequence[str]) -> list[str]:
+    """The command one node runs; torchrun reads --nnodes/--node-rank/... from the PET_* variables."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "-m",
+        TRAIN_MODULE,
+        "-c",
+        config,
+        "--use-cluster",
+        "0",
+        "--num-gpus",
+        str(topology.procs_per_node),
+        "--num-nodes",
+        str(topology.num_nodes),
+        *overrides,
+    ]
+
+
+class _Location:
+    """A run or data folder that is either an `s3://` prefix or a local directory."""
+
+    def __init__(self, uri: str, store: ObjectStore | None) -> None:
+        self.uri = uri.rstrip("/")
+        self.store = store
+
+    def child(self, name: str) -> _Location:
+        return _Location(f"{self.uri}/{name}", self.store)
+
+    def fetch(self, dest: Path, required: bool) -> bool:
+        """Copy this folder into `dest`; False when it does not exist (and is not required)."""
+        if self.store is not None:
+            if not self.store.is_published(self.uri):
+                if required:
+                    raise FileNotFoundError(f"{self.uri} is not a published folder (no _SUCCESS marker)")
+                return False
+            self.store.sync_to_local(self.uri, dest)
+            return True
+        src = Path(self.uri)
+        if not src.is_dir():
+            if required:
+                raise FileNotFoundError(f"data folder {src} does not exist")
+            return False
+        if src.resolve() != dest.resolve():
+            shutil.copytree(src, dest, dirs_exist_ok=True)
+        return True
+
+    def publish(self, src: Path) -> None:
+        if self.store is not None:
+            self.store.upload_folder(src, self.uri)
+            return
+        dest = Path(self.uri)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+
+
+def _stage_checkpoints(ckpt_dir: Path, staging: Path) -> bool:
+    """Hard-link finished checkpoints (not temp files) into `staging`; True when there is any."""
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    found = False
+    for path in sorted(ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []:
+        if path.name.startswith("."):
+            continue
+        try:
+            os.link(path, staging / path.name)
+        except OSError:
+            shutil.copy2(path, staging / path.name)
+        found = True
+    return found
+
+
+class _CheckpointMirror(threading.Thread):
+    """Publishes the checkpoint folder every `interval_s` while training runs (node rank 0 only)."""
+
+    def __init__(self, ckpt_dir: Path, target: _Location, interval_s: float, staging: Path) -> None:
+        super().__init__(name="checkpoint-mirror", daemon=True)
+        self.ckpt_dir, self.target, self.interval_s, self.staging = ckpt_dir, target, interval_s, staging
+        self.stop_event = threading.Event()
+        self._last: dict[str, float] = {}
+
+    def sync_once(self) -> None:
+        current = (
+            {p.name: p.stat().st_mtime for p in self.ckpt_dir.glob("*.pt")} if self.ckpt_dir.is_dir() else {}
+        )
+        if not current or current == self._last:
+            return
+        if _stage_checkpoints(self.ckpt_dir, self.staging):
+            self.target.publish(self.staging)
+            self._last = current
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval_s):
+            try:
+                self.sync_once()
+            except Exception as exc:  # noqa: BLE001 - a failed mirror must not kill training; retried
+                logger.warning("checkpoint mirror to %s failed (%s); retrying later", self.target.uri, exc)
+
+
+def run_node(
+    config: str,
+    dataset_uri: str,
+    run_uri: str,
+    scratch_dir: Path,
+    train_list: str,
+    overrides: Sequence[str] = (),
+    init_checkpoint_uri: str | None = None,
+    mirror_interval_s: float = 300.0,
+    topology: NodeTopology | None = None,
+    env: dict[str, str] | None = None,
+) -> Path:
+    """Run this node's share of the training; returns the local experiment folder.
+
+    Raises FileNotFoundError for missing inputs and subprocess.CalledProcessError when training fails.
+    """
+    topology = topology or NodeTopology.from_env(env)
+    needs_s3 = any(is_s3_uri(u) for u in (dataset_uri, run_uri, init_checkpoint_uri or ""))
+    store = ObjectStore() if needs_s3 else None
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = scratch_dir / "data"
+    exp_dir = scratch_dir / "experiment"
+    run = _Location(run_uri, store if is_s3_uri(run_uri) else None)
+
+    logger.info("node %d/%d: fetching data set %s", topology.node_rank, topology.num_nodes, dataset_uri)
+    _Location(dataset_uri, store if is_s3_uri(dataset_uri) else None).fetch(data_dir, required=True)
+    resumed = run.child(CHECKPOINTS).fetch(exp_dir / CHECKPOINTS, required=False)
+    if resumed:
+        logger.info("resuming from the newest checkpoint published under %s", run.child(CHECKPOINTS).uri)
+
+    all_overrides = [
+        f"launcher.experiment_log_dir={exp_dir}",
+        *dataset_overrides(data_dir, train_list),
+    ]
+    if init_checkpoint_uri:
+        init_path = scratch_dir / "init" / Path(init_checkpoint_uri).name
+        if is_s3_uri(init_checkpoint_uri):
+            assert store is not None
+            store.download_file(init_checkpoint_uri, init_path)
+        elif not Path(init_checkpoint_uri).is_file():
+            raise FileNotFoundError(f"initial checkpoint {init_checkpoint_uri} does not exist")
+        else:
+            init_path = Path(init_checkpoint_uri)
+        all_overrides.append(f"{INIT_CHECKPOINT_OVERRIDE}={init_path}")
+    all_overrides.extend(overrides)
+
+    mirror = None
+    if topology.node_rank == 0:
+        mirror = _CheckpointMirror(
+            exp_dir / CHECKPOINTS, run.child(CHECKPOINTS), mirror_interval_s, scratch_dir / ".ckpt-staging"
+        )
+        mirror.start()
+    cmd = torchrun_command(config, topology, all_overrides)
+    logger.info("node %d: %s", topology.node_rank, " ".join(cmd))
+    try:
+        subprocess.run(cmd, check=True, env=None if env is None else {**os.environ, **env})
+    finally:
+        # Publish even after a failure: the restarted pod resumes from what was saved.
+        if mirror is not None:
+            mirror.stop_event.set()
+            mirror.join(timeout=5)
+            mirror.sync_once()
+            if (exp_dir / TENSORBOARD).is_dir():
+                run.child(TENSORBOARD).publish(exp_dir / TENSORBOARD)
+            logger.info("published checkpoints and logs under %s", run.uri)
+    return exp_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="training config, e.g. configs/sam2.1_training/...")
+    parser.add_argument("--dataset-uri", required=True, help="published data set folder (s3:// or local)")
+    parser.add_argument("--run-uri", required=True, help="run folder for checkpoints/ and tensorboard/")
+    parser.add_argument(
+        "--train-list", default="splits/train.txt", help="video list, relative to the data set"
+    )
+    parser.add_argument("--scratch-dir", default=os.environ.get("SAM2_SCRATCH", "/scratch"))
+    parser.add_argument("--init-checkpoint-uri", default=None, help="weights to start from (s3:// or path)")
+    parser.add_argument("--mirror-interval-s", type=float, default=300.0, help="checkpoint upload period")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        run_node(
+            args.config,
+            args.dataset_uri,
+            args.run_uri,
+            Path(args.scratch_dir),
+            args.train_list,
+            args.overrides,
+            args.init_checkpoint_uri,
+            args.mirror_interval_s,
+        )
+    except subprocess.CalledProcessError as exc:
+        logger.error("training exited with status %d", exc.returncode)
+        return exc.returncode or 1
+    except (FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
