@@ -280,3 +280,16 @@ def test_video_without_visible_objects_is_replaced_in_training_only(tmp_path):
     assert datapoint.video_id == raw.video_names.index("full")
     with pytest.raises(SamplingError, match="'empty'"):
         VOSDataset(plain_transforms(), False, raw, sampler, 1)[0]
+
+
+@pytest.mark.gpu
+def test_batch_pins_memory_and_moves_to_the_gpu(davis):
+    img_root, gt_root = davis
+    raw = PNGRawDataset(str(img_root), str(gt_root))
+    dataset = VOSDataset(plain_transforms(), False, raw, RandomUniformSampler(3, max_num_objects=2), 1)
+    batch = collate_fn([dataset[0], dataset[1]], "all").pin_memory()
+    assert batch.img_batch.is_pinned() and batch.masks.is_pinned()
+    assert batch.metadata.unique_objects_identifier.is_pinned()
+    on_gpu = batch.to("cuda", non_blocking=True)
+    assert on_gpu.img_batch.is_cuda and on_gpu.metadata.frame_orig_size.is_cuda
+    assert torch.equal(on_gpu.masks.cpu(), batch.masks)

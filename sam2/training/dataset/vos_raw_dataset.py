@@ -38,7 +38,6 @@ class VOSFrame:
     frame_idx: int
     image_path: str
     data: torch.Tensor | None = None
-    is_conditioning_only: bool | None = False
 
 
 @dataclass
