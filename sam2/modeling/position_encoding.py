@@ -50,7 +50,7 @@ class PositionEmbeddingSine(nn.Module):
         self.scale = 2 * math.pi if scale is None else scale
         self._grid_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
         if warmup_cache and torch.cuda.is_available():
-            cuda = torch.device("cuda")
+            cuda = torch.device("cuda", torch.cuda.current_device())
             for stride in strides:
                 self._grid_encoding(image_size // stride, image_size // stride, cuda)
 
