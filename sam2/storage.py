@@ -605,46 +605,61 @@ class ObjectStore:
             return None
         return (stat.metadata or {}).get(f"x-amz-meta-{CHECKSUM_META_KEY}")
 
-    def sync_to_local(self, uri: str, local_dir: str | Path) -> TransferResult:
+    def sync_to_local(self, uri: str, local_dir: str | Path, require_marker: bool = True) -> TransferResult:
         """Make ``local_dir`` hold the published folder ``uri``: fetch files missing or different.
 
         Only the files listed in the marker are fetched, each checked against the marker's checksum and
         written atomically; a copy of the marker is written last to ``local_dir/_SUCCESS`` so local
-        readers can check completeness the same way.
+        readers can check completeness the same way. ``require_marker=False`` is for raw inputs put in
+        the bucket by other tools: without a marker every object under ``uri`` is fetched (checked
+        against its stored checksum when it has one) and no local marker is written.
 
         Raises:
-            IncompletePublishError: ``uri`` has no marker (nothing is downloaded).
+            IncompletePublishError: ``uri`` has no marker and ``require_marker`` is set (nothing is
+                downloaded).
         """
         start = time.perf_counter()
         root = Path(local_dir)
-        marker = self.read_marker(uri)
+        try:
+            marker: dict | None = self.read_marker(uri)
+        except IncompletePublishError:
+            if require_marker:
+                raise
+            marker = None
+        if marker is not None:
+            wanted = {rel: (info["size"], info["sha256"]) for rel, info in marker["files"].items()}
+        else:
+            wanted = {rel: (size, None) for rel, size in self.list_objects(uri).items()}
+            if not wanted:
+                raise StorageNotFoundError(f"{uri}: no objects under this prefix")
         loc = parse_s3_uri(uri)
         jobs: list[Callable[[], int]] = []
         total = 0
         skipped = 0
-        for rel, info in sorted(marker["files"].items()):
+        for rel, (size, digest) in sorted(wanted.items()):
             dest = (root / rel).resolve()
             if not dest.is_relative_to(root.resolve()):
-                raise StorageError(f"{uri}: marker lists {rel!r}, which climbs out of the target folder")
+                raise StorageError(f"{uri}: object {rel!r} would land outside the target folder {root}")
             if (
                 dest.is_file()
-                and dest.stat().st_size == info["size"]
-                and sha256_of_file(dest) == info["sha256"]
+                and dest.stat().st_size == size
+                and (digest is None or sha256_of_file(dest) == digest)
             ):
                 skipped += 1
                 continue
-            total += info["size"]
-            jobs.append(lambda r=rel, d=dest, s=info["sha256"]: self.download_file(str(loc.join(r)), d, s))
+            total += size
+            jobs.append(lambda r=rel, d=dest, s=digest: self.download_file(str(loc.join(r)), d, s))
         if jobs and root.joinpath(MARKER_NAME).exists():
             root.joinpath(MARKER_NAME).unlink()
         moved = self._run_parallel(jobs, f"download {uri}", total)
-        _atomic_write_bytes(root / MARKER_NAME, json.dumps(marker, indent=1, sort_keys=True).encode())
+        if marker is not None:
+            _atomic_write_bytes(root / MARKER_NAME, json.dumps(marker, indent=1, sort_keys=True).encode())
         logger.info("synced %s to %s: %d files fetched, %d unchanged", uri, root, len(jobs), skipped)
         return TransferResult(uri, root, len(jobs), skipped, moved, time.perf_counter() - start)
 
     def download_folder(self, uri: str, local_dir: str | Path) -> TransferResult:
         """Download the published folder ``uri`` into ``local_dir`` (same as :meth:`sync_to_local`)."""
-        return self.sync_to_local(uri, local_dir)
+        return self.sync_to_local(uri, local_dir, require_marker=True)
 
 
 # ---- module-level shortcuts on a store built from the environment ------------------------------
