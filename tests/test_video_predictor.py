@@ -1,0 +1,297 @@
+"""SAM2VideoPredictor: same masks as the official sam2==1.1.0 predictor, later passes that keep working,
+clear errors for bad input, and the pure-torch hole filling it relies on.
+
+The reference runs in a subprocess (tests/sam2_oracle.py). Random weights make an object-score head that
+usually says "no object" (every logit -1024, a comparison that proves nothing), so the shared checkpoint
+gets a positive bias on that head: both sides then segment and track real, mixed-sign masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sam2_oracle import oracle_checkpoint, require_oracle, run_oracle
+
+from sam2.build_sam import build_sam2_video_predictor
+from sam2.utils.misc import fill_holes_in_mask_scores, get_connected_components
+
+CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+IMAGE_SIZE = 256
+OVERRIDES = [f"++model.image_size={IMAGE_SIZE}"]
+NUM_FRAMES = 5
+FRAME_H, FRAME_W = 96, 128
+CLICK_XY = [95, 30]  # on the square, object 2
+NEW_CLICK_XY = [90, 40]
+
+
+def _write_video(folder: Path) -> np.ndarray:
+    """A small JPEG video: a red disk drifting right over a textured background plus a blue square.
+    Returns the disk's mask on frame 0 (object 1's mask prompt)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:FRAME_H, 0:FRAME_W]
+    for t in range(NUM_FRAMES):
+        img = np.zeros((FRAME_H, FRAME_W, 3), np.float32)
+        img += 40 + 20 * np.sin(xx / 9.0 + t * 0.3)[..., None]
+        img[(xx - 40 - 6 * t) ** 2 + (yy - 45 - 2 * t) ** 2 < 18**2] = [200, 60, 50]
+        img[(abs(xx - 95 + 3 * t) < 12) & (abs(yy - 30) < 12)] = [40, 180, 220]
+        img += rng.normal(0, 6, img.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{t:05d}.jpg", quality=95)
+    return (xx - 40) ** 2 + (yy - 45) ** 2 < 18**2
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    folder = tmp_path_factory.mktemp("video") / "clip"
+    return folder, _write_video(folder)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_oracle()
+    state = torch.load(oracle_checkpoint(CONFIG), map_location="cpu", weights_only=True)["model"]
+    state["sam_mask_decoder.pred_obj_score_head.layers.2.bias"] += 5.0  # "object present" on every frame
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_object_present.pt"
+    torch.save({"model": state}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint: Path):
+    torch.manual_seed(0)
+    return build_sam2_video_predictor(
+        CONFIG, checkpoint, device="cpu", apply_postprocessing=False, hydra_overrides_extra=OVERRIDES
+    )
+
+
+_SESSION_SCRIPT = """
+torch.set_num_threads(1)
+from sam2.build_sam import build_sam2_video_predictor
+p = build_sam2_video_predictor(inputs["config"], inputs["ckpt"], device="cpu", apply_postprocessing=False,
+                               hydra_overrides_extra=inputs["overrides"])
+st = p.init_state(inputs["video"])
+outputs["prompt_mask"] = p.add_new_mask(st, 0, 1, inputs["mask"])[2]
+outputs["prompt_points"] = p.add_new_points_or_box(st, 0, 2, points=[inputs["click"]], labels=[1])[2]
+outputs["track"] = {f: m.clone() for f, _, m in p.propagate_in_video(st)}
+outputs["click2"] = p.add_new_points_or_box(st, 2, 2, points=[inputs["click2"]], labels=[0],
+                                            clear_old_points=False)[2]
+outputs["track2"] = {f: m.clone() for f, _, m in p.propagate_in_video(st)}
+"""
+
+
+def _run_session(predictor, video_dir: Path, mask: np.ndarray) -> dict:
+    st = predictor.init_state(str(video_dir))
+    out = {
+        "prompt_mask": predictor.add_new_mask(st, 0, 1, mask)[2],
+        "prompt_points": predictor.add_new_points_or_box(st, 0, 2, points=[CLICK_XY], labels=[1])[2],
+        "track": {f: m.clone() for f, _, m in predictor.propagate_in_video(st)},
+    }
+    out["click2"] = predictor.add_new_points_or_box(
+        st, 2, 2, points=[NEW_CLICK_XY], labels=[0], clear_old_points=False
+    )[2]
+    out["track2"] = {f: m.clone() for f, _, m in predictor.propagate_in_video(st)}
+    out["state"] = st
+    return out
+
+
+def _max_rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((ours - ref).abs().max() / ref.abs().max()).item()
+
+
+def _mean_rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((ours - ref).abs().mean() / ref.abs().mean()).item()
+
+
+def _sign_agreement(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((ours > 0) == (ref > 0)).float().mean().item()
+
+
+def _assert_mixed_sign(masks: torch.Tensor, what: str) -> None:
+    """Every object's mask has both foreground and background, so sign agreement means something."""
+    fg = (masks > 0).float().mean(dim=(1, 2, 3))
+    assert ((fg > 0.01) & (fg < 0.99)).all(), f"{what}: foreground fractions {fg.tolist()} are degenerate"
+
+
+def test_tracks_like_the_official_predictor(predictor, checkpoint: Path, video) -> None:
+    video_dir, mask = video
+    ref = run_oracle(
+        _SESSION_SCRIPT,
+        {
+            "config": CONFIG,
+            "ckpt": str(checkpoint),
+            "overrides": OVERRIDES,
+            "video": str(video_dir),
+            "mask": mask,
+            "click": CLICK_XY,
+            "click2": NEW_CLICK_XY,
+        },
+    )
+    ours = _run_session(predictor, video_dir, mask)
+
+    # Prompted frame 0: the mask prompt and the click (multimask output, best IoU) give the same logits.
+    for key in ("prompt_mask", "prompt_points"):
+        assert ours[key].shape == ref[key].shape
+        assert _max_rel(ours[key], ref[key]) <= 1e-4, key
+    _assert_mixed_sign(ours["prompt_points"], "prompted frame")
+
+    # Tracked frames: the official stores memories in bf16, ours in fp32; both must agree closely.
+    for pass_key in ("track", "track2"):
+        assert list(ours[pass_key]) == list(range(NUM_FRAMES))
+        for frame_idx in range(1, NUM_FRAMES):
+            mine, theirs = ours[pass_key][frame_idx], ref[pass_key][frame_idx]
+            assert mine.shape == (2, 1, FRAME_H, FRAME_W)
+            _assert_mixed_sign(theirs, f"{pass_key} frame {frame_idx}")
+            assert _mean_rel(mine, theirs) <= 2e-3, (pass_key, frame_idx)
+            assert _sign_agreement(mine, theirs) >= 0.999, (pass_key, frame_idx)
+    assert _max_rel(ours["click2"], ref["click2"]) <= 2e-3
+
+    # Memories stay in the model's dtype.
+    committed = ours["state"]["output_dict_per_obj"][0]["non_cond_frame_outputs"]
+    assert all(out["maskmem_features"].dtype == torch.float32 for out in committed.values())
+
+
+def test_reverse_then_forward_after_a_new_click(predictor, video) -> None:
+    video_dir, mask = video
+    last = NUM_FRAMES - 1
+    st = predictor.init_state(str(video_dir), offload_video_to_cpu=True, offload_state_to_cpu=True)
+    last_mask = np.roll(mask, 6 * last, axis=1)
+    predictor.add_new_mask(st, last, 7, last_mask)
+    backward = [(f, m.clone()) for f, _, m in predictor.propagate_in_video(st, reverse=True)]
+    assert [f for f, _ in backward] == list(range(last, -1, -1))
+    assert all(torch.isfinite(m).all() and m.shape == (1, 1, FRAME_H, FRAME_W) for _, m in backward)
+    # The prompted frame returns the prompt itself; tracked frames hold real (mixed-sign) predictions.
+    assert torch.equal(backward[0][1][0, 0] > 0, torch.from_numpy(last_mask))
+    for _, masks in backward[1:]:
+        _assert_mixed_sign(masks, "reverse tracking")
+
+    # A correction on a frame tracked in reverse, then forward passes limited in length.
+    _, ids, fixed = predictor.add_new_points_or_box(
+        st, 1, 7, points=[[40, 45]], labels=[1], clear_old_points=False
+    )
+    assert ids == [7] and fixed.shape == (1, 1, FRAME_H, FRAME_W)
+    forward = [f for f, _, _ in predictor.propagate_in_video(st, start_frame_idx=1, max_frame_num_to_track=2)]
+    assert forward == [1, 2, 3]
+    again = [f for f, _, _ in predictor.propagate_in_video(st, start_frame_idx=3, reverse=True)]
+    assert again == [3, 2, 1, 0]
+    stored = st["output_dict_per_obj"][0]["non_cond_frame_outputs"]
+    assert all(out["maskmem_features"].device.type == "cpu" for out in stored.values())
+    assert all(out["maskmem_features"].dtype == torch.float32 for out in stored.values())
+
+    # Removing the only object empties the session; a new one can start.
+    assert predictor.remove_object(st, 7)[0] == []
+    assert predictor.add_new_mask(st, 0, 3, mask)[1] == [3]
+
+
+def test_async_loading_gives_the_same_masks(predictor, video) -> None:
+    video_dir, mask = video
+    results = []
+    for async_loading in (False, True):
+        st = predictor.init_state(str(video_dir), async_loading_frames=async_loading)
+        predictor.add_new_mask(st, 0, 1, mask)
+        results.append(
+            torch.stack([m for _, _, m in predictor.propagate_in_video(st, max_frame_num_to_track=2)])
+        )
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_remove_object_and_clear_prompts(predictor, video) -> None:
+    video_dir, mask = video
+    st = predictor.init_state(str(video_dir))
+    predictor.add_new_mask(st, 0, 1, mask)
+    predictor.add_new_points_or_box(st, 0, 2, points=[CLICK_XY], labels=[1])
+    ids, updated = predictor.remove_object(st, 1)
+    assert ids == [2] and [f for f, _ in updated] == [0] and updated[0][1].shape == (1, 1, FRAME_H, FRAME_W)
+    predictor.clear_all_prompts_in_frame(st, 0, 2)
+    with pytest.raises(RuntimeError, match="object id 2 has no prompt"):
+        next(predictor.propagate_in_video(st))
+    predictor.reset_state(st)
+    assert st["obj_ids"] == []
+
+
+def test_bad_input_errors(predictor, video, tmp_path: Path) -> None:
+    video_dir, mask = video
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        predictor.init_state(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no JPEG frames"):
+        predictor.init_state(str(tmp_path / "empty"))
+    named = tmp_path / "named"
+    named.mkdir()
+    Image.new("RGB", (8, 8)).save(named / "frame_a.jpg")
+    with pytest.raises(ValueError, match="integer index.*frame_a.jpg"):
+        predictor.init_state(str(named))
+
+    st = predictor.init_state(str(video_dir))
+    with pytest.raises(RuntimeError, match="no object has been prompted"):
+        next(predictor.propagate_in_video(st))
+    with pytest.raises(ValueError, match=r"\(40, 50\).*\(96, 128\)"):
+        predictor.add_new_mask(st, 0, 1, np.zeros((40, 50), bool))
+    with pytest.raises(ValueError, match="2-D"):
+        predictor.add_new_mask(st, 0, 1, np.zeros((1, FRAME_H, FRAME_W), bool))
+    with pytest.raises(IndexError, match="0..4"):
+        predictor.add_new_mask(st, NUM_FRAMES, 1, mask)
+    with pytest.raises(ValueError, match="one label per point"):
+        predictor.add_new_points_or_box(st, 0, 1, points=[[1, 2], [3, 4]], labels=[1])
+    with pytest.raises(ValueError, match="clear_old_points=True"):
+        predictor.add_new_points_or_box(st, 0, 1, box=[1, 2, 30, 40], clear_old_points=False)
+    with pytest.raises(ValueError, match="never prompted"):
+        predictor.clear_all_prompts_in_frame(st, 0, 42)
+    with pytest.raises(ValueError, match="never prompted"):
+        predictor.remove_object(st, 42, strict=True)
+    # Nothing was registered by the failed calls.
+    assert st["obj_ids"] == []
+
+
+def _reference_components(mask: np.ndarray) -> np.ndarray:
+    """Component area per pixel by breadth-first search (8-connectivity)."""
+    height, width = mask.shape
+    area = np.zeros(mask.shape, int)
+    seen = np.zeros(mask.shape, bool)
+    for y0, x0 in zip(*np.nonzero(mask), strict=True):
+        if seen[y0, x0]:
+            continue
+        stack, members = [(y0, x0)], []
+        seen[y0, x0] = True
+        while stack:
+            y, x = stack.pop()
+            members.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        stack.append((ny, nx))
+        for y, x in members:
+            area[y, x] = len(members)
+    return area
+
+
+def test_connected_components_and_hole_filling() -> None:
+    gen = torch.Generator().manual_seed(3)
+    masks = torch.rand(3, 1, 40, 52, generator=gen) > 0.55
+    # A long snake: one component that takes many propagation steps.
+    masks[2, 0] = False
+    masks[2, 0, ::4, :] = True
+    masks[2, 0, 0::8, -1] = masks[2, 0, 1::8, -1] = masks[2, 0, 2::8, -1] = masks[2, 0, 3::8, -1] = True
+    masks[2, 0, 4::8, 0] = masks[2, 0, 5::8, 0] = masks[2, 0, 6::8, 0] = masks[2, 0, 7::8, 0] = True
+    labels, counts = get_connected_components(masks)
+    for i in range(masks.shape[0]):
+        expected = _reference_components(masks[i, 0].numpy())
+        assert np.array_equal(counts[i, 0].numpy(), expected)
+        fg = masks[i, 0]
+        assert (labels[i, 0][fg] > 0).all() and (labels[i, 0][~fg] == 0).all()
+    # Pixels share a label exactly when they share a component (checked on the snake).
+    assert labels[2, 0][masks[2, 0]].unique().numel() == 1
+
+    logits = torch.full((1, 1, 20, 20), 5.0)
+    logits[0, 0, 3:5, 3:5] = -2.0  # hole of 4 pixels
+    logits[0, 0, 10:16, 10:16] = -2.0  # hole of 36 pixels
+    filled = fill_holes_in_mask_scores(logits, max_area=8)
+    assert (filled[0, 0, 3:5, 3:5] == 0.1).all()
+    assert (filled[0, 0, 10:16, 10:16] == -2.0).all()
+    with pytest.raises(ValueError, match="positive"):
+        fill_holes_in_mask_scores(logits, max_area=0)
