@@ -122,6 +122,9 @@ class LocalTorchrunLauncher:
             }
             if not request.use_gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ""
+                # All nodes share this machine's cores: split them instead of oversubscribing.
+                threads = max(1, (os.cpu_count() or 1) // (request.num_nodes * request.procs_per_node))
+                env.setdefault("OMP_NUM_THREADS", str(threads))
             scratch = self.scratch_root / request.run_id / f"node{rank}"
             cmd = [sys.executable, "-m", "sam2.launch.training_node", "--scratch-dir", str(scratch)]
             cmd += request.node_args()

@@ -61,9 +61,8 @@ class NodeTopology:
         return cls(int(env.get("PET_NNODES", "1")), int(env.get("PET_NODE_RANK", "0")), procs)
 
 
-def dataset_overrides(data_dir: Path, train_list: str) -> list[str]:
+def dataset_overrides(data_dir: Path, file_list: Path) -> list[str]:
     """Hydra overrides that point the upstream training config at a local copy of the data set."""
-    file_list = data_dir / train_list
     if not file_list.is_file():
         raise FileNotFoundError(
             f"training video list {file_list} does not exist; run the split step first "
@@ -198,7 +197,7 @@ def run_node(
     Raises FileNotFoundError for missing inputs and subprocess.CalledProcessError when training fails.
     """
     topology = topology or NodeTopology.from_env(env)
-    needs_s3 = any(is_s3_uri(u) for u in (dataset_uri, run_uri, init_checkpoint_uri or ""))
+    needs_s3 = any(is_s3_uri(u) for u in (dataset_uri, run_uri, train_list, init_checkpoint_uri or ""))
     store = ObjectStore() if needs_s3 else None
     scratch_dir.mkdir(parents=True, exist_ok=True)
     data_dir = scratch_dir / "data"
@@ -211,9 +210,15 @@ def run_node(
     if resumed:
         logger.info("resuming from the newest checkpoint published under %s", run.child(CHECKPOINTS).uri)
 
+    if is_s3_uri(train_list):
+        assert store is not None
+        file_list = scratch_dir / "train_list.txt"
+        store.download_file(train_list, file_list)
+    else:
+        file_list = data_dir / train_list  # an absolute path stays as it is
     all_overrides = [
         f"launcher.experiment_log_dir={exp_dir}",
-        *dataset_overrides(data_dir, train_list),
+        *dataset_overrides(data_dir, file_list),
     ]
     if init_checkpoint_uri:
         init_path = scratch_dir / "init" / Path(init_checkpoint_uri).name
