@@ -37,7 +37,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3Ser
     try:
         yield server
     finally:
-        server.stop()
+        server.stop(grace_s=0.5)
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def make_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
 
     yield make
     for server in started:
-        server.stop()
+        server.stop(grace_s=0.5)
 
 
 def store_for(server: SeaweedS3Server, **kwargs) -> ObjectStore:

@@ -1,0 +1,338 @@
+"""Frame extraction on real encoded videos, DAVIS-style folders, archives and SA-V input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam2.data.frame_extraction import extract_dataset
+from sam2.data.layout import ANNOTATIONS_DIR, IMAGES_DIR, MANIFEST_NAME, STATE_DIR, DataPrepError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_video(
+    path: Path, num_frames: int, codec: str = "libx264", size=(96, 64), rate: int = 10, **options
+) -> Path:
+    """Encode a moving-gradient video with PyAV; returns its path."""
+    width, height = size
+    container = av.open(str(path), "w", options=options)
+    stream = container.add_stream(codec, rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    xx = np.arange(width)[None, :, None]
+    for index in range(num_frames):
+        image = np.broadcast_to((xx + index * 7) % 255, (height, width, 3)).astype(np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def decoded_count(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def frame_files(root: Path, video: str) -> list[str]:
+    return sorted(p.name for p in (root / IMAGES_DIR / video).iterdir())
+
+
+@pytest.fixture(scope="module")
+def video_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("videos")
+    make_video(folder / "clip_mp4.mp4", 17)
+    make_video(folder / "clip_mov.mov", 9, codec="mpeg4")
+    make_video(folder / "clip_mkv.mkv", 12, codec="mpeg4")
+    make_video(folder / "clip_webm.webm", 8, codec="libvpx-vp9")
+    (folder / "nested").mkdir()
+    make_video(folder / "nested" / "clip_avi.avi", 6, codec="mpeg4")
+    (folder / "notes.txt").write_text("not a video")
+    return folder
+
+
+def test_every_video_container_extracts_all_decoded_frames(video_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = extract_dataset(video_folder, out, workers=2)
+    videos = sorted(
+        p.stem for p in video_folder.rglob("*") if p.suffix in (".mp4", ".mov", ".mkv", ".webm", ".avi")
+    )
+    assert sorted(result.extracted) == videos and result.skipped == []
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["version"] == result.version and len(result.version) == 16
+    for source in video_folder.rglob("clip_*"):
+        expected = decoded_count(source)
+        names = frame_files(out, source.stem)
+        assert names == [f"{i:05d}.jpg" for i in range(expected)]
+        assert manifest["videos"][source.stem]["num_frames"] == expected
+        assert manifest["videos"][source.stem]["width"] == 96
+        with Image.open(out / IMAGES_DIR / source.stem / "00000.jpg") as image:
+            assert image.format == "JPEG" and image.size == (96, 64)
+    assert not (out / STATE_DIR / "partial").exists()
+
+
+def test_second_run_does_no_work_and_version_is_stable(video_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = extract_dataset(video_folder, out, workers=2)
+    stamps = {p: p.stat().st_mtime_ns for p in (out / IMAGES_DIR).rglob("*.jpg")}
+    second = extract_dataset(video_folder, out, workers=2)
+    assert second.extracted == [] and sorted(second.skipped) == sorted(first.extracted)
+    assert {p: p.stat().st_mtime_ns for p in (out / IMAGES_DIR).rglob("*.jpg")} == stamps
+    assert second.version == first.version
+    # same input elsewhere -> same version; other settings -> another version
+    assert extract_dataset(video_folder, tmp_path / "again", workers=1).version == first.version
+    assert (
+        extract_dataset(video_folder / "clip_mp4.mp4", tmp_path / "q", jpeg_quality=60).version
+        != first.version
+    )
+
+
+def test_fps_resamples_by_timestamps(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "v.mp4", 30, rate=30)
+    result = extract_dataset(video, tmp_path / "out", fps=10)
+    assert result.num_frames == 10
+    assert frame_files(tmp_path / "out", "v") == [f"{i:05d}.jpg" for i in range(10)]
+
+
+def test_killed_run_restarts_and_ends_complete(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for index in range(10):
+        make_video(source / f"v{index}.mp4", 40, size=(320, 240))
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "sam2.tools.extract_frames",
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any((out / IMAGES_DIR).glob("v*")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = list((out / IMAGES_DIR).glob("v*"))
+    assert 1 <= len(finished_before) < 10, "the run should have been killed midway"
+    assert not (out / MANIFEST_NAME).exists()
+    for video_dir in finished_before:  # only complete videos are visible
+        assert len(list(video_dir.iterdir())) == 40
+
+    restarted = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert restarted.returncode == 0, restarted.stderr
+    assert "already done" in restarted.stdout
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["num_videos"] == 10 and manifest["num_frames"] == 400
+    clean = extract_dataset(source, tmp_path / "clean", workers=2)
+    assert manifest["version"] == clean.version
+    assert not (out / STATE_DIR / "partial").exists()
+
+
+def test_bad_videos_are_named_and_never_visible(video_folder: Path, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(video_folder / "clip_mp4.mp4", source / "good.mp4")
+    whole = make_video(tmp_path / "fs.mp4", 30, movflags="faststart").read_bytes()
+    (source / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    (source / "text.mp4").write_text("this is not a video")
+    (source / "empty.mkv").write_bytes(b"")
+    # an unknown codec id: FFmpeg finds no decodable video stream in it
+    mkv = make_video(tmp_path / "codec.mkv", 5, codec="mpeg4").read_bytes()
+    assert mkv.count(b"V_MPEG4/ISO/ASP") == 1
+    (source / "unknown_codec.mkv").write_bytes(mkv.replace(b"V_MPEG4/ISO/ASP", b"V_XYZW/ABC/QQQ"))
+    out = tmp_path / "out"
+    with pytest.raises(DataPrepError) as info:
+        extract_dataset(source, out, workers=2)
+    message = str(info.value)
+    assert "4 of 5 videos could not be extracted" in message
+    lines = {line.strip().split(": ")[0].rsplit("/", 1)[-1]: line for line in message.splitlines()[1:]}
+    assert "the file is truncated" in lines["truncated.mp4"]
+    assert "text.mp4: cannot open as a video" in message
+    assert "empty.mkv: cannot open as a video" in message
+    assert "unknown_codec.mkv: no video stream" in message and "unsupported" in message
+    assert sorted(p.name for p in (out / IMAGES_DIR).iterdir()) == ["good"]
+    assert not (out / MANIFEST_NAME).exists()
+
+
+def test_unsupported_input_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "clip.flv"
+    path.write_bytes(b"x")
+    with pytest.raises(DataPrepError, match=r"clip\.flv: unsupported input"):
+        extract_dataset(path, tmp_path / "out")
+    with pytest.raises(DataPrepError, match="does not exist"):
+        extract_dataset(tmp_path / "missing", tmp_path / "out")
+
+
+def write_davis_tree(root: Path, videos: dict[str, int], resolution: str | None = "480p") -> None:
+    """A DAVIS-like tree: JPEGImages/480p/<video>/*.jpg and Annotations/480p/<video>/*.png (palette)."""
+    for name, count in videos.items():
+        frames = root / IMAGES_DIR / (resolution or "") / name
+        masks = root / ANNOTATIONS_DIR / (resolution or "") / name
+        frames.mkdir(parents=True)
+        masks.mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(np.full((40, 48, 3), index * 9, np.uint8)).save(frames / f"{index:05d}.jpg")
+            mask = np.zeros((40, 48), np.uint8)
+            mask[5:15, 5:15] = 1
+            mask[20:30, 20:30] = 2
+            image = Image.fromarray(mask, mode="P")
+            image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+            image.save(masks / f"{index:05d}.png")
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar.gz", "tar", "zip"])
+def test_davis_folder_and_archives_are_normalised(tmp_path: Path, kind: str) -> None:
+    tree = tmp_path / "DAVIS"
+    write_davis_tree(tree, {"bear": 5, "car": 4})
+    if kind == "folder":
+        source = tree
+    elif kind == "zip":
+        source = tmp_path / "davis.zip"
+        with zipfile.ZipFile(source, "w") as handle:
+            for path in sorted(tree.rglob("*")):
+                handle.write(path, path.relative_to(tmp_path).as_posix())
+    else:
+        source = tmp_path / f"davis.{kind}"
+        with tarfile.open(source, "w:gz" if kind == "tar.gz" else "w") as handle:
+            handle.add(tree, arcname="DAVIS")
+    out = tmp_path / "out"
+    result = extract_dataset(source, out, workers=2, work_dir=tmp_path / "work")
+    assert result.num_videos == 2 and result.num_frames == 9
+    assert frame_files(out, "bear") == [f"{i:05d}.jpg" for i in range(5)]
+    assert sorted(p.name for p in (out / ANNOTATIONS_DIR / "car").iterdir()) == [
+        f"{i:05d}.png" for i in range(4)
+    ]
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["videos"]["bear"]["object_ids"] == [1, 2]
+    assert manifest["videos"]["bear"]["annotation_format"] == "png"
+    # JPEG frames are copied byte for byte, not re-encoded
+    assert (out / IMAGES_DIR / "bear" / "00003.jpg").read_bytes() == (
+        tree / IMAGES_DIR / "480p" / "bear" / "00003.jpg"
+    ).read_bytes()
+
+
+def _tar_with(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w:gz") as handle:
+        for info, data in members:
+            handle.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _file_info(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def test_archive_members_that_escape_or_link_are_rejected(tmp_path: Path) -> None:
+    ok = _file_info("ds/JPEGImages/v/00000.jpg", b"jpeg")
+    climbing = _tar_with(tmp_path / "climb.tar.gz", [ok, _file_info("ds/../../evil.txt", b"x")])
+    absolute = _tar_with(tmp_path / "abs.tar.gz", [ok, _file_info("/tmp/evil.txt", b"x")])
+    link = tarfile.TarInfo("ds/JPEGImages/v/00001.jpg")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    symlinked = _tar_with(tmp_path / "link.tar.gz", [ok, (link, None)])
+    hard = tarfile.TarInfo("ds/JPEGImages/v/00002.jpg")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "ds/JPEGImages/v/00000.jpg"
+    hardlinked = _tar_with(tmp_path / "hard.tar.gz", [ok, (hard, None)])
+    zipped = tmp_path / "link.zip"
+    with zipfile.ZipFile(zipped, "w") as handle:
+        handle.writestr("ds/JPEGImages/v/00000.jpg", b"jpeg")
+        info = zipfile.ZipInfo("ds/JPEGImages/v/00001.jpg")
+        info.external_attr = 0o120777 << 16
+        handle.writestr(info, "/etc/passwd")
+    zip_climb = tmp_path / "climb.zip"
+    with zipfile.ZipFile(zip_climb, "w") as handle:
+        handle.writestr("../evil.txt", b"x")
+
+    cases = {
+        climbing: r"'ds/\.\./\.\./evil\.txt' climbs out",
+        absolute: r"'/tmp/evil\.txt' has an absolute path",
+        symlinked: r"'ds/JPEGImages/v/00001\.jpg' is a link",
+        hardlinked: r"'ds/JPEGImages/v/00002\.jpg' is a link",
+        zipped: r"'ds/JPEGImages/v/00001\.jpg' is a symbolic link",
+        zip_climb: r"'\.\./evil\.txt' climbs out",
+    }
+    for archive, pattern in cases.items():
+        work = tmp_path / f"work-{archive.name}"
+        with pytest.raises(DataPrepError, match=pattern) as info:
+            extract_dataset(archive, tmp_path / f"out-{archive.name}", work_dir=work)
+        assert archive.name in str(info.value)
+        assert not any(p.is_file() for p in work.rglob("*")), f"{archive.name}: files were unpacked"
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def sav_annotation(num_objects: int, height: int, width: int, num_annotated: int) -> dict:
+    from pycocotools import mask as mask_utils
+
+    frames = []
+    for t in range(num_annotated):
+        rles = []
+        for obj in range(num_objects):
+            mask = np.zeros((height, width), np.uint8, order="F")
+            mask[4 + t : 20 + t, 4 + 10 * obj : 14 + 10 * obj] = 1
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            rles.append({"size": rle["size"], "counts": rle["counts"].decode()})
+        frames.append(rles)
+    return {
+        "video_id": "sav_000001",
+        "video_height": height,
+        "video_width": width,
+        "masklet": frames,
+        "masklet_id": list(range(num_objects)),
+        "masklet_num": num_objects,
+    }
+
+
+def test_sav_videos_keep_their_manual_json(tmp_path: Path) -> None:
+    source = tmp_path / "sav_000"
+    source.mkdir()
+    make_video(source / "sav_000001.mp4", 16, rate=24)
+    (source / "sav_000001_manual.json").write_text(json.dumps(sav_annotation(2, 64, 96, 4)))
+    make_video(source / "sav_000002.mp4", 8, rate=24)  # no annotation: frames only
+    out = tmp_path / "out"
+    result = extract_dataset(source, out, workers=2)
+    assert result.num_videos == 2
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    record = manifest["videos"]["sav_000001"]
+    assert record["annotation_format"] == "sav_json" and record["object_ids"] == [0, 1]
+    assert record["num_annotated_frames"] == 4 and record["num_frames"] == decoded_count(
+        source / "sav_000001.mp4"
+    )
+    assert (out / ANNOTATIONS_DIR / "sav_000001_manual.json").read_bytes() == (
+        source / "sav_000001_manual.json"
+    ).read_bytes()
+    assert manifest["videos"]["sav_000002"]["annotation_format"] == "none"
+
+
+def test_s3_input_and_output(video_folder: Path, tmp_path: Path, s3_store, s3_bucket: str, s3_env) -> None:
+    s3_store.upload_file(video_folder / "clip_mp4.mp4", f"s3://{s3_bucket}/raw/clip_mp4.mp4")
+    s3_store.upload_file(video_folder / "clip_mkv.mkv", f"s3://{s3_bucket}/raw/clip_mkv.mkv")
+    target = f"s3://{s3_bucket}/datasets/mine/v1"
+    result = extract_dataset(f"s3://{s3_bucket}/raw", target, workers=2, work_dir=tmp_path / "work")
+    assert result.num_videos == 2 and result.output == target
+    marker = s3_store.read_marker(target)
+    assert f"{IMAGES_DIR}/clip_mp4/00000.jpg" in marker["files"] and MANIFEST_NAME in marker["files"]
+    local = tmp_path / "synced"
+    s3_store.sync_to_local(target, local)
+    assert json.loads((local / MANIFEST_NAME).read_text())["version"] == result.version
+    assert len(os.listdir(local / IMAGES_DIR / "clip_mp4")) == decoded_count(video_folder / "clip_mp4.mp4")

@@ -1,0 +1,194 @@
+"""The S3 layer against a real SeaweedFS server: URIs, round trips, checksums, markers, failures."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from s3_server import store_for
+
+from sam2.storage import (
+    MARKER_NAME,
+    IncompletePublishError,
+    ObjectStore,
+    S3Settings,
+    S3Uri,
+    StorageAuthError,
+    StorageIntegrityError,
+    StorageUnreachableError,
+    parse_s3_uri,
+    sync_to_local,
+    upload_folder,
+)
+
+
+def test_parse_s3_uri() -> None:
+    assert parse_s3_uri("s3://bucket/a/b.txt") == S3Uri("bucket", "a/b.txt")
+    assert parse_s3_uri("s3://bucket") == S3Uri("bucket", "")
+    assert str(parse_s3_uri("s3://bucket/datasets/demo/").join("v1", "/manifest.json")) == (
+        "s3://bucket/datasets/demo/v1/manifest.json"
+    )
+    assert parse_s3_uri("s3://bucket/x").prefix == "x/" and S3Uri("b", "").prefix == ""
+    for bad in ("http://bucket/key", "s3://", "/local/path"):
+        with pytest.raises(ValueError, match="s3://bucket/key|no bucket"):
+            parse_s3_uri(bad)
+
+
+def test_settings_from_env_and_secret_never_shown() -> None:
+    env = {
+        "S3_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
+    }
+    settings = S3Settings.from_env(env)
+    assert settings.endpoint_url == "http://127.0.0.1:9" and settings.region == "us-east-1"
+    assert S3Settings.from_env(settings.as_env()) == settings
+    store = ObjectStore(settings)
+    assert "s3cr3t" not in repr(settings) and "s3cr3t" not in repr(store) and "AKIDEXAMPLE" not in repr(store)
+    with pytest.raises(StorageAuthError, match="AWS_SECRET_ACCESS_KEY"):
+        S3Settings.from_env({"AWS_ACCESS_KEY_ID": "x"})
+    with pytest.raises(ValueError, match="S3_ENDPOINT_URL"):
+        ObjectStore(S3Settings("127.0.0.1:9000", "a", "b"))
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {
+        "manifest.json": b'{"version": "x"}',
+        "JPEGImages/v1/00000.jpg": bytes(range(256)) * 40,
+        "JPEGImages/v1/00001.jpg": b"\x00" * 3000,
+        "Annotations/v1/00000.png": b"png-bytes",
+        "deep/a/b/c/empty.bin": b"",
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return files
+
+
+def test_folder_round_trip_with_marker_and_resume(
+    s3_store: ObjectStore, s3_bucket: str, tmp_path: Path
+) -> None:
+    files = make_tree(tmp_path / "src")
+    uri = f"s3://{s3_bucket}/datasets/demo/v1"
+    sent = s3_store.upload_folder(tmp_path / "src", uri)
+    assert sent.transferred == len(files) and sent.skipped == 0
+    marker = s3_store.read_marker(uri)
+    assert sorted(marker["files"]) == sorted(files) and marker["files"]["manifest.json"]["size"] == 16
+    assert sorted(s3_store.list_objects(uri)) == sorted([*files, MARKER_NAME])
+
+    got = s3_store.sync_to_local(uri, tmp_path / "dst")
+    assert got.transferred == len(files)
+    for rel, data in files.items():
+        assert (tmp_path / "dst" / rel).read_bytes() == data
+    assert json.loads((tmp_path / "dst" / MARKER_NAME).read_text()) == marker
+
+    # nothing changed: nothing moves either way; one changed file moves alone
+    assert s3_store.upload_folder(tmp_path / "src", uri).transferred == 0
+    assert s3_store.sync_to_local(uri, tmp_path / "dst").transferred == 0
+    (tmp_path / "src" / "manifest.json").write_bytes(b'{"version": "y"}')
+    assert s3_store.upload_folder(tmp_path / "src", uri).transferred == 1
+    (tmp_path / "dst" / "JPEGImages/v1/00001.jpg").write_bytes(b"local damage")
+    again = s3_store.sync_to_local(uri, tmp_path / "dst")
+    assert again.transferred == 2 and (tmp_path / "dst" / "manifest.json").read_bytes() == b'{"version": "y"}'
+    assert (tmp_path / "dst" / "JPEGImages/v1/00001.jpg").read_bytes() == b"\x00" * 3000
+
+
+def test_single_objects_and_checksums(s3_store: ObjectStore, s3_bucket: str, tmp_path: Path) -> None:
+    uri = f"s3://{s3_bucket}/runs/r1/metrics.json"
+    s3_store.write_bytes(uri, b'{"J&F": 80}')
+    assert s3_store.read_bytes(uri) == b'{"J&F": 80}' and s3_store.exists(uri)
+    assert not s3_store.exists(f"s3://{s3_bucket}/runs/r1/missing")
+    with pytest.raises(StorageIntegrityError, match="metrics.json"):
+        s3_store.download_file(uri, tmp_path / "m.json", expected_sha256="0" * 64)
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
+    assert s3_store.download_file(uri, tmp_path / "m.json") == 11
+
+
+def test_unpublished_prefix_is_refused(s3_store: ObjectStore, s3_bucket: str, tmp_path: Path) -> None:
+    s3_store.write_bytes(f"s3://{s3_bucket}/half/JPEGImages/v/00000.jpg", b"x")
+    with pytest.raises(IncompletePublishError, match=r"half has no _SUCCESS marker"):
+        s3_store.sync_to_local(f"s3://{s3_bucket}/half", tmp_path / "dst")
+    assert not (tmp_path / "dst").exists()
+    with pytest.raises(IncompletePublishError, match="after waiting"):
+        s3_store.wait_for_marker(f"s3://{s3_bucket}/half", timeout_s=0.3, poll_s=0.1)
+    # raw inputs may be fetched without a marker when asked explicitly
+    assert (
+        s3_store.sync_to_local(f"s3://{s3_bucket}/half", tmp_path / "raw", require_marker=False).transferred
+        == 1
+    )
+    assert not (tmp_path / "raw" / MARKER_NAME).exists()
+
+
+def test_env_shortcuts(s3_env: dict, s3_bucket: str, tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    upload_folder(tmp_path / "src", f"s3://{s3_bucket}/env")
+    assert sync_to_local(f"s3://{s3_bucket}/env", tmp_path / "dst").transferred == 5
+
+
+def test_wrong_credentials_are_named_without_the_secret(
+    s3_server, s3_bucket: str, tmp_path: Path, caplog
+) -> None:
+    wrong = ObjectStore(
+        S3Settings(s3_server.endpoint_url, s3_server.access_key, "definitely-wrong-secret"), retries=0
+    )
+    with pytest.raises(StorageAuthError) as info:
+        wrong.upload_folder(make_tree(tmp_path / "src") and tmp_path / "src", f"s3://{s3_bucket}/x")
+    message = str(info.value)
+    assert "rejected the credentials" in message and s3_server.endpoint_url in message
+    assert "definitely-wrong-secret" not in message and s3_server.secret_key not in message
+    assert s3_server.access_key not in message  # only a short prefix of the key id
+    assert "definitely-wrong-secret" not in caplog.text
+
+
+def test_unreachable_endpoint_is_named(tmp_path: Path) -> None:
+    from sam2.tools.s3_server import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    store = ObjectStore(S3Settings(endpoint, "AKID", "secret-value"), retries=1, backoff_s=0.05)
+    with pytest.raises(StorageUnreachableError, match=rf"{endpoint} did not answer .*2 attempts") as info:
+        store.read_bytes("s3://bucket/key")
+    assert "secret-value" not in str(info.value)
+
+
+def test_server_stopping_mid_upload_leaves_nothing_published(make_s3_server, tmp_path: Path) -> None:
+    server = make_s3_server()
+    store = store_for(server, workers=2, retries=1, backoff_s=0.05, timeout_s=3.0)
+    src = tmp_path / "src"
+    src.mkdir()
+    for index in range(60):
+        (src / f"{index:03d}.bin").write_bytes(bytes([index]) * 400_000)
+    uri = "s3://crash/datasets/big/v1"
+    store.ensure_bucket("crash")
+
+    def kill_after_first_object() -> None:
+        deadline = time.monotonic() + 60
+        watcher = store_for(server, retries=0)
+        while time.monotonic() < deadline:
+            try:
+                if watcher.list_objects(uri):
+                    break
+            except Exception:  # noqa: BLE001 - the upload may not have begun yet
+                pass
+            time.sleep(0.02)
+        server.kill()
+
+    killer = threading.Thread(target=kill_after_first_object)
+    killer.start()
+    with pytest.raises(StorageUnreachableError, match=server.endpoint_url):
+        store.upload_folder(src, uri)
+    killer.join()
+
+    # restart the same server on the same data and ports: the half upload is not published
+    server.start(timeout_s=90)
+    assert not store.is_published(uri)
+    assert 0 < len(store.list_objects(uri)) < 60
+    with pytest.raises(IncompletePublishError):
+        store.sync_to_local(uri, tmp_path / "reader")
+    assert not (tmp_path / "reader").exists()
+    # rerunning the upload finishes it, re-sending only what is missing
+    result = store.upload_folder(src, uri)
+    assert result.skipped > 0 and result.transferred + result.skipped == 60
+    assert store.read_marker(uri)["num_files"] == 60
