@@ -1,0 +1,1 @@
+"""SAM2Train and the training-time model pieces."""

@@ -1,0 +1,243 @@
+"""Optimizer construction for SAM 2 fine-tuning: per-parameter schedules, layer-wise lr decay, clipping.
+
+Each optimizer option (`lr`, `weight_decay`, ...) has a list of rules: one default rule and rules that
+claim parameters by name pattern (fnmatch on the full parameter name) or by the class of the module that
+owns them. Parameters sharing the same rule for every option and the same lr multiplier form one param
+group; schedulers are evaluated at `where`, the fraction of training done, in [0, 1].
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from hydra.utils import get_class
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+LrScaleModifier = Callable[..., Mapping[str, float]]
+
+
+class ConstantParamScheduler:
+    """The same value for the whole run."""
+
+    def __init__(self, value: float) -> None:
+        self.value = float(value)
+
+    def __call__(self, where: float) -> float:
+        return self.value
+
+
+class CosineParamScheduler:
+    """Half a cosine from `start_value` (where=0) down to `end_value` (where=1)."""
+
+    def __init__(self, start_value: float, end_value: float) -> None:
+        self.start_value = float(start_value)
+        self.end_value = float(end_value)
+
+    def __call__(self, where: float) -> float:
+        where = min(max(where, 0.0), 1.0)
+        return self.end_value + 0.5 * (self.start_value - self.end_value) * (1 + math.cos(math.pi * where))
+
+
+@dataclass
+class OptionRule:
+    """A scheduler for one option and the parameters it claims (none named: the default rule)."""
+
+    scheduler: Callable[[float], float]
+    param_names: list[str] = field(default_factory=list)
+    module_cls_names: list[str] = field(default_factory=list)
+
+    @property
+    def is_default(self) -> bool:
+        return not self.param_names and not self.module_cls_names
+
+
+class GradientClipper:
+    """Clips the global gradient norm of a model's parameters; returns the norm before clipping."""
+
+    def __init__(self, max_norm: float | None = 1.0, norm_type: float = 2.0) -> None:
+        self.max_norm = None if max_norm is None else float(max_norm)
+        self.norm_type = float(norm_type)
+
+    def __call__(self, model: nn.Module) -> torch.Tensor | None:
+        if self.max_norm is None:
+            return None
+        params = [p for p in model.parameters() if p.grad is not None]
+        return nn.utils.clip_grad_norm_(params, max_norm=self.max_norm, norm_type=self.norm_type)
+
+
+def _block_index(name: str) -> int | None:
+    match = re.search(r"(?:^|\.)blocks\.(\d+)\.", name)
+    return int(match.group(1)) if match else None
+
+
+def layer_decay_param_modifier(
+    model: nn.Module,
+    layer_decay_value: float,
+    apply_to: str = "image_encoder.trunk",
+    overrides: Sequence[Mapping] = (),
+) -> dict[str, float]:
+    """lr multipliers that shrink geometrically towards the input of a ViT-like trunk (Hiera).
+
+    With L blocks, block i gets `layer_decay_value ** (L - i)`, the patch embedding
+    `layer_decay_value ** (L + 1)`, other trunk parameters and everything outside `apply_to` 1.0.
+    `overrides` ({pattern, value}) pin the multiplier of matching trunk parameters (e.g. `*pos_embed*`).
+    """
+    try:
+        trunk = model.get_submodule(apply_to)
+    except AttributeError as err:
+        raise ValueError(
+            f"layer_decay_param_modifier: model has no submodule {apply_to!r} (apply_to)"
+        ) from err
+    blocks = getattr(trunk, "blocks", None)
+    if blocks is None:
+        raise ValueError(f"layer_decay_param_modifier: {apply_to!r} has no `blocks` to decay over")
+    num_blocks = len(blocks)
+    scales: dict[str, float] = {}
+    prefix = apply_to + "."
+    for name, _ in model.named_parameters():
+        if not name.startswith(prefix):
+            continue
+        local = name[len(prefix) :]
+        scale = 1.0
+        block = _block_index(local)
+        if block is not None and local.startswith("blocks."):
+            scale = layer_decay_value ** (num_blocks - block)
+        elif local.startswith("patch_embed"):
+            scale = layer_decay_value ** (num_blocks + 1)
+        for override in overrides:
+            if fnmatch.fnmatchcase(name, override["pattern"]):
+                scale = float(override["value"])
+                break
+        scales[name] = scale
+    return scales
+
+
+class ScheduledOptimizer:
+    """A torch optimizer whose param groups follow their own schedulers (see `step_schedulers`)."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, group_schedulers: list[dict[str, Callable[[float], float]]]
+    ) -> None:
+        self.optimizer = optimizer
+        self.group_schedulers = group_schedulers
+        self.step_schedulers(0.0)
+
+    def step_schedulers(self, where: float) -> None:
+        """Set every group's options to their schedules' values at `where` (fraction of training done)."""
+        for group, schedulers in zip(self.optimizer.param_groups, self.group_schedulers, strict=True):
+            for option, scheduler in schedulers.items():
+                value = scheduler(where)
+                group[option] = value * group["lr_scale"] if option == "lr" else value
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+def _parse_rules(option: str, rules: Iterable[Mapping | OptionRule]) -> list[OptionRule]:
+    parsed = [
+        r
+        if isinstance(r, OptionRule)
+        else OptionRule(
+            scheduler=r["scheduler"],
+            param_names=list(r.get("param_names") or []),
+            module_cls_names=list(r.get("module_cls_names") or []),
+        )
+        for r in rules
+    ]
+    defaults = [r for r in parsed if r.is_default]
+    if len(defaults) != 1:
+        raise ValueError(
+            f"optim.options.{option} needs exactly one rule without param_names/module_cls_names "
+            f"(the default), found {len(defaults)}"
+        )
+    return parsed
+
+
+def _params_of_rule(rule: OptionRule, model: nn.Module, names: Sequence[str]) -> set[str]:
+    claimed = {n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in rule.param_names)}
+    if rule.module_cls_names:
+        classes = tuple(get_class(c) for c in rule.module_cls_names)
+        wanted = set(names)
+        for module_name, module in model.named_modules():
+            if isinstance(module, classes):
+                for param_name, _ in module.named_parameters(recurse=False):
+                    full = f"{module_name}.{param_name}" if module_name else param_name
+                    if full in wanted:
+                        claimed.add(full)
+    return claimed
+
+
+def construct_optimizer(
+    model: nn.Module,
+    optimizer_factory: Callable[..., torch.optim.Optimizer],
+    options: Mapping[str, Sequence[Mapping | OptionRule]],
+    param_group_modifiers: Sequence[LrScaleModifier] = (),
+) -> ScheduledOptimizer:
+    """Build the optimizer over the trainable parameters of `model`.
+
+    optimizer_factory: e.g. `functools.partial(torch.optim.AdamW)`; called with the param groups.
+    options: option name -> rules (dicts with `scheduler` and optional `param_names`/`module_cls_names`).
+    param_group_modifiers: callables `f(model=...) -> {param name: lr multiplier}` (layer-wise decay).
+
+    Raises ValueError for a rule set without a single default or with overlapping rules, and AssertionError
+    if the groups do not hold every trainable parameter exactly once.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, _ in named]
+    parsed_options = {opt: _parse_rules(opt, rules) for opt, rules in options.items()}
+    rule_of: dict[str, dict[str, int]] = {n: {} for n in names}
+    for option, rules in parsed_options.items():
+        owner: dict[str, int] = {}
+        for idx, rule in enumerate(rules):
+            if rule.is_default:
+                continue
+            for n in _params_of_rule(rule, model, names):
+                if n in owner:
+                    raise ValueError(
+                        f"optim.options.{option}: parameter {n} is claimed by two rules "
+                        f"(#{owner[n]} and #{idx}); make their param_names/module_cls_names disjoint"
+                    )
+                owner[n] = idx
+        default_idx = next(i for i, r in enumerate(rules) if r.is_default)
+        for n in names:
+            rule_of[n][option] = owner.get(n, default_idx)
+
+    lr_scale = {n: 1.0 for n in names}
+    for modifier in param_group_modifiers:
+        for n, scale in modifier(model=model).items():
+            if n in lr_scale:
+                lr_scale[n] *= scale
+
+    groups: dict[tuple, list[str]] = {}
+    for n in names:
+        key = (tuple(sorted(rule_of[n].items())), lr_scale[n])
+        groups.setdefault(key, []).append(n)
+
+    params_by_name = dict(named)
+    param_groups, group_schedulers = [], []
+    for (rule_key, scale), group_names in groups.items():
+        param_groups.append({"params": [params_by_name[n] for n in group_names], "lr_scale": scale})
+        group_schedulers.append({opt: parsed_options[opt][idx].scheduler for opt, idx in rule_key})
+
+    grouped = [id(p) for g in param_groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped)), "a parameter landed in two optimizer param groups"
+    assert set(grouped) == {id(p) for _, p in named}, "a trainable parameter is in no optimizer param group"
+    logger.info("optimizer: %d trainable tensors in %d param groups", len(names), len(param_groups))
+    return ScheduledOptimizer(optimizer_factory(param_groups), group_schedulers)

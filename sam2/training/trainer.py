@@ -1,0 +1,470 @@
+"""The training loop: epochs of SAM2Train steps with DDP, AMP, clipping, accumulation, checkpoints, J&F val.
+
+Constructed from the `trainer:` block of a training config (`hydra.utils.instantiate(cfg.trainer,
+_recursive_=False)`); the sub-blocks (model, data, optim, loss, logging, checkpoint) stay configs and are
+built here, so the model exists before the optimizer that needs its parameters.
+
+Reproducibility: every epoch starts by reseeding the RNGs from (seed_value, epoch, rank) and the model's
+prompt generator from (seed_value, epoch); checkpoints are written at epoch ends, so a run resumed from
+one replays exactly what an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from sam2.training.loss_fns import CORE_LOSS_KEY
+from sam2.training.optimizer import GradientClipper, construct_optimizer
+from sam2.training.utils.checkpoint_utils import local_copy, save_checkpoint_atomic
+from sam2.training.utils.distributed import (
+    DistributedContext,
+    all_ranks_true,
+    barrier,
+    setup_distributed,
+)
+from sam2.training.utils.logging_utils import add_rank_log_file
+
+logger = logging.getLogger(__name__)
+
+MODES = ("train", "train_only", "val")
+CHECKPOINT_NAME = "checkpoint.pt"
+BEST_CHECKPOINT_NAME = "checkpoint_best.pt"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stopped without writing a checkpoint of that state."""
+
+
+def _as_container(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains (and validates) SAM2Train as the config describes; `run()` does the work.
+
+    mode: "train" (train, validate every `val_epoch_freq` epochs and keep the best checkpoint by J&F),
+        "train_only", or "val" (validate the current checkpoint once).
+    accelerator: "cuda" (bf16 autocast when optim.amp.enabled, nccl) or "cpu" (fp32, gloo).
+    """
+
+    def __init__(
+        self,
+        *,
+        data: DictConfig,
+        model: DictConfig,
+        logging: DictConfig,
+        checkpoint: DictConfig,
+        max_epochs: int,
+        mode: str = "train",
+        accelerator: str = "cuda",
+        seed_value: int = 123,
+        val_epoch_freq: int = 1,
+        distributed: DictConfig | None = None,
+        optim: DictConfig | None = None,
+        loss: DictConfig | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"trainer.mode must be one of {MODES}, got {mode!r}")
+        if max_epochs < 1:
+            raise ValueError(f"trainer.max_epochs must be >= 1, got {max_epochs}")
+        self.mode = mode
+        self.max_epochs = int(max_epochs)
+        self.seed_value = int(seed_value)
+        self.val_epoch_freq = int(val_epoch_freq)
+        dist_conf = distributed or {}
+        self.ctx: DistributedContext = setup_distributed(
+            accelerator,
+            backend=dist_conf.get("backend"),
+            timeout_mins=dist_conf.get("timeout_mins", 30),
+        )
+        self.device = self.ctx.device
+
+        self.log_freq = int(logging.get("log_freq", 10))
+        self._log_handler = add_rank_log_file(logging.log_dir, self.ctx.rank)
+        tb_conf = logging.get("tensorboard_writer")
+        self.tb_writer = None
+        if tb_conf is not None and self.ctx.is_main:
+            self.tb_writer = instantiate(tb_conf)
+
+        # Same seed on every rank before building the model: identical initial weights everywhere.
+        _seed_everything(self.seed_value)
+        self.model: nn.Module = instantiate(model, _convert_="all").to(self.device)
+        self.checkpoint_conf = checkpoint
+        self.save_dir = Path(checkpoint.save_dir)
+        self.save_freq = int(checkpoint.get("save_freq", 0) or 0)
+
+        self.train_data = instantiate(data.train, _convert_="all") if data.get("train") is not None else None
+        self.val_data = instantiate(data.val, _convert_="all") if data.get("val") is not None else None
+        if mode != "val" and self.train_data is None:
+            raise ValueError(f"trainer.mode={mode} needs trainer.data.train")
+        if mode == "val" and self.val_data is None:
+            raise ValueError("trainer.mode=val needs trainer.data.val")
+
+        self.loss_fns: dict[str, nn.Module] = {k: instantiate(v) for k, v in (loss or {}).items()}
+        if mode != "val" and not self.loss_fns:
+            raise ValueError("trainer.loss is empty; configure trainer.loss.all (MultiStepMultiMasksAndIous)")
+
+        optim = optim or OmegaConf.create({})
+        amp_conf = optim.get("amp") or {}
+        self.amp_dtype = getattr(torch, amp_conf.get("amp_dtype", "bfloat16"))
+        self.amp_enabled = bool(amp_conf.get("enabled", False)) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp_enabled and self.amp_dtype == torch.float16
+        )
+        self.accumulation_steps = int(optim.get("gradient_accumulation_steps", 1))
+        if self.accumulation_steps < 1:
+            raise ValueError(f"optim.gradient_accumulation_steps must be >= 1, got {self.accumulation_steps}")
+        self.gradient_clipper: GradientClipper | None = (
+            instantiate(optim.gradient_clip) if optim.get("gradient_clip") is not None else None
+        )
+        self.optim = None
+        if mode != "val":
+            modifiers = [instantiate(m) for m in optim.get("param_group_modifiers") or []]
+            optimizer_conf = optim.get("optimizer") or {"_target_": "torch.optim.AdamW"}
+            self.optim = construct_optimizer(
+                self.model,
+                instantiate(optimizer_conf, _partial_=True),
+                {
+                    k: [instantiate(r, _convert_="all") for r in rules]
+                    for k, rules in (optim.get("options") or {}).items()
+                },
+                modifiers,
+            )
+
+        self.ddp_model: nn.Module = self.model
+        if self.ctx.is_distributed and mode != "val":
+            self.ddp_model = DistributedDataParallel(
+                self.model,
+                device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(dist_conf.get("find_unused_parameters", True)),
+            )
+
+        self.epoch = 0
+        self.steps = 0
+        self.loss_state: dict[str, float | None] = {"last_train_loss": None, "best_val_jf": None}
+        if not self._resume():
+            self._initialize_weights()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Checkpoints
+    # ------------------------------------------------------------------------------------------------------
+
+    def _initialize_weights(self) -> None:
+        initializer = self.checkpoint_conf.get("model_weight_initializer")
+        if initializer is None:
+            logger.warning("no trainer.checkpoint.model_weight_initializer: training from random weights")
+            return
+        instantiate(initializer)(model=self.model)
+
+    def _resume_source(self) -> Path | None:
+        local = self.save_dir / CHECKPOINT_NAME
+        if local.is_file():
+            return local
+        remote = self.checkpoint_conf.get("resume_from")
+        if remote:
+            return local_copy(str(remote), cache_dir=self.save_dir / ".cache")
+        return None
+
+    def _resume(self) -> bool:
+        source = self._resume_source()
+        if source is None:
+            return False
+        state = torch.load(source, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"], strict=True)
+        if self.optim is not None and "optimizer" in state:
+            self.optim.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state.get("epoch", 0))
+        self.steps = int(state.get("steps", 0))
+        self.loss_state.update(state.get("loss", {}))
+        logger.info("resumed from %s: epoch %d, step %d", source, self.epoch, self.steps)
+        return True
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optim.state_dict() if self.optim is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "loss": dict(self.loss_state),
+        }
+
+    def save_checkpoint(self, name: str = CHECKPOINT_NAME) -> Path | None:
+        """Write the full training state to save_dir/name atomically (rank 0); returns the path there."""
+        if not self.ctx.is_main:
+            return None
+        path = save_checkpoint_atomic(self._checkpoint_state(), self.save_dir / name)
+        logger.info("saved checkpoint %s (epoch %d, step %d)", path, self.epoch, self.steps)
+        return path
+
+    # ------------------------------------------------------------------------------------------------------
+    # Loop
+    # ------------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, float]:
+        """Train/validate according to `mode`; returns the last validation metrics (may be empty)."""
+        try:
+            if self.mode == "val":
+                return self.validate()
+            return self._train_all_epochs()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Flush TensorBoard and detach this trainer's log file (safe to call twice)."""
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+            self.tb_writer = None
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+    def _train_all_epochs(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.epoch >= self.max_epochs:
+            logger.info("checkpoint is at epoch %d of %d: nothing left to train", self.epoch, self.max_epochs)
+        while self.epoch < self.max_epochs:
+            epoch = self.epoch
+            self._seed_epoch(epoch)
+            loader = (
+                self.train_data.get_loader(epoch=epoch)
+                if hasattr(self.train_data, "get_loader")
+                else self.train_data
+            )
+            self.train_epoch(loader, epoch)
+            self.epoch = epoch + 1
+            is_last = self.epoch == self.max_epochs
+            if (
+                self.mode == "train"
+                and self.val_data is not None
+                and (self.epoch % self.val_epoch_freq == 0 or is_last)
+            ):
+                metrics = self.validate()
+                best = self.loss_state.get("best_val_jf")
+                if best is None or metrics["J&F"] > best:
+                    self.loss_state["best_val_jf"] = metrics["J&F"]
+                    self.save_checkpoint(BEST_CHECKPOINT_NAME)
+            self.save_checkpoint()
+            if self.save_freq > 0 and self.epoch % self.save_freq == 0:
+                self.save_checkpoint(f"checkpoint_{self.epoch - 1}.pt")
+            barrier()
+        return metrics
+
+    def _seed_epoch(self, epoch: int) -> None:
+        _seed_everything(self.seed_value * 100_003 + epoch * 1_009 + self.ctx.rank)
+        reseed = getattr(self.model, "reseed_prompts", None)
+        if reseed is not None:
+            # Rank-independent: every rank draws the same prompt plan, as one process would for the batch.
+            reseed(self.seed_value * 100_003 + epoch)
+
+    def _loss_fn(self, batch: Any) -> nn.Module:
+        key = getattr(batch, "dict_key", "all")
+        if key in self.loss_fns:
+            return self.loss_fns[key]
+        if "all" in self.loss_fns:
+            return self.loss_fns["all"]
+        raise KeyError(
+            f"no loss configured for batches of {key!r}; add trainer.loss.{key} or trainer.loss.all"
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_enabled:
+            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def train_epoch(self, loader: Iterable, epoch: int) -> None:
+        """One pass over `loader`: forward, loss, backward, and an optimizer step every
+        `gradient_accumulation_steps` batches (and at the end of the epoch)."""
+        assert self.optim is not None
+        self.ddp_model.train()
+        num_batches = len(loader)  # type: ignore[arg-type]
+        if num_batches == 0:
+            raise ValueError(
+                f"epoch {epoch}: the training loader yields no batches; check trainer.data.train"
+            )
+        totals: dict[str, float] = defaultdict(float)
+        window_start, window_samples = time.perf_counter(), 0
+        progress = tqdm(
+            loader, total=num_batches, desc=f"epoch {epoch}", disable=not self.ctx.is_main, leave=False
+        )
+        for batch_idx, batch in enumerate(progress):
+            is_update = (batch_idx + 1) % self.accumulation_steps == 0 or batch_idx + 1 == num_batches
+            self.optim.step_schedulers((epoch + batch_idx / num_batches) / self.max_epochs)
+            batch = batch.to(self.device, non_blocking=True)
+            sync = (
+                contextlib.nullcontext()
+                if is_update or self.ddp_model is self.model
+                else self.ddp_model.no_sync()
+            )
+            with sync:
+                with self._autocast():
+                    outputs = self.ddp_model(batch)
+                    losses = self._loss_fn(batch)(outputs, batch.masks)
+                core = losses[CORE_LOSS_KEY]
+                self._check_finite(core, losses, batch, epoch, batch_idx)
+                self.scaler.scale(core / self.accumulation_steps).backward()
+            for key, value in losses.items():
+                totals[key] += float(value.detach())
+            window_samples += batch.num_videos
+            if not is_update:
+                continue
+            self.scaler.unscale_(self.optim.optimizer)
+            grad_norm = self.gradient_clipper(self.model) if self.gradient_clipper is not None else None
+            self.scaler.step(self.optim.optimizer)
+            self.scaler.update()
+            self.optim.zero_grad(set_to_none=True)
+            self.steps += 1
+            if self.steps % self.log_freq == 0:
+                elapsed = time.perf_counter() - window_start
+                self._log_step(losses, grad_norm, window_samples / max(elapsed, 1e-9))
+                window_start, window_samples = time.perf_counter(), 0
+        self.loss_state["last_train_loss"] = totals[CORE_LOSS_KEY] / num_batches
+        logger.info(
+            "epoch %d done: %s",
+            epoch,
+            ", ".join(f"{k}={v / num_batches:.4f}" for k, v in sorted(totals.items())),
+        )
+        if self.tb_writer is not None:
+            for key, value in totals.items():
+                self.tb_writer.add_scalar(f"train_epoch/{key}", value / num_batches, epoch)
+
+    def _check_finite(
+        self, core: torch.Tensor, losses: Mapping[str, torch.Tensor], batch: Any, epoch: int, batch_idx: int
+    ) -> None:
+        """Stop every rank together (before any backward) when one rank's loss is NaN or infinite."""
+        local_ok = bool(torch.isfinite(core.detach()).item())
+        if all_ranks_true(local_ok, self.device):
+            return
+        videos = sorted({int(v) for v in batch.metadata.unique_objects_identifier[0, :, 0].tolist()})
+        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        where = "on this rank" if not local_ok else "on another rank"
+        raise NonFiniteLossError(
+            f"non-finite loss {where} at epoch {epoch}, batch {batch_idx} of the epoch, optimizer step "
+            f"{self.steps + 1} (rank {self.ctx.rank}; {terms}; video ids {videos}). Training stopped; the "
+            f"last good checkpoint is {self.save_dir / CHECKPOINT_NAME} if it exists. Lower the learning "
+            "rate (scratch.base_lr / scratch.vision_lr), check those videos, or disable AMP "
+            "(trainer.optim.amp.enabled=false)."
+        )
+
+    def _log_step(
+        self, losses: Mapping[str, torch.Tensor], grad_norm: torch.Tensor | None, samples_per_s: float
+    ) -> None:
+        lrs = [g["lr"] for g in self.optim.optimizer.param_groups]
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        logger.info(
+            "step %d: loss %.4f, lr %.3g..%.3g, grad norm %s, %.2f samples/s",
+            self.steps,
+            values[CORE_LOSS_KEY],
+            min(lrs),
+            max(lrs),
+            "n/a" if grad_norm is None else f"{float(grad_norm):.4g}",
+            samples_per_s,
+        )
+        if self.tb_writer is None:
+            return
+        for key, value in values.items():
+            self.tb_writer.add_scalar(f"train/{key}", value, self.steps)
+        self.tb_writer.add_scalar("train/lr_max", max(lrs), self.steps)
+        self.tb_writer.add_scalar("train/samples_per_s", samples_per_s, self.steps)
+        if grad_norm is not None:
+            self.tb_writer.add_scalar("train/grad_norm", float(grad_norm), self.steps)
+        if self.device.type == "cuda":
+            self.tb_writer.add_scalar(
+                "train/peak_mem_gb", torch.cuda.max_memory_allocated() / 2**30, self.steps
+            )
+
+    # ------------------------------------------------------------------------------------------------------
+    # Validation
+    # ------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Semi-supervised VOS on the val data (as the model's eval prompts say, by default the first-frame
+        masks); returns J, F and J&F in percent averaged over objects of all ranks, and the val loss."""
+        from sam2.eval.metrics import score_binary
+
+        if self.val_data is None:
+            return {}
+        self.model.eval()
+        loader = (
+            self.val_data.get_loader(epoch=self.epoch)
+            if hasattr(self.val_data, "get_loader")
+            else self.val_data
+        )
+        sums = torch.zeros(4, dtype=torch.float64)  # J sum, F sum, objects, loss sum
+        batches = 0
+        for batch in tqdm(loader, desc="val", disable=not self.ctx.is_main, leave=False):
+            batch = batch.to(self.device, non_blocking=True)
+            with self._autocast():
+                outputs = self.model(batch)
+                if self.loss_fns:
+                    sums[3] += float(self._loss_fn(batch)(outputs, batch.masks)[CORE_LOSS_KEY])
+            batches += 1
+            scored_frames = range(1, batch.num_frames) if batch.num_frames > 1 else range(batch.num_frames)
+            per_object = torch.zeros(batch.masks.shape[1], 2, dtype=torch.float64)
+            for t in scored_frames:
+                gt = batch.masks[t]
+                pred = outputs[t]["pred_masks_high_res"].float()
+                if pred.shape[-2:] != gt.shape[-2:]:
+                    pred = torch.nn.functional.interpolate(pred, size=gt.shape[-2:], mode="bilinear")
+                pred_np = (pred[:, 0] > 0).cpu().numpy()
+                gt_np = gt.cpu().numpy()
+                for obj in range(gt_np.shape[0]):
+                    j, f = score_binary(gt_np[obj], pred_np[obj])
+                    per_object[obj, 0] += j
+                    per_object[obj, 1] += f
+            per_object /= len(scored_frames)
+            sums[0] += per_object[:, 0].sum()
+            sums[1] += per_object[:, 1].sum()
+            sums[2] += per_object.shape[0]
+        counts = torch.tensor([batches], dtype=torch.float64)
+        if self.ctx.is_distributed:
+            import torch.distributed as dist
+
+            packed = torch.cat([sums, counts]).to(self.device)
+            dist.all_reduce(packed)
+            sums, counts = packed[:4].cpu(), packed[4:].cpu()
+        self.model.train()
+        num_objects = max(float(sums[2]), 1.0)
+        j, f = 100 * float(sums[0]) / num_objects, 100 * float(sums[1]) / num_objects
+        metrics = {"J&F": (j + f) / 2, "J": j, "F": f, "loss": float(sums[3]) / max(float(counts[0]), 1.0)}
+        logger.info(
+            "validation after epoch %d: J&F %.2f, J %.2f, F %.2f, loss %.4f (%d objects)",
+            self.epoch,
+            metrics["J&F"],
+            j,
+            f,
+            metrics["loss"],
+            int(sums[2]),
+        )
+        if self.tb_writer is not None:
+            for key, value in metrics.items():
+                self.tb_writer.add_scalar(f"val/{key}", value, self.epoch)
+        if not math.isfinite(metrics["loss"]):
+            logger.warning("validation loss is not finite (%s)", metrics["loss"])
+        return metrics
