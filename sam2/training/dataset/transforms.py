@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image as PILImage
@@ -38,12 +39,25 @@ def _image_hw(image: PILImage.Image | torch.Tensor) -> tuple[int, int]:
     return tuple(image.shape[-2:])
 
 
+def _mask_to_pil(mask: torch.Tensor) -> PILImage.Image:
+    """uint8 {0, 1} [H, W] -> PIL "L" {0, 255}; PIL's C kernels resample masks far faster than torch's
+    float grid sampling on the CPU of a loader worker."""
+    return PILImage.fromarray(mask.to(torch.uint8).mul(255).numpy(), mode="L")
+
+
+def _mask_from_pil(image: PILImage.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image) >= 128).to(torch.uint8)
+
+
 def _resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """uint8 [H, W] -> uint8 [h, w]: area-weighted resampling thresholded at one half."""
-    resized = F.resize(
-        mask[None].float(), list(size), interpolation=InterpolationMode.BILINEAR, antialias=True
-    )
-    return (resized[0] >= 0.5).to(torch.uint8)
+    """uint8 [H, W] -> uint8 [h, w]: (area-weighted when shrinking) bilinear, thresholded at one half."""
+    resized = _mask_to_pil(mask).resize((int(size[1]), int(size[0])), PILImage.Resampling.BILINEAR)
+    return _mask_from_pil(resized)
+
+
+def _affine_mask(mask: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    moved = F.affine(_mask_to_pil(mask), **params, interpolation=InterpolationMode.NEAREST, fill=0)
+    return _mask_from_pil(moved)
 
 
 def hflip(datapoint: VideoDatapoint, index: int) -> VideoDatapoint:
@@ -302,7 +316,7 @@ class RandomAffine:
                 if obj.segment is None:
                     masks.append(None)
                     continue
-                moved = F.affine(obj.segment[None], **p, interpolation=InterpolationMode.NEAREST, fill=0)[0]
+                moved = _affine_mask(obj.segment, p)
                 if index == 0 and not moved.any():
                     return None
                 masks.append(moved)
