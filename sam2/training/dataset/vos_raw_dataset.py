@@ -35,6 +35,8 @@ _OTHER_IMAGE_EXTENSIONS = {".png", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".
 
 @dataclass
 class VOSFrame:
+    """One listed frame: its id in the video, its JPEG, or `data` (float [3, H, W]) when already decoded."""
+
     frame_idx: int
     image_path: str
     data: torch.Tensor | None = None
