@@ -138,6 +138,7 @@ class SeaweedS3Server:
             f"-master.port.grpc={p['master.grpc']}",
             "-master.volumeSizeLimitMB=256",
             "-master.telemetry=false",
+            "-master.resumeState=false",
             f"-volume.port={p['volume']}",
             f"-volume.port.grpc={p['volume.grpc']}",
             "-volume.max=0",
