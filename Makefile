@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	@touch $@
 
-# The fast CPU suite (slow and gpu markers excluded by pyproject's addopts).
+# The fast suite: slow tests are excluded by pyproject's addopts; gpu tests skip without CUDA.
 test: setup
 	$(PY) -m pytest
 
