@@ -1,0 +1,67 @@
+"""Pipeline step 6: J, F and J&F per object, per video and overall -> Metrics, metrics.json, a report."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.images import component_image
+
+
+@dsl.component(base_image=component_image(), install_kfp_package=False)
+def evaluate_predictions(
+    predictions: Input[Dataset],
+    splits: Input[Dataset],
+    model: Input[Model],
+    metrics: Output[Metrics],
+    report: Output[Markdown],
+    protocol: str = "sav",
+    s3_endpoint_url: str = "",
+) -> float:
+    """Score the predicted masks of the val videos; publish metrics.json and report.md in the run folder.
+
+    Returns the overall J&F in percent.
+    """
+    import json
+
+    from components.runtime import configure, work_dir
+    from sam2.eval.evaluator import evaluate, read_video_list
+    from sam2.storage import ObjectStore
+
+    configure(s3_endpoint_url)
+    store = ObjectStore()
+    work = work_dir("evaluate")
+    store.sync_to_local(splits.metadata["uri"], work / "data")
+    store.sync_to_local(predictions.metadata["uri"], work / "predictions")
+    store.download_file(splits.metadata["val_list_uri"], work / "val.txt")
+    videos = read_video_list(work / "val.txt")
+    result = evaluate(
+        work / "data" / "Annotations", work / "predictions", videos=videos, protocol=protocol, num_processes=1
+    )
+    scores = result.to_dict()
+    for key in ("J&F", "J", "F"):
+        metrics.log_metric(key, round(scores[key], 4))
+    metrics.log_metric("num_videos", len(scores["per_video"]))
+
+    lines = [
+        f"# J&F on the validation split ({protocol} protocol)",
+        "",
+        f"**J&F {scores['J&F']:.2f}**, J {scores['J']:.2f}, F {scores['F']:.2f} over {len(videos)} videos.",
+        "",
+        f"Model: `{model.metadata.get('uri')}` (init: {model.metadata.get('init')})",
+        f"Data set: `{splits.metadata['uri']}` (version {splits.metadata.get('version')})",
+        "",
+        "| video | J&F | J | F |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, video in scores["per_video"].items():
+        if video["J&F"] is None:
+            lines.append(f"| {name} | - | - | - |")
+        else:
+            lines.append(f"| {name} | {video['J&F']:.2f} | {video['J']:.2f} | {video['F']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    with open(report.path, "w") as handle:
+        handle.write(text)
+
+    run_uri = model.metadata["run_uri"]
+    store.write_bytes(f"{run_uri}/metrics.json", json.dumps(scores, indent=2).encode(), "application/json")
+    store.write_bytes(f"{run_uri}/report.md", text.encode(), "text/markdown")
+    return float(scores["J&F"])

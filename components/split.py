@@ -1,0 +1,50 @@
+"""Pipeline step 3: a deterministic (seeded) train/val split of the valid videos, stored with the data."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from components.images import component_image
+
+
+@dsl.component(base_image=component_image(), install_kfp_package=False)
+def split_dataset(
+    validated: Input[Dataset],
+    dataset_version: str,
+    splits: Output[Dataset],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    s3_endpoint_url: str = "",
+) -> str:
+    """Write train.txt / val.txt under <data set>/splits/seed<seed>-val<fraction>/; returns its URI."""
+    from components.runtime import configure, work_dir, write_pointer
+    from sam2.data.splitting import split_dataset as split_videos_on_disk
+    from sam2.storage import ObjectStore
+
+    configure(s3_endpoint_url)
+    store = ObjectStore()
+    data_uri = validated.metadata["uri"]
+    work = work_dir("split")
+    store.sync_to_local(data_uri, work / "data")
+    valid_list = work / "valid_videos.txt"
+    store.download_file(validated.metadata["valid_list_uri"], valid_list)
+    result = split_videos_on_disk(
+        work / "data" / "Annotations",
+        work / "splits",
+        val_fraction=val_fraction,
+        seed=seed,
+        video_list=valid_list,
+    )
+    out_uri = f"{data_uri}/splits/seed{seed}-val{val_fraction:g}"
+    store.upload_folder(work / "splits", out_uri)
+    splits.metadata.update(
+        dict(validated.metadata)
+        | {
+            "splits_uri": out_uri,
+            "train_list_uri": f"{out_uri}/{result.train_file.name}",
+            "val_list_uri": f"{out_uri}/{result.val_file.name}",
+            "num_train": len(result.train),
+            "num_val": len(result.val),
+        }
+    )
+    write_pointer(splits.path, dict(splits.metadata))
+    return out_uri

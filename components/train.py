@@ -1,0 +1,97 @@
+"""Pipeline step 4: fine-tune SAM 2 on the train split, as a PyTorchJob or under local torchrun."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.images import component_image
+
+
+@dsl.component(base_image=component_image(), install_kfp_package=False)
+def train_model(
+    splits: Input[Dataset],
+    dataset_version: str,
+    run_id: str,
+    runs_bucket: str,
+    model: Output[Model],
+    model_size: str = "t",
+    init_checkpoint_uri: str = "",
+    epochs: int = 40,
+    num_nodes: int = 1,
+    gpus_per_node: int = 1,
+    launcher: str = "pytorchjob",
+    training_overrides: str = "",
+    namespace: str = "",
+    image: str = "",
+    timeout_hours: float = 72.0,
+    cleanup: str = "on-success",
+    seed: int = 0,
+    s3_endpoint_url: str = "",
+) -> str:
+    """Train and publish checkpoints at s3://<runs_bucket>/<run_id>/checkpoints/; returns the checkpoint URI.
+
+    `launcher`: "pytorchjob" (Master + Workers on the cluster, `num_nodes` x `gpus_per_node`) or "local"
+    (`num_nodes` torchrun nodes on this machine; `gpus_per_node` 0 trains on the CPU with one process per
+    node). Without `init_checkpoint_uri` the weights start RANDOM (a checkpoint made by build_sam2): fine
+    for a smoke run, not for a useful model; pass the s3:// URI of an official SAM 2.1 checkpoint.
+    `training_overrides`: extra Hydra overrides, space-separated (the data set preset's settings).
+    """
+    import logging
+
+    from components.runtime import configure, run_uri, work_dir, write_pointer
+    from components.training_setup import model_configs, random_init_checkpoint
+    from sam2.launch.launcher import LocalTorchrunLauncher, TrainingRequest
+
+    configure(s3_endpoint_url)
+    log = logging.getLogger("train_model")
+    model_cfg, train_cfg = model_configs(model_size)
+    out_uri = run_uri(runs_bucket, run_id)
+    init_note = "given"
+    if not init_checkpoint_uri:
+        init_checkpoint_uri = random_init_checkpoint(model_cfg, f"{out_uri}/init/random_init.pt", seed)
+        init_note = "RANDOM WEIGHTS (no init_checkpoint_uri given; built by build_sam2, not SAM 2.1 weights)"
+        log.warning("training starts from %s: %s", init_checkpoint_uri, init_note)
+    use_gpus = gpus_per_node > 0
+    overrides = [f"scratch.num_epochs={epochs}", f"trainer.seed_value={seed}"]
+    if not use_gpus:
+        overrides.append("trainer.accelerator=cpu")
+    overrides += training_overrides.split()
+    request = TrainingRequest(
+        run_id=run_id,
+        config=train_cfg,
+        dataset_uri=splits.metadata["uri"],
+        run_uri=out_uri,
+        train_list=splits.metadata["train_list_uri"],
+        num_nodes=num_nodes,
+        procs_per_node=max(1, gpus_per_node),
+        use_gpus=use_gpus,
+        init_checkpoint_uri=init_checkpoint_uri,
+        overrides=tuple(overrides),
+    )
+    if launcher == "local":
+        job_launcher = LocalTorchrunLauncher(work_dir("train"), timeout_s=timeout_hours * 3600)
+    elif launcher == "pytorchjob":
+        from components.training_setup import cluster_launcher
+
+        job_launcher = cluster_launcher(namespace, image, s3_endpoint_url, timeout_hours, cleanup)
+    else:
+        raise ValueError(f"launcher must be 'local' or 'pytorchjob', got {launcher!r}")
+    result = job_launcher.launch(request)
+    checkpoint_uri = f"{result.checkpoints_uri}/checkpoint.pt"
+    model.metadata.update(
+        {
+            "uri": checkpoint_uri,
+            "run_uri": out_uri,
+            "tensorboard_uri": result.tensorboard_uri,
+            "model_config": model_cfg,
+            "training_config": train_cfg,
+            "training_overrides": " ".join(overrides),
+            "init_checkpoint": init_checkpoint_uri,
+            "init": init_note,
+            "dataset_uri": splits.metadata["uri"],
+            "dataset_version": dataset_version,
+            "train_seconds": round(result.seconds, 1),
+            **{f"launcher_{k}": v for k, v in result.details.items()},
+        }
+    )
+    write_pointer(model.path, dict(model.metadata))
+    return checkpoint_uri

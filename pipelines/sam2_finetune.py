@@ -1,0 +1,171 @@
+"""The SAM 2 fine-tuning pipeline: extract -> validate -> split -> train -> infer -> evaluate -> promote.
+
+Parameters (defaults are for a cluster; `python -m pipelines.run --dataset demo` fills them from a preset):
+
+- dataset_name / source_uri: the data set's name (one registered model per name) and where it comes from:
+  an `s3://` archive or folder (DAVIS/MOSE layout, SA-V, plain videos), or "demo:" for the embedded demo.
+- data_bucket / runs_bucket: S3 buckets for data sets (`datasets/<name>/<version>/`) and runs (`<run-id>/`).
+- fps: frame rate to extract videos at (0: every frame).
+- validate_num_frames / on_bad: the sampler's clip length the videos must reach; "exclude" bad videos or
+  "fail" the run.
+- val_fraction / split_seed: the deterministic train/val split.
+- model_size: t, s, b+ or l (SAM 2.1 Hiera). init_checkpoint_uri: `s3://` URI of the weights to start from
+  (an official SAM 2.1 checkpoint); empty starts from RANDOM weights (a smoke test only).
+- epochs, num_nodes, gpus_per_node: training length and scale (PyTorchJob Master + num_nodes-1 Workers,
+  nprocPerNode = gpus_per_node; 0 GPUs trains on the CPU). train_launcher: "pytorchjob" or "local".
+- training_overrides: extra Hydra overrides for the training config, space-separated.
+- inference_args: extra flags for `sam2.tools.vos_inference`, space-separated.
+- promotion_margin: J&F points a new model must beat the champion by to take the `champion` alias.
+- mlflow_tracking_uri / s3_endpoint_url: where the registry and object storage are (not secret).
+- s3_secret_name: the Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (see k8s/pytorchjob.yaml);
+  MLflow credentials, when the server needs them, come from the optional Secret `sam2-mlflow-credentials`.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl, kubernetes
+
+from components.evaluate import evaluate_predictions
+from components.extract_frames import extract_frames
+from components.infer import infer_videos
+from components.promote import promote_model
+from components.split import split_dataset
+from components.train import train_model
+from components.validate import validate_dataset
+
+PIPELINE_NAME = "sam2-finetune"
+S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+MLFLOW_SECRET = "sam2-mlflow-credentials"
+MLFLOW_SECRET_KEYS = {
+    "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+}
+
+
+class PipelineOutputs(NamedTuple):
+    """What a run ends with: champion or challenger, the registered version, its J&F, the run folder."""
+
+    decision: str
+    model_version: str
+    jf: float
+    run_uri: str
+
+
+def _with_s3(task: dsl.PipelineTask, secret_name) -> dsl.PipelineTask:
+    return kubernetes.use_secret_as_env(task, secret_name=secret_name, secret_key_to_env=S3_SECRET_KEYS)
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME, description="Fine-tune SAM 2 on a VOS data set, evaluate J&F, promote in MLflow"
+)
+def sam2_finetune(
+    dataset_name: str = "demo",
+    source_uri: str = "demo:",
+    data_bucket: str = "sam2-data",
+    runs_bucket: str = "sam2-runs",
+    fps: float = 0.0,
+    validate_num_frames: int = 8,
+    on_bad: str = "exclude",
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    model_size: str = "b+",
+    init_checkpoint_uri: str = "",
+    epochs: int = 40,
+    num_nodes: int = 2,
+    gpus_per_node: int = 1,
+    train_launcher: str = "pytorchjob",
+    training_overrides: str = "",
+    inference_args: str = "",
+    promotion_margin: float = 1.0,
+    mlflow_tracking_uri: str = "http://mlflow:5000",
+    s3_endpoint_url: str = "http://minio:9000",
+    s3_secret_name: str = "sam2-s3-credentials",
+) -> PipelineOutputs:
+    extract = extract_frames(
+        source_uri=source_uri,
+        dataset_name=dataset_name,
+        data_bucket=data_bucket,
+        fps=fps,
+        s3_endpoint_url=s3_endpoint_url,
+    ).set_display_name("extract frames")
+    version = extract.outputs["Output"]
+
+    validate = validate_dataset(
+        frames=extract.outputs["frames"],
+        dataset_version=version,
+        num_frames=validate_num_frames,
+        on_bad=on_bad,
+        s3_endpoint_url=s3_endpoint_url,
+    ).set_display_name("validate")
+
+    split = split_dataset(
+        validated=validate.outputs["validated"],
+        dataset_version=version,
+        val_fraction=val_fraction,
+        seed=split_seed,
+        s3_endpoint_url=s3_endpoint_url,
+    ).set_display_name("split")
+
+    train = train_model(
+        splits=split.outputs["splits"],
+        dataset_version=version,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        runs_bucket=runs_bucket,
+        model_size=model_size,
+        init_checkpoint_uri=init_checkpoint_uri,
+        epochs=epochs,
+        num_nodes=num_nodes,
+        gpus_per_node=gpus_per_node,
+        launcher=train_launcher,
+        training_overrides=training_overrides,
+        s3_endpoint_url=s3_endpoint_url,
+    ).set_display_name("train")
+
+    infer = infer_videos(
+        model=train.outputs["model"],
+        splits=split.outputs["splits"],
+        inference_args=inference_args,
+        s3_endpoint_url=s3_endpoint_url,
+    ).set_display_name("infer")
+
+    evaluate = evaluate_predictions(
+        predictions=infer.outputs["predictions"],
+        splits=split.outputs["splits"],
+        model=train.outputs["model"],
+        s3_endpoint_url=s3_endpoint_url,
+    ).set_display_name("evaluate")
+
+    promote = promote_model(
+        model=train.outputs["model"],
+        metrics=evaluate.outputs["metrics"],
+        dataset_name=dataset_name,
+        pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        promotion_margin=promotion_margin,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        s3_endpoint_url=s3_endpoint_url,
+    ).set_display_name("promote")
+
+    # Data steps are cached: their inputs include the data set version, so a new version reruns them.
+    for task in (extract, validate, split):
+        task.set_caching_options(True)
+        task.set_cpu_request("2").set_memory_request("4Gi").set_memory_limit("16Gi")
+    # Every run trains, evaluates and registers anew (the run id is an input of train anyway).
+    for task in (train, infer, evaluate, promote):
+        task.set_caching_options(False)
+    # The train step only creates and watches the PyTorchJob; the GPUs are the job's.
+    train.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("8Gi")
+    infer.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
+    infer.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    evaluate.set_cpu_request("4").set_memory_request("4Gi").set_memory_limit("16Gi")
+    promote.set_cpu_request("500m").set_memory_request("512Mi").set_memory_limit("2Gi")
+    for task in (extract, validate, split, train, infer, evaluate, promote):
+        _with_s3(task, s3_secret_name)
+    kubernetes.use_secret_as_env(
+        promote, secret_name=MLFLOW_SECRET, secret_key_to_env=MLFLOW_SECRET_KEYS, optional=True
+    )
+    return PipelineOutputs(
+        decision=promote.outputs["decision"],
+        model_version=promote.outputs["model_version"],
+        jf=promote.outputs["jf"],
+        run_uri=promote.outputs["run_uri"],
+    )
