@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--protocol", choices=PROTOCOLS, default="sav", help="scoring rules (default: sav)")
     parser.add_argument("--output_json", default=None, help="write the scores (percent) to this JSON file")
+    parser.add_argument("--report_dir", default=None, help="also write a Markdown report with plots here")
+    parser.add_argument(
+        "--image_root", default=None, help="video frames (JPEGImages) for the report overlays"
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the global scores")
     return parser
 
@@ -94,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.output_json:
         write_json_atomic(args.output_json, result.to_dict())
         print(f"wrote {args.output_json}")
+    if args.report_dir:
+        from sam2.eval.report import write_report  # matplotlib only when a report is asked for
+
+        write_report(result, args.report_dir, args.gt_root, args.pred_root, args.image_root)
+        print(f"wrote {Path(args.report_dir) / 'report.md'}")
     return 0
 
 
