@@ -161,6 +161,19 @@ def _configure_console_logging(rank: int) -> None:
     )
 
 
+def describe_error(err: BaseException) -> str:
+    """One line naming the error at the root of `err`: Hydra wraps errors raised while building objects,
+    and a spawned worker's error arrives as text ending with its own `Type: message` line."""
+    root = err
+    while root.__cause__ is not None:
+        root = root.__cause__
+    lines = str(root).strip().splitlines()
+    last = lines[-1] if lines else ""
+    if root is not err or not re.match(r"^[\w.]+(Error|Exception): ", last):
+        return f"{type(root).__name__}: {' '.join(line.strip() for line in lines)}"
+    return last
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sam2.training.train",
@@ -206,10 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         launch(cfg, num_gpus, num_nodes)
     except Exception as err:
         logger.debug("training failed", exc_info=True)
-        lines = str(err).strip().splitlines()
-        last = lines[-1] if lines else ""
-        # A worker's exception arrives wrapped with its traceback; its last line names the error.
-        text = last if re.match(r"^[\w.]+(Error|Exception): ", last) else f"{type(err).__name__}: {last}"
+        text = describe_error(err)
         print(f"error: {text}", file=sys.stderr)
         return 1
     print(f"training finished; outputs in {cfg.launcher.experiment_log_dir}")

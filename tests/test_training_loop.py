@@ -1,0 +1,212 @@
+"""The training entry point and Trainer on the CPU: learning, resume, checkpoints, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from training_loop_support import (
+    MICRO_MODEL_OVERRIDES,
+    MODEL_CONFIG,
+    NUM_FRAMES,
+    RESOLUTION,
+    TRAIN_CONFIG,
+    make_clips,
+    training_overrides,
+)
+
+from sam2.training.train import compose_training_config, main
+from sam2.training.trainer import NonFiniteLossError
+from sam2.training.utils.data_utils import BatchedVideoDatapoint, BatchedVideoMetaData
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two intra-op threads on a shared 2-core box are several times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cli(overrides: list[str]) -> int:
+    return main(["-c", TRAIN_CONFIG, "--use-cluster", "0", "--num-gpus", "1", *overrides])
+
+
+def _scalars(tb_dir: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    return [e.value for e in acc.Scalars(tag)]
+
+
+def test_overfits_a_small_clip_and_saves_config_without_secrets(tmp_path):
+    img, gt = make_clips(tmp_path / "data", {"clip": NUM_FRAMES})
+    log_dir = tmp_path / "run"
+    rc = _cli(
+        training_overrides(
+            img,
+            gt,
+            log_dir,
+            extra=[
+                "dataset.multiplier=24",
+                "scratch.base_lr=1e-3",
+                "scratch.vision_lr=1e-3",
+                "+launcher.aws_secret_access_key=hunter2-do-not-log",
+            ],
+        )
+    )
+    assert rc == 0
+    losses = _scalars(log_dir / "tensorboard", "train/core_loss")
+    assert len(losses) == 24
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, f"loss did not halve: first steps {losses[:5]}, last steps {losses[-5:]}"
+
+    resolved = (log_dir / "config_resolved.yaml").read_text()
+    assert "hunter2" not in resolved and "aws_secret_access_key: '***'" in resolved
+    assert f"img_folder: {img}" in resolved
+    log_text = (log_dir / "logs" / "log_rank0.txt").read_text()
+    assert "step 24" in log_text and "hunter2" not in log_text
+
+
+@pytest.fixture(scope="module")
+def three_epoch_run(tmp_path_factory):
+    """An uninterrupted 3-epoch run (2 steps each) keeping a checkpoint per epoch."""
+    root = tmp_path_factory.mktemp("resume")
+    img, gt = make_clips(root / "data", {"a": 5, "b": 4})
+    overrides = training_overrides(
+        img, gt, root / "full", num_epochs=3, extra=["trainer.checkpoint.save_freq=1", "scratch.base_lr=1e-4"]
+    )
+    torch.set_num_threads(1)
+    assert _cli(overrides) == 0
+    return root, overrides
+
+
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(three_epoch_run):
+    root, overrides = three_epoch_run
+    full = torch.load(root / "full" / "checkpoints" / "checkpoint.pt", weights_only=True)
+    assert full["epoch"] == 3 and full["steps"] == 6
+
+    # A "restarted pod": a fresh output folder holding only the checkpoint written after epoch 2.
+    resumed_dir = root / "resumed"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(
+        root / "full" / "checkpoints" / "checkpoint_1.pt", resumed_dir / "checkpoints" / "checkpoint.pt"
+    )
+    resumed_overrides = [o for o in overrides if not o.startswith("launcher.experiment_log_dir=")]
+    assert _cli([*resumed_overrides, f"launcher.experiment_log_dir={resumed_dir}"]) == 0
+    resumed = torch.load(resumed_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
+
+    assert resumed["epoch"] == 3 and resumed["steps"] == 6
+    mid = torch.load(root / "full" / "checkpoints" / "checkpoint_1.pt", weights_only=True)
+    assert any(not torch.equal(mid["model"][k], full["model"][k]) for k in full["model"]), (
+        "epoch 3 changed nothing"
+    )
+    for name, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    full_opt, resumed_opt = full["optimizer"], resumed["optimizer"]
+    assert full_opt["param_groups"] == resumed_opt["param_groups"]
+    for idx, state in full_opt["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, resumed_opt["state"][idx][key]), (idx, key)
+
+
+def test_training_checkpoint_loads_strictly_through_build_sam2(three_epoch_run):
+    from sam2.build_sam import build_sam2
+
+    root, _ = three_epoch_run
+    ckpt = root / "full" / "checkpoints" / "checkpoint.pt"
+    model = build_sam2(
+        MODEL_CONFIG,
+        str(ckpt),
+        device="cpu",
+        hydra_overrides_extra=[*MICRO_MODEL_OVERRIDES, f"model.image_size={RESOLUTION}"],
+    )
+    trained = torch.load(ckpt, weights_only=True)["model"]
+    loaded = model.state_dict()
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    img, gt = make_clips(tmp_path / "data", {"clip": NUM_FRAMES})
+    cfg = compose_training_config(
+        TRAIN_CONFIG,
+        training_overrides(
+            img,
+            gt,
+            tmp_path / "run",
+            extra=[
+                "dataset.multiplier=4",
+                "scratch.base_lr=1e30",
+                "scratch.vision_lr=1e30",
+                "scratch.gradient_clip_max_norm=null",
+            ],
+        ),
+    )
+    trainer = instantiate(cfg.trainer, _recursive_=False)
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite loss .* epoch 0, batch \d+ .*optimizer step \d+"
+    ) as err:
+        trainer.run()
+    assert "scratch.base_lr" in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints" / "checkpoint.pt").exists()
+
+
+def test_clip_shorter_than_num_frames_is_named(tmp_path, capsys):
+    img, gt = make_clips(tmp_path / "data", {"long_enough": 4, "too_short": 2})
+    rc = _cli(training_overrides(img, gt, tmp_path / "run"))
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "too_short" in err and "num_frames" in err
+
+
+def _micro_model(prompts: list[str]):
+    cfg = compose_training_config(
+        TRAIN_CONFIG,
+        ["trainer.accelerator=cpu", f"scratch.resolution={RESOLUTION}", *MICRO_MODEL_OVERRIDES, *prompts],
+    )
+    return instantiate(cfg.trainer.model, _convert_="all")
+
+
+def _batch(masks: torch.Tensor) -> BatchedVideoDatapoint:
+    frames, objects = masks.shape[:2]
+    return BatchedVideoDatapoint(
+        img_batch=torch.randn(frames, 1, 3, RESOLUTION, RESOLUTION),
+        obj_to_frame_idx=torch.tensor([[[t, 0]] * objects for t in range(frames)], dtype=torch.int32),
+        masks=masks,
+        metadata=BatchedVideoMetaData(
+            unique_objects_identifier=torch.tensor(
+                [[[7, obj + 1, t] for obj in range(objects)] for t in range(frames)], dtype=torch.long
+            ),
+            frame_orig_size=torch.full((frames, objects, 2), RESOLUTION, dtype=torch.long),
+        ),
+        dict_key="all",
+    )
+
+
+def test_empty_ground_truth_on_a_clicked_frame_is_named():
+    model = _micro_model(["model.prob_to_use_pt_input_for_train=1.0"]).train()
+    masks = torch.zeros(NUM_FRAMES, 2, RESOLUTION, RESOLUTION, dtype=torch.bool)
+    masks[:, 0, 5:30, 5:25] = True
+    masks[1:, 1, 35:50, 30:60] = True  # object 2 is absent from the first frame
+    with pytest.raises(
+        ValueError, match=r"empty ground-truth mask on a correction frame: video_id 7, object 2, frame 0"
+    ):
+        model(_batch(masks))
+
+
+def test_image_batch_is_prompted_with_clicks_and_corrected():
+    model = _micro_model(["model.num_correction_pt_per_frame=2"]).train()
+    masks = torch.zeros(1, 2, RESOLUTION, RESOLUTION, dtype=torch.bool)
+    masks[0, 0, 5:30, 5:25] = True
+    masks[0, 1, 35:50, 30:60] = True
+    (out,) = model(_batch(masks))
+    # One initial prompt plus two corrective clicks, each step supervised.
+    assert len(out["multistep_pred_multimasks_high_res"]) == 3
+    clicks = out["multistep_point_inputs"][-1]["point_labels"]
+    assert clicks.shape[0] == 2 and clicks.shape[1] in (3, 4)  # a click or box corners, then 2 clicks
