@@ -267,3 +267,55 @@ def test_full_resolution_model_matches_official(checkpoint: Path) -> None:
     predictor.set_image(IMAGE)
     for name, prompt in cases.items():
         _assert_outputs_close(predictor.predict(**prompt, return_logits=True), ref[name], name)
+
+
+def _sign_agreement(a: np.ndarray, b: np.ndarray, margin: float = 1.0) -> float:
+    decided = (np.abs(a) > margin) & (np.abs(b) > margin)
+    return float(((a > 0) == (b > 0))[decided].mean())
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_autocast_is_used_and_stays_close_to_fp32(
+    checkpoint: Path, predictor: SAM2ImagePredictor
+) -> None:
+    prompt = dict(point_coords=np.array([[120.0, 90.0]]), point_labels=np.array([1]), return_logits=True)
+    predictor.set_image(IMAGE)
+    cpu = predictor.predict(**prompt)
+    model = build_sam2(
+        CONFIG, checkpoint, device="cuda", hydra_overrides_extra=SMALL_MODEL, apply_postprocessing=False
+    )
+    fp32 = SAM2ImagePredictor(model, use_bf16=False)
+    fp32.set_image(IMAGE)
+    fp32_out = fp32.predict(**prompt)
+    bf16 = SAM2ImagePredictor(model)  # bf16 autocast by default on a GPU that supports it
+    bf16.set_image(IMAGE)
+    bf16_out = bf16.predict(**prompt)
+    assert all(part.dtype == np.float32 for part in bf16_out)
+    # fp32 on the GPU (TF32 convolutions allowed) is close to the CPU; bf16 differs a little but agrees.
+    assert np.abs(fp32_out[0] - cpu[0]).max() <= 1e-2 * np.abs(cpu[0]).max()
+    assert not np.array_equal(bf16_out[0], fp32_out[0]), "bf16 autocast was not applied"
+    assert _sign_agreement(bf16_out[0], fp32_out[0]) >= 0.98
+
+
+@pytest.mark.gpu
+def test_compiled_image_encoder_matches_eager_on_cuda(checkpoint: Path) -> None:
+    eager = SAM2ImagePredictor(
+        build_sam2(
+            CONFIG, checkpoint, device="cuda", hydra_overrides_extra=SMALL_MODEL, apply_postprocessing=False
+        ),
+        use_bf16=False,
+    )
+    compiled = SAM2ImagePredictor(
+        build_sam2(
+            CONFIG,
+            checkpoint,
+            device="cuda",
+            hydra_overrides_extra=[*SMALL_MODEL, "++model.compile_image_encoder=true"],
+            apply_postprocessing=False,
+        ),
+        use_bf16=False,
+    )
+    eager.set_image(IMAGE)
+    compiled.set_image(IMAGE)
+    ref = eager.get_image_embedding()
+    assert (compiled.get_image_embedding() - ref).abs().max() <= 1e-2 * ref.abs().max()

@@ -282,3 +282,17 @@ def test_postprocessing_overrides_reach_the_model() -> None:
     assert video_model.fill_hole_area == 8
     plain_video = build_sam2_video_predictor(SAM21["t"], device="cpu", apply_postprocessing=False)
     assert not plain_video.binarize_mask_from_pts_for_mem_enc and plain_video.fill_hole_area == 0
+
+
+def test_checkpoint_from_object_storage(
+    tiny_checkpoint: Path, s3_store, s3_bucket: str, s3_env: dict
+) -> None:
+    from sam2.storage import StorageNotFoundError
+
+    uri = f"s3://{s3_bucket}/runs/r1/checkpoints/checkpoint.pt"
+    s3_store.upload_file(tiny_checkpoint, uri)
+    model = build_sam2(SAM21["t"], uri, device="cpu", apply_postprocessing=False)
+    stored = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
+    assert torch.equal(model.state_dict()["no_obj_embed_spatial"], stored["no_obj_embed_spatial"])
+    with pytest.raises(StorageNotFoundError):
+        build_sam2(SAM21["t"], f"s3://{s3_bucket}/runs/none/checkpoint.pt", device="cpu")
