@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from collections import defaultdict
@@ -94,6 +95,8 @@ class Trainer:
         self.seed_value = int(seed_value)
         self.val_epoch_freq = int(val_epoch_freq)
         dist_conf = distributed or {}
+        # The log file first, so that joining the process group is recorded too.
+        self._log_handler = add_rank_log_file(logging.log_dir, int(os.environ.get("RANK", "0")))
         self.ctx: DistributedContext = setup_distributed(
             accelerator,
             backend=dist_conf.get("backend"),
@@ -102,7 +105,6 @@ class Trainer:
         self.device = self.ctx.device
 
         self.log_freq = int(logging.get("log_freq", 10))
-        self._log_handler = add_rank_log_file(logging.log_dir, self.ctx.rank)
         tb_conf = logging.get("tensorboard_writer")
         self.tb_writer = None
         if tb_conf is not None and self.ctx.is_main:
