@@ -103,6 +103,10 @@ def _instantiate_model(
 ) -> nn.Module:
     if mode not in ("eval", "train"):
         raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={device!r} was requested but CUDA is not available here; pass device='cpu'"
+        )
     cfg = compose_model_config(config_file, overrides)
     model = instantiate(cfg.model, _recursive_=True)
     _load_checkpoint(model, ckpt_path, config_file)

@@ -240,6 +240,14 @@ def test_missing_checkpoint_file_and_unknown_config_are_clear(tmp_path: Path) ->
     assert set(SAM21.values()) | set(SAM20.values()) <= set(available_model_configs())
 
 
+def test_bad_device_and_mode_are_clear() -> None:
+    with pytest.raises(ValueError, match="mode must be 'eval' or 'train'"):
+        build_sam2(SAM21["t"], device="cpu", mode="inference")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="device='cpu'"):
+            build_sam2(SAM21["t"])  # the official default device is "cuda"
+
+
 def test_file_that_is_not_a_sam2_checkpoint_is_rejected(tmp_path: Path) -> None:
     bad = tmp_path / "weights.pt"
     torch.save({"state_dict": {}}, bad)
