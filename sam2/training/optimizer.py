@@ -241,3 +241,17 @@ def construct_optimizer(
     assert set(grouped) == {id(p) for _, p in named}, "a trainable parameter is in no optimizer param group"
     logger.info("optimizer: %d trainable tensors in %d param groups", len(names), len(param_groups))
     return ScheduledOptimizer(optimizer_factory(param_groups), group_schedulers)
+
+
+def build_optimizer_from_config(model: nn.Module, optim_conf: Mapping) -> ScheduledOptimizer:
+    """The optimizer a training config's `trainer.optim` block describes (`optimizer`, `options`,
+    `param_group_modifiers`), built with Hydra; AdamW with its defaults when `optimizer` is absent."""
+    from hydra.utils import instantiate
+
+    optimizer_conf = optim_conf.get("optimizer") or {"_target_": "torch.optim.AdamW"}
+    options = {
+        option: [instantiate(rule, _convert_="all") for rule in rules]
+        for option, rules in (optim_conf.get("options") or {}).items()
+    }
+    modifiers = [instantiate(m) for m in optim_conf.get("param_group_modifiers") or []]
+    return construct_optimizer(model, instantiate(optimizer_conf, _partial_=True), options, modifiers)

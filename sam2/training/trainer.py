@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from sam2.training.loss_fns import CORE_LOSS_KEY
-from sam2.training.optimizer import GradientClipper, construct_optimizer
+from sam2.training.optimizer import GradientClipper, build_optimizer_from_config
 from sam2.training.utils.checkpoint_utils import local_copy, save_checkpoint_atomic
 from sam2.training.utils.distributed import (
     DistributedContext,
@@ -143,17 +143,7 @@ class Trainer:
         )
         self.optim = None
         if mode != "val":
-            modifiers = [instantiate(m) for m in optim.get("param_group_modifiers") or []]
-            optimizer_conf = optim.get("optimizer") or {"_target_": "torch.optim.AdamW"}
-            self.optim = construct_optimizer(
-                self.model,
-                instantiate(optimizer_conf, _partial_=True),
-                {
-                    k: [instantiate(r, _convert_="all") for r in rules]
-                    for k, rules in (optim.get("options") or {}).items()
-                },
-                modifiers,
-            )
+            self.optim = build_optimizer_from_config(self.model, optim)
 
         self.ddp_model: nn.Module = self.model
         if self.ctx.is_distributed and mode != "val":
