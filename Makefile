@@ -44,3 +44,21 @@ services-down-s3:
 .PHONY: services-up services-down
 services-up: services-up-s3
 services-down: services-down-s3
+
+# Kubeflow pipeline (PIPELINE). DATASET=demo|mose. Without KFP_HOST `pipeline-run` runs every step on this
+# machine through kfp.local (starting the local S3 server; MLflow on SQLite in .local/mlflow); with
+# KFP_HOST it submits to that cluster and waits. DATASET=mose reads MOSE_ROOT (see configs/dataset/mose.yaml).
+DATASET ?= demo
+CRON ?= 0 0 3 * * 0
+.PHONY: pipeline-compile pipeline-run pipeline-submit pipeline-schedule
+pipeline-compile: setup
+	$(PY) -m pipelines.compile
+
+pipeline-run: setup
+	$(PY) -m pipelines.run run --dataset $(DATASET)
+
+pipeline-submit: setup
+	$(PY) -m pipelines.run submit --dataset $(DATASET)
+
+pipeline-schedule: setup
+	$(PY) -m pipelines.run schedule --dataset $(DATASET) --cron "$(CRON)"

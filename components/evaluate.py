@@ -24,6 +24,7 @@ def evaluate_predictions(
 
     from components.runtime import configure, work_dir
     from sam2.eval.evaluator import evaluate, read_video_list
+    from sam2.eval.report import write_report
     from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url)
@@ -41,27 +42,29 @@ def evaluate_predictions(
         metrics.log_metric(key, round(scores[key], 4))
     metrics.log_metric("num_videos", len(scores["per_video"]))
 
-    lines = [
-        f"# J&F on the validation split ({protocol} protocol)",
-        "",
-        f"**J&F {scores['J&F']:.2f}**, J {scores['J']:.2f}, F {scores['F']:.2f} over {len(videos)} videos.",
-        "",
-        f"Model: `{model.metadata.get('uri')}` (init: {model.metadata.get('init')})",
-        f"Data set: `{splits.metadata['uri']}` (version {splits.metadata.get('version')})",
-        "",
-        "| video | J&F | J | F |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for name, video in scores["per_video"].items():
-        if video["J&F"] is None:
-            lines.append(f"| {name} | - | - | - |")
-        else:
-            lines.append(f"| {name} | {video['J&F']:.2f} | {video['J']:.2f} | {video['F']:.2f} |")
-    text = "\n".join(lines) + "\n"
+    # EVAL's report: per-video table, bar chart and worst-frame overlays; the KFP copy embeds the images.
+    report_dir = work / "report"
+    title = f"J&F of {model.metadata.get('uri')} on the val split of {splits.metadata['uri']}"
+    if model.metadata.get("init", "given") != "given":
+        title += f" (init: {model.metadata['init']})"
+    data = work / "data"
+    embedded = write_report(
+        result,
+        report_dir,
+        data / "Annotations",
+        work / "predictions",
+        data / "JPEGImages",
+        embed_images=True,
+        title=title,
+    )
+    write_report(
+        result, report_dir, data / "Annotations", work / "predictions", data / "JPEGImages", title=title
+    )
     with open(report.path, "w") as handle:
-        handle.write(text)
+        handle.write(embedded)
 
     run_uri = model.metadata["run_uri"]
     store.write_bytes(f"{run_uri}/metrics.json", json.dumps(scores, indent=2).encode(), "application/json")
-    store.write_bytes(f"{run_uri}/report.md", text.encode(), "text/markdown")
+    store.upload_folder(report_dir, f"{run_uri}/report")
+    store.write_bytes(f"{run_uri}/report.md", (report_dir / "report.md").read_bytes(), "text/markdown")
     return float(scores["J&F"])

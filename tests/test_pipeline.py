@@ -1,0 +1,153 @@
+"""The pipeline definition: the committed YAML is current and loads, parameters are documented, presets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import sam2_finetune as pipeline_module
+from pipelines.compile import COMPILED, compile_pipeline
+from pipelines.presets import PresetError, load_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compiled_pipeline_is_current(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAM2_PIPELINE_IMAGE", raising=False)
+    fresh = compile_pipeline(tmp_path / "fresh.yaml")
+    committed = list(yaml.safe_load_all(COMPILED.read_text()))
+    assert list(yaml.safe_load_all(fresh.read_text())) == committed, (
+        "pipelines/sam2_finetune.yaml is stale: run `make pipeline-compile` and commit it"
+    )
+
+
+def test_compiled_pipeline_loads_with_kfp_and_has_every_step():
+    from kfp import components
+
+    loaded = components.load_component_from_file(str(COMPILED))
+    assert loaded.name == "sam2-finetune"
+    spec = yaml.safe_load(COMPILED.read_text().split("\n---\n")[0])
+    tasks = set(spec["root"]["dag"]["tasks"])
+    assert tasks == {
+        "extract-frames",
+        "validate-dataset",
+        "split-dataset",
+        "train-model",
+        "infer-videos",
+        "evaluate-predictions",
+        "promote-model",
+    }
+    assert set(spec["root"]["outputDefinitions"]["parameters"]) == {
+        "decision",
+        "model_version",
+        "jf",
+        "run_uri",
+    }
+
+
+def test_compiled_pipeline_wires_secrets_resources_and_caching():
+    docs = list(yaml.safe_load_all(COMPILED.read_text()))
+    spec, platform = docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, executor in platform.items():
+        secret_envs = [s for s in executor.get("secretAsEnv", [])]
+        keys = {k["envVar"] for s in secret_envs for k in s["keyToEnv"]}
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= keys, name
+    text = COMPILED.read_text()
+    assert "AWS_SECRET_ACCESS_KEY=" not in text and "minioadmin" not in text
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["extract-frames"]["cachingOptions"].get("enableCache") is True
+    assert tasks["promote-model"]["cachingOptions"].get("enableCache") in (None, False)
+    # The data set version flows into the cached data steps and training: it is part of their cache key.
+    for task in ("validate-dataset", "split-dataset", "train-model"):
+        version = tasks[task]["inputs"]["parameters"]["dataset_version"]
+        assert version["taskOutputParameter"]["producerTask"] == "extract-frames"
+    infer = spec["deploymentSpec"]["executors"]["exec-infer-videos"]["container"]["resources"]
+    assert infer["accelerator"]["resourceCount"] == "1"
+
+
+def test_component_image_is_overridable(monkeypatch):
+    from components.images import DEFAULT_IMAGE, component_image
+
+    monkeypatch.delenv("SAM2_PIPELINE_IMAGE", raising=False)
+    assert component_image() == DEFAULT_IMAGE
+    monkeypatch.setenv("SAM2_PIPELINE_IMAGE", "registry.example/sam2:dev")
+    assert component_image() == "registry.example/sam2:dev"
+
+
+def test_every_pipeline_parameter_is_documented():
+    import inspect
+
+    doc = pipeline_module.__doc__
+    for name in inspect.signature(pipeline_module.sam2_finetune.pipeline_func).parameters:
+        assert name in doc, f"pipeline parameter {name!r} is not documented in pipelines/sam2_finetune.py"
+
+
+def test_demo_preset_is_small_and_self_contained():
+    args = load_preset("demo", environ={})
+    assert args["source_uri"] == "demo:" and args["dataset_name"] == "demo"
+    assert args["model_size"] == "t" and args["epochs"] == 1 and args["gpus_per_node"] == 0
+    assert "scratch.resolution=128" in args["training_overrides"]
+    accepted = set(pipeline_module.sam2_finetune.component_spec.inputs)
+    assert set(args) <= accepted, set(args) - accepted
+
+
+def test_mose_preset_needs_its_data(tmp_path):
+    with pytest.raises(PresetError, match="MOSE_ROOT"):
+        load_preset("mose", environ={})
+    with pytest.raises(PresetError, match="does not exist"):
+        load_preset("mose", environ={"MOSE_ROOT": str(tmp_path / "nope")})
+    args = load_preset(
+        "mose", environ={"MOSE_ROOT": str(tmp_path), "SAM2_INIT_CHECKPOINT_URI": "s3://m/b.pt"}
+    )
+    assert args["source_uri"] == str(tmp_path) and args["init_checkpoint_uri"] == "s3://m/b.pt"
+    assert (
+        load_preset("mose", environ={"MOSE_ROOT": "s3://data/mose.tar"})["source_uri"] == "s3://data/mose.tar"
+    )
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(PresetError, match="demo, mose"):
+        load_preset("davis", environ={})
+
+
+def test_pipeline_run_for_mose_without_data_fails_at_once_with_instructions(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MOSE_ROOT", "KFP_HOST")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.run", "run", "--dataset", "mose"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "MOSE_ROOT" in proc.stderr and "JPEGImages" in proc.stderr
+    assert not (tmp_path / ".local").exists()
+
+
+def test_submit_and_schedule_need_a_host_and_a_six_field_cron(tmp_path):
+    from pipelines.cluster import schedule
+
+    env = {k: v for k, v in os.environ.items() if k != "KFP_HOST"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.run", "submit", "--dataset", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "KFP_HOST" in proc.stderr
+    with pytest.raises(ValueError, match="six fields"):
+        schedule("http://kfp.invalid", {}, "0 3 * * 0", "job")
+
+
+def test_makefile_has_the_pipeline_targets():
+    text = (ROOT / "Makefile").read_text()
+    for target in ("pipeline-compile:", "pipeline-run:", "pipeline-submit:", "pipeline-schedule:"):
+        assert target in text
