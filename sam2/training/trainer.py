@@ -299,6 +299,8 @@ class Trainer:
             raise ValueError(
                 f"epoch {epoch}: the training loader yields no batches; check trainer.data.train"
             )
+        num_updates = math.ceil(num_batches / self.accumulation_steps)
+        updates_done = 0
         totals: dict[str, float] = defaultdict(float)
         window_start, window_samples = time.perf_counter(), 0
         progress = tqdm(
@@ -306,7 +308,6 @@ class Trainer:
         )
         for batch_idx, batch in enumerate(progress):
             is_update = (batch_idx + 1) % self.accumulation_steps == 0 or batch_idx + 1 == num_batches
-            self.optim.step_schedulers((epoch + batch_idx / num_batches) / self.max_epochs)
             batch = batch.to(self.device, non_blocking=True)
             sync = (
                 contextlib.nullcontext()
@@ -325,6 +326,9 @@ class Trainer:
             window_samples += batch.num_videos
             if not is_update:
                 continue
+            # The schedule advances per optimizer step, so accumulation does not change the lr curve.
+            self.optim.step_schedulers((epoch + updates_done / num_updates) / self.max_epochs)
+            updates_done += 1
             self.scaler.unscale_(self.optim.optimizer)
             grad_norm = self.gradient_clipper(self.model) if self.gradient_clipper is not None else None
             self.scaler.step(self.optim.optimizer)
