@@ -1,0 +1,45 @@
+"""The whole demo pipeline through kfp.local, twice: every step's artifacts land in S3, the first run's
+model becomes champion, the second (unchanged model) stays challenger. Minutes on 2 CPU cores: slow."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.local_run import run_locally
+from pipelines.presets import load_preset
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end_twice(tmp_path, s3_env, s3_store, monkeypatch):
+    from sam2.registry import MlflowModelRegistry
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.setenv("SAM2_SCRATCH", str(tmp_path / "scratch"))
+    args = load_preset("demo", environ={}) | {"data_bucket": "e2e-data", "runs_bucket": "e2e-runs"}
+
+    first = run_locally(args, pipeline_root=tmp_path / "kfp")
+    assert first["decision"] == "champion"
+    run_uri = first["run_uri"]
+    assert run_uri.startswith("s3://e2e-runs/")
+    for folder in ("checkpoints", "tensorboard", "predictions", "report"):
+        assert s3_store.is_published(f"{run_uri}/{folder}"), folder
+    metrics = json.loads(s3_store.read_bytes(f"{run_uri}/metrics.json"))
+    assert metrics["J&F"] == pytest.approx(first["jf"], abs=1e-3)
+    assert s3_store.exists(f"{run_uri}/report.md")
+    datasets = s3_store.list_objects("s3://e2e-data/datasets/demo")
+    assert any(k.endswith("manifest.json") for k in datasets)
+    assert any("/validation/" in k for k in datasets) and any("/splits/" in k for k in datasets)
+
+    second = run_locally(args, pipeline_root=tmp_path / "kfp")
+    assert second["decision"] == "challenger"
+    assert second["run_uri"] != run_uri
+
+    registry = MlflowModelRegistry(tracking)
+    champion = registry.champion("demo")
+    assert champion is not None and champion[0] == first["model_version"].split("/")[1]
+    mv = registry.client.get_model_version("sam2-demo", second["model_version"].split("/")[1])
+    assert mv.source == f"{second['run_uri']}/checkpoints/checkpoint.pt"
+    assert mv.tags["dataset_version"] and mv.tags["init"].startswith("RANDOM")
