@@ -144,24 +144,20 @@ def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return rotated.flatten(-2)
 
 
-def apply_rotary_enc(
+def apply_rotary_enc_real(
     xq: torch.Tensor,
     xk: torch.Tensor,
-    freqs_cis: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
     repeat_freqs_k: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply 2-D RoPE to queries [B, H, Nq, D] and keys [B, H, Nk, D].
-
-    `freqs_cis` [Nq, D/2] (from `compute_axial_cis`) must match the query tokens. With `repeat_freqs_k`,
-    the keys hold Nk / Nq stacked copies of the query grid (memories of several frames) and the rotations
-    repeat accordingly. Empty keys are returned unchanged. Outputs keep the inputs' dtypes.
-    """
-    if freqs_cis.shape != (xq.shape[-2], xq.shape[-1] // 2):
+    """`apply_rotary_enc` with the rotations given as real cos / sin tensors [Nq, D/2] (what compiled
+    graphs should see: inductor handles complex tensors poorly)."""
+    if cos.shape != (xq.shape[-2], xq.shape[-1] // 2):
         raise ValueError(
-            f"RoPE rotations {tuple(freqs_cis.shape)} do not fit queries {tuple(xq.shape)}: "
+            f"RoPE rotations {tuple(cos.shape)} do not fit queries {tuple(xq.shape)}: "
             "expected [num_query_tokens, head_dim / 2]"
         )
-    cos, sin = freqs_cis.real, freqs_cis.imag
     q_out = _rotate_pairs(xq.float(), cos, sin).type_as(xq)
     if xk.shape[-2] == 0:
         return q_out, xk
@@ -170,3 +166,18 @@ def apply_rotary_enc(
         cos, sin = cos.repeat(repeats, 1), sin.repeat(repeats, 1)
     k_out = _rotate_pairs(xk.float(), cos, sin).type_as(xk)
     return q_out, k_out
+
+
+def apply_rotary_enc(
+    xq: torch.Tensor,
+    xk: torch.Tensor,
+    freqs_cis: torch.Tensor,
+    repeat_freqs_k: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply 2-D RoPE to queries [B, H, Nq, D] and keys [B, H, Nk, D].
+
+    `freqs_cis` [Nq, D/2] complex (from `compute_axial_cis`) must match the query tokens. With
+    `repeat_freqs_k`, the keys hold Nk / Nq stacked copies of the query grid (memories of several frames)
+    and the rotations repeat accordingly. Empty keys are returned unchanged. Outputs keep the inputs' dtypes.
+    """
+    return apply_rotary_enc_real(xq, xk, freqs_cis.real, freqs_cis.imag, repeat_freqs_k)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam2.modeling.position_encoding import apply_rotary_enc, compute_axial_cis
+from sam2.modeling.position_encoding import apply_rotary_enc_real, compute_axial_cis
 from sam2.modeling.sam2_utils import MLP
 
 
@@ -93,18 +93,25 @@ class RoPEAttention(Attention):
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat
         self.head_dim = self.internal_dim // self.num_heads
-        # Not a buffer: derived from the config, never stored in checkpoints.
+        # Not buffers: derived from the config, never stored in checkpoints. `freqs_cis` (complex) is kept
+        # for code that reads it; the forward pass uses its real cos / sin parts.
         self.freqs_cis = compute_axial_cis(self.head_dim, feat_sizes[0], feat_sizes[1], theta=rope_theta)
+        self._rope_cos, self._rope_sin = self.freqs_cis.real.contiguous(), self.freqs_cis.imag.contiguous()
 
-    def _rotations_for(self, num_tokens: int, device: torch.device) -> Tensor:
-        if self.freqs_cis.shape[0] != num_tokens:
+    def _rotations_for(self, num_tokens: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(cos, sin) [num_tokens, head_dim / 2] for a square grid of `num_tokens` query tokens."""
+        if self._rope_cos.shape[0] != num_tokens:
             side = math.isqrt(num_tokens)
             if side * side != num_tokens:
                 raise ValueError(f"RoPEAttention expects a square grid of query tokens, got {num_tokens}")
             self.freqs_cis = compute_axial_cis(self.head_dim, side, side, theta=self.rope_theta)
-        if self.freqs_cis.device != device:
-            self.freqs_cis = self.freqs_cis.to(device)
-        return self.freqs_cis
+            self._rope_cos, self._rope_sin = (
+                self.freqs_cis.real.contiguous(),
+                self.freqs_cis.imag.contiguous(),
+            )
+        if self._rope_cos.device != device:
+            self._rope_cos, self._rope_sin = self._rope_cos.to(device), self._rope_sin.to(device)
+        return self._rope_cos, self._rope_sin
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, num_k_exclude_rope: int = 0) -> Tensor:
         q, k, v = self._project(q, k, v)
@@ -113,9 +120,11 @@ class RoPEAttention(Attention):
                 f"RoPEAttention got {q.shape[-2]} queries and {k.shape[-2]} keys; set rope_k_repeat=True "
                 "for cross-attention to memories"
             )
-        freqs = self._rotations_for(q.shape[-2], q.device)
+        cos, sin = self._rotations_for(q.shape[-2], q.device)
         num_k_rope = k.shape[-2] - num_k_exclude_rope
-        q, k_rotated = apply_rotary_enc(q, k[:, :, :num_k_rope], freqs, repeat_freqs_k=self.rope_k_repeat)
+        q, k_rotated = apply_rotary_enc_real(
+            q, k[:, :, :num_k_rope], cos, sin, repeat_freqs_k=self.rope_k_repeat
+        )
         if num_k_exclude_rope > 0:
             k = torch.cat([k_rotated, k[:, :, num_k_rope:]], dim=2)
         else:
