@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,12 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _model_state(log_dir: Path, name: str = "checkpoint.pt") -> dict[str, torch.Tensor]:
     return torch.load(log_dir / "checkpoints" / name, weights_only=True)["model"]
 
@@ -52,9 +59,18 @@ def test_two_gloo_workers_match_one_process_with_the_same_global_batch(tmp_path,
     ddp_dir = tmp_path / "ddp"
     ddp = training_overrides(img, gt, ddp_dir, num_epochs=2, batch_size=1, extra=DETERMINISTIC)
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # torchrun takes its settings from the PET_* variables, as in a PyTorchJob pod.
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PET_NNODES": "1",
+        "PET_NPROC_PER_NODE": "2",
+        "PET_NODE_RANK": "0",
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": str(_free_port()),
+    }
     proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "sam2.training.train"]
+        [str(torchrun), "-m", "sam2.training.train"]
         + ["-c", TRAIN_CONFIG, "--use-cluster", "0", "--num-gpus", "2", *ddp],
         env=env,
         capture_output=True,
@@ -73,3 +89,29 @@ def test_two_gloo_workers_match_one_process_with_the_same_global_batch(tmp_path,
     assert moved > 1e-6, "training did not change the parameters"
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
     assert worst < 1e-3 * moved + 1e-7, f"ranks disagree with one process by {worst} (updates ~{moved})"
+
+
+def test_two_nodes_meet_through_pytorchjob_variables_without_torchrun(tmp_path):
+    """`--num-nodes 2`: each node spawns its worker; node rank and rendezvous come from the environment."""
+    img, gt = make_clips(tmp_path / "data", {"a": 3, "b": 3})
+    log_dir = tmp_path / "run"
+    overrides = training_overrides(img, gt, log_dir, extra=NO_DROPOUT_OVERRIDES)
+    port = str(_free_port())
+    procs = []
+    for node in range(2):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")} | {
+            "OMP_NUM_THREADS": "1",
+            "PET_NODE_RANK": str(node),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        cmd = [sys.executable, "-m", "sam2.training.train", "-c", TRAIN_CONFIG, "--use-cluster", "0"]
+        cmd += ["--num-gpus", "1", "--num-nodes", "2", *overrides]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    assert "joined process group: rank 1 of 2 (gloo)" in (log_dir / "logs" / "log_rank1.txt").read_text()
+    assert torch.load(log_dir / "checkpoints" / "checkpoint.pt", weights_only=True)["steps"] == 1
