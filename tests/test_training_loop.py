@@ -210,3 +210,29 @@ def test_image_batch_is_prompted_with_clicks_and_corrected():
     assert len(out["multistep_pred_multimasks_high_res"]) == 3
     clicks = out["multistep_point_inputs"][-1]["point_labels"]
     assert clicks.shape[0] == 2 and clicks.shape[1] in (3, 4)  # a click or box corners, then 2 clicks
+
+
+def test_train_mode_validates_with_j_and_f_and_keeps_the_best_checkpoint(tmp_path):
+    img, gt = make_clips(tmp_path / "data", {"train_clip": NUM_FRAMES, "val_clip": 4})
+    (tmp_path / "train.txt").write_text("train_clip\n")
+    (tmp_path / "val.txt").write_text("val_clip\n")
+    log_dir = tmp_path / "run"
+    overrides = training_overrides(
+        img,
+        gt,
+        log_dir,
+        num_epochs=2,
+        extra=[
+            "trainer.mode=train",
+            f"dataset.file_list_txt={tmp_path / 'train.txt'}",
+            f"dataset.val_file_list_txt={tmp_path / 'val.txt'}",
+            "trainer.data.val.pin_memory=false",
+        ],
+    )
+    assert _cli(overrides) == 0
+    jf = _scalars(log_dir / "tensorboard", "val/J&F")
+    assert len(jf) == 2 and all(0.0 <= v <= 100.0 for v in jf)
+    best = torch.load(log_dir / "checkpoints" / "checkpoint_best.pt", weights_only=True)
+    assert best["loss"]["best_val_jf"] == pytest.approx(max(jf))
+    assert best["epoch"] == 1 + jf.index(max(jf))
+    assert "validation after epoch 1: J&F" in (log_dir / "logs" / "log_rank0.txt").read_text()
