@@ -196,7 +196,17 @@ def test_cli_round_trip(sav_roots, tmp_path: Path) -> None:
     out = tmp_path / "metrics" / "scores.json"
     command = [sys.executable, "-m", "sam2.tools.evaluate", "--gt_root", str(gt), "--pred_root", str(pred)]
     done = subprocess.run(
-        [*command, "--video_list_file", str(video_list), "-n", "2", "--output_json", str(out)],
+        [
+            *command,
+            "--video_list_file",
+            str(video_list),
+            "-n",
+            "2",
+            "--output_json",
+            str(out),
+            "--report_dir",
+            str(tmp_path / "report"),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -208,6 +218,7 @@ def test_cli_round_trip(sav_roots, tmp_path: Path) -> None:
     assert scores["J&F"] == pytest.approx(expected)
     assert set(scores["per_video"]["clip"]["per_object"]) == {"1", "2", "3", "255"}
     assert f"J&F: {expected:.2f}" in done.stdout
+    assert "| clip | 4 | 4 |" in (tmp_path / "report" / "report.md").read_text()
 
     failed = subprocess.run([*command, "--protocol", "davis2017"], capture_output=True, text=True)
     assert failed.returncode == 2

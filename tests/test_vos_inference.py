@@ -216,3 +216,41 @@ def test_cli_writes_masks(data: Path, checkpoint: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "wrote 1 video(s), 4 frames" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ["gamma"]
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_split_the_videos(data: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "torchrun"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29531",
+            "-m",
+            "sam2.tools.vos_inference",
+            "--sam2_cfg",
+            CONFIG,
+            "--sam2_checkpoint",
+            str(checkpoint),
+            "--base_video_dir",
+            str(data / "JPEGImages"),
+            "--input_mask_dir",
+            str(data / "Annotations"),
+            "--output_mask_dir",
+            str(out),
+            "--device",
+            "cpu",
+            "--hydra_overrides",
+            *OVERRIDES,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "wrote 2 video(s)" in done.stdout and "wrote 1 video(s)" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["alpha", "beta", "gamma"]

@@ -14,9 +14,11 @@ object) pairs and J&F their average. Videos run in a process pool; a worker's er
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -257,6 +259,28 @@ def evaluate_video(
     return result
 
 
+def write_metrics_json(result: EvaluationResult, path: str | os.PathLike) -> None:
+    """Writes ``result.to_dict()`` as JSON through a temp file and a rename (readers never see half a file)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(result.to_dict(), stream, indent=2)
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def _available_cpus() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def read_video_list(path: str | os.PathLike) -> list[str]:
     """Video names, one per line; blank lines and surrounding spaces ignored."""
     try:
@@ -272,7 +296,7 @@ def _list_videos(gt_root: Path, pred_root: Path, videos: Sequence[str] | None) -
     if not pred_root.is_dir():
         raise MaskDataError(f"{pred_root}: prediction root not found")
     if videos is None:
-        names = sorted(entry.name for entry in os.scandir(gt_root) if entry.is_dir())
+        names = sorted(e.name for e in os.scandir(gt_root) if e.is_dir() and not e.name.startswith("."))
     else:
         names = list(dict.fromkeys(videos))
         unknown = [name for name in names if not (gt_root / name).is_dir()]
@@ -311,7 +335,7 @@ def evaluate(
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     gt_path, pred_path = Path(gt_root), Path(pred_root)
     names = _list_videos(gt_path, pred_path, videos)
-    workers = min(num_processes or os.cpu_count() or 1, len(names))
+    workers = min(num_processes or _available_cpus(), len(names))
     results: dict[str, VideoResult] = {}
     bar = tqdm(total=len(names), desc="evaluate", unit="video", disable=not progress)
     if workers <= 1:

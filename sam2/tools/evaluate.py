@@ -7,14 +7,11 @@ python -m sam2.tools.evaluate --gt_root G --pred_root P [--video_list_file F] [-
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from sam2.eval.evaluator import PROTOCOLS, EvaluationResult, evaluate, read_video_list
+from sam2.eval.evaluator import PROTOCOLS, EvaluationResult, evaluate, read_video_list, write_metrics_json
 from sam2.eval.masks import MaskDataError
 
 
@@ -61,20 +58,6 @@ def format_table(result: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
-    """Writes JSON through a temp file in the same folder and a rename, so readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -96,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(result))
     print(f"J&F: {100 * result.jf:.2f}  J: {100 * result.j:.2f}  F: {100 * result.f:.2f}")
     if args.output_json:
-        write_json_atomic(args.output_json, result.to_dict())
+        write_metrics_json(result, args.output_json)
         print(f"wrote {args.output_json}")
     if args.report_dir:
         from sam2.eval.report import write_report  # matplotlib only when a report is asked for
