@@ -290,7 +290,9 @@ def infer_video(
     if not input_dir.is_dir():
         raise MaskDataError(f"video {video}: input mask folder {input_dir} not found")
     staging = output_root / f"{TEMP_PREFIX}{video}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    # Staging folders of this video left by an interrupted run (shards never share a video).
+    for stale in output_root.glob(f"{TEMP_PREFIX}{video}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     state = predictor.init_state(
         video_path=str(Path(base_video_dir) / video),
         offload_video_to_cpu=options.offload_video_to_cpu,
