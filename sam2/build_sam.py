@@ -48,6 +48,44 @@ _SAM21_ONLY_KEYS = ("no_obj_embed_spatial", "obj_ptr_tpos_proj.weight", "obj_ptr
 _TRUNK_SIZES = {(96, 12): "t", (96, 16): "s", (112, 24): "b+", (144, 48): "l"}
 
 
+# Hugging Face model ids of the official releases -> (config name, checkpoint file name).
+HF_MODEL_ID_TO_FILENAMES = {
+    **{
+        f"facebook/sam2-hiera-{name}": (f"configs/sam2/sam2_hiera_{size}.yaml", f"sam2_hiera_{file}.pt")
+        for name, size, file in (
+            ("tiny", "t", "tiny"),
+            ("small", "s", "small"),
+            ("base-plus", "b+", "base_plus"),
+            ("large", "l", "large"),
+        )
+    },
+    **{
+        f"facebook/sam2.1-hiera-{name}": (
+            f"configs/sam2.1/sam2.1_hiera_{size}.yaml",
+            f"sam2.1_hiera_{file}.pt",
+        )
+        for name, size, file in (
+            ("tiny", "t", "tiny"),
+            ("small", "s", "small"),
+            ("base-plus", "b+", "base_plus"),
+            ("large", "l", "large"),
+        )
+    },
+}
+
+
+def hub_download_unsupported(model_id: str) -> NotImplementedError:
+    """The error for `from_pretrained`-style calls: this package never downloads weights at run time."""
+    if model_id in HF_MODEL_ID_TO_FILENAMES:
+        config, filename = HF_MODEL_ID_TO_FILENAMES[model_id]
+        how = f"download {filename} yourself and call build_sam2({config!r}, '<path>/{filename}')"
+    else:
+        how = f"known model ids: {', '.join(HF_MODEL_ID_TO_FILENAMES)}"
+    return NotImplementedError(
+        f"loading {model_id!r} from the Hugging Face hub is not supported (no downloads at run time); {how}"
+    )
+
+
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint's parameters do not fit the model built from the given config."""
 

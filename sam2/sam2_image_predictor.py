@@ -53,6 +53,14 @@ class SAM2ImagePredictor:
         self._features: dict[str, torch.Tensor | list[torch.Tensor]] | None = None
         self._orig_hw: list[tuple[int, int]] | None = None
 
+    @classmethod
+    def from_pretrained(cls, model_id: str, **kwargs) -> SAM2ImagePredictor:
+        """Not supported: weights are never downloaded at run time. Raises NotImplementedError naming the
+        checkpoint file and config to pass to `build_sam2` instead."""
+        from sam2.build_sam import hub_download_unsupported
+
+        raise hub_download_unsupported(model_id)
+
     @property
     def device(self) -> torch.device:
         return self.model.device

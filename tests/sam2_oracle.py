@@ -180,9 +180,10 @@ for name, value in state.items():
         # Default init leaves some tensors at zero (position embeddings, "no object" embeddings); a small
         # random perturbation makes every parameter matter in comparisons.
         value.add_(inputs["noise"] * torch.randn(value.shape, generator=gen, dtype=value.dtype))
-torch.save({"model": state}, inputs["out"] + ".tmp")
 import os
-os.replace(inputs["out"] + ".tmp", inputs["out"])
+partial = f"{inputs['out']}.{os.getpid()}.tmp"
+torch.save({"model": state}, partial)
+os.replace(partial, inputs["out"])
 outputs["num_params"] = sum(p.numel() for p in model.parameters())
 """
 
