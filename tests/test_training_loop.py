@@ -212,7 +212,7 @@ def test_image_batch_is_prompted_with_clicks_and_corrected():
     assert clicks.shape[0] == 2 and clicks.shape[1] in (3, 4)  # a click or box corners, then 2 clicks
 
 
-def test_train_mode_validates_with_j_and_f_and_keeps_the_best_checkpoint(tmp_path):
+def test_train_mode_validates_with_j_and_f_and_keeps_the_best_checkpoint(tmp_path, capsys):
     img, gt = make_clips(tmp_path / "data", {"train_clip": NUM_FRAMES, "val_clip": 4})
     (tmp_path / "train.txt").write_text("train_clip\n")
     (tmp_path / "val.txt").write_text("val_clip\n")
@@ -236,3 +236,10 @@ def test_train_mode_validates_with_j_and_f_and_keeps_the_best_checkpoint(tmp_pat
     assert best["loss"]["best_val_jf"] == pytest.approx(max(jf))
     assert best["epoch"] == 1 + jf.index(max(jf))
     assert "validation after epoch 1: J&F" in (log_dir / "logs" / "log_rank0.txt").read_text()
+
+    # trainer.mode=val scores the newest checkpoint again, without training.
+    capsys.readouterr()
+    assert _cli([*overrides, "trainer.mode=val"]) == 0
+    out = capsys.readouterr().out
+    assert f"validation: J&F {jf[-1]:.2f}" in out
+    assert torch.load(log_dir / "checkpoints" / "checkpoint.pt", weights_only=True)["steps"] == 2

@@ -113,16 +113,15 @@ def _first_env(*names: str) -> str | None:
     return None
 
 
-def launch(cfg: DictConfig, num_gpus: int, num_nodes: int) -> None:
-    """Run the training job described by `cfg` in the launch mode the environment calls for."""
+def launch(cfg: DictConfig, num_gpus: int, num_nodes: int) -> dict[str, float]:
+    """Run the training job described by `cfg` in the launch mode the environment calls for; returns
+    this process's last validation metrics (empty when workers were spawned or nothing was validated)."""
     if {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= os.environ.keys():
         logger.info("running as rank %s of %s (torchrun)", os.environ["RANK"], os.environ["WORLD_SIZE"])
-        run_worker(cfg)
-        return
+        return run_worker(cfg)
     world_size = num_gpus * num_nodes
     if world_size == 1:
-        run_worker(cfg)
-        return
+        return run_worker(cfg)
 
     node_rank_text = _first_env("PET_NODE_RANK", "NODE_RANK", "GROUP_RANK") or (
         os.environ.get("RANK") if num_nodes > 1 else None
@@ -151,14 +150,18 @@ def launch(cfg: DictConfig, num_gpus: int, num_nodes: int) -> None:
     import torch.multiprocessing as mp
 
     mp.spawn(_spawned_worker, args=(cfg, node_rank, num_gpus, world_size), nprocs=num_gpus, join=True)
+    return {}
 
 
 def _configure_console_logging(rank: int) -> None:
+    """INFO on rank 0's console, warnings and errors only on the others (every rank's file gets INFO)."""
     logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
+        level=logging.INFO,
         format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s",
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
 def describe_error(err: BaseException) -> str:
@@ -216,13 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg.launcher.gpus_per_node = num_gpus
     cfg.launcher.num_nodes = num_nodes
     try:
-        launch(cfg, num_gpus, num_nodes)
+        metrics = launch(cfg, num_gpus, num_nodes)
     except Exception as err:
         logger.debug("training failed", exc_info=True)
         text = describe_error(err)
         print(f"error: {text}", file=sys.stderr)
         return 1
-    print(f"training finished; outputs in {cfg.launcher.experiment_log_dir}")
+    if metrics and int(os.environ.get("RANK", "0")) == 0:
+        print("validation: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    print(f"{cfg.trainer.mode} finished; outputs in {cfg.launcher.experiment_log_dir}")
     return 0
 
 

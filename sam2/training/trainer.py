@@ -118,7 +118,9 @@ class Trainer:
         self.save_freq = int(checkpoint.get("save_freq", 0) or 0)
 
         self.train_data = instantiate(data.train, _convert_="all") if data.get("train") is not None else None
-        self.val_data = instantiate(data.val, _convert_="all") if data.get("val") is not None else None
+        # Validation data is only built where it is used (train_only never touches the val list).
+        wants_val = mode in ("train", "val") and data.get("val") is not None
+        self.val_data = instantiate(data.val, _convert_="all") if wants_val else None
         if mode != "val" and self.train_data is None:
             raise ValueError(f"trainer.mode={mode} needs trainer.data.train")
         if mode == "val" and self.val_data is None:
