@@ -48,7 +48,15 @@ def load_checkpoint_state_dict(
     path (training then starts from random weights)."""
     if checkpoint_path is None:
         return None
-    checkpoint = torch.load(local_copy(str(checkpoint_path)), map_location="cpu", weights_only=True)
+    try:
+        local = local_copy(str(checkpoint_path))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"initial checkpoint {checkpoint_path} does not exist; set "
+            "trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path to a SAM 2.1 checkpoint "
+            "(a path or an s3:// URI), or to null to start from random weights"
+        ) from err
+    checkpoint = torch.load(local, map_location="cpu", weights_only=True)
     state = checkpoint
     for key in ckpt_state_dict_keys:
         if not isinstance(state, dict) or key not in state:
