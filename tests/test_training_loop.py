@@ -243,3 +243,15 @@ def test_train_mode_validates_with_j_and_f_and_keeps_the_best_checkpoint(tmp_pat
     out = capsys.readouterr().out
     assert f"validation: J&F {jf[-1]:.2f}" in out
     assert torch.load(log_dir / "checkpoints" / "checkpoint.pt", weights_only=True)["steps"] == 2
+
+
+def test_missing_initial_checkpoint_names_the_setting(tmp_path, capsys):
+    img, gt = make_clips(tmp_path / "data", {"clip": NUM_FRAMES})
+    overrides = training_overrides(img, gt, tmp_path / "run")
+    overrides = [o for o in overrides if "checkpoint_path=" not in o]
+    overrides.append(
+        f"trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path={tmp_path / 'nope.pt'}"
+    )
+    assert _cli(overrides) == 1
+    err = capsys.readouterr().err
+    assert "nope.pt does not exist" in err and "state_dict.checkpoint_path" in err and "null" in err

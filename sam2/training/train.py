@@ -167,8 +167,10 @@ def _configure_console_logging(rank: int) -> None:
 def describe_error(err: BaseException) -> str:
     """One line naming the error at the root of `err`: Hydra wraps errors raised while building objects,
     and a spawned worker's error arrives as text ending with its own `Type: message` line."""
+    from hydra.errors import InstantiationException
+
     root = err
-    while root.__cause__ is not None:
+    while isinstance(root, InstantiationException) and root.__cause__ is not None:
         root = root.__cause__
     lines = str(root).strip().splitlines()
     last = lines[-1] if lines else ""
