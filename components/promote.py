@@ -18,9 +18,9 @@ def promote_model(
     promotion_margin: float = 1.0,
     mlflow_tracking_uri: str = "",
     s3_endpoint_url: str = "",
-) -> NamedTuple("PromotionOutputs", decision=str, model_version=str, jf=float, run_uri=str):
+) -> NamedTuple("PromotionOutputs", decision=str, model_version=str, jf=float, run_uri=str, dataset_uri=str):
     """Register a new version of model `sam2-<dataset_name>`; returns the decision ("champion" or
-    "challenger"), the registered version, its J&F and the run folder.
+    "challenger"), the registered version, its J&F, the run folder and the data set it was trained on.
 
     The `champion` alias moves only when the new J&F beats the champion's by more than
     `promotion_margin` (J&F points); concurrent runs are serialised (see sam2.registry).
@@ -60,7 +60,7 @@ def promote_model(
     decision_report.metadata.update(
         {"model_name": result.model_name, "version": result.version, "decision": result.decision}
     )
-    outputs = namedtuple("PromotionOutputs", ["decision", "model_version", "jf", "run_uri"])
+    outputs = namedtuple("PromotionOutputs", ["decision", "model_version", "jf", "run_uri", "dataset_uri"])
     return outputs(
         result.decision, f"{result.model_name}/{result.version}", result.score, model.metadata["run_uri"]
     )

@@ -43,12 +43,13 @@ MLFLOW_SECRET_KEYS = {
 
 
 class PipelineOutputs(NamedTuple):
-    """What a run ends with: champion or challenger, the registered version, its J&F, the run folder."""
+    """What a run ends with: champion or challenger, the registered version, its J&F, where things are."""
 
     decision: str
     model_version: str
     jf: float
     run_uri: str
+    dataset_uri: str
 
 
 def _with_s3(task: dsl.PipelineTask, secret_name) -> dsl.PipelineTask:
@@ -168,4 +169,5 @@ def sam2_finetune(
         model_version=promote.outputs["model_version"],
         jf=promote.outputs["jf"],
         run_uri=promote.outputs["run_uri"],
+        dataset_uri=promote.outputs["dataset_uri"],
     )

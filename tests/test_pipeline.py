@@ -47,6 +47,7 @@ def test_compiled_pipeline_loads_with_kfp_and_has_every_step():
         "model_version",
         "jf",
         "run_uri",
+        "dataset_uri",
     }
 
 

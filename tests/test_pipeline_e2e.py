@@ -29,9 +29,12 @@ def test_demo_pipeline_end_to_end_twice(tmp_path, s3_env, s3_store, monkeypatch)
     metrics = json.loads(s3_store.read_bytes(f"{run_uri}/metrics.json"))
     assert metrics["J&F"] == pytest.approx(first["jf"], abs=1e-3)
     assert s3_store.exists(f"{run_uri}/report.md")
-    datasets = s3_store.list_objects("s3://e2e-data/datasets/demo")
-    assert any(k.endswith("manifest.json") for k in datasets)
-    assert any("/validation/" in k for k in datasets) and any("/splits/" in k for k in datasets)
+    assert first["dataset_uri"].startswith("s3://e2e-data/datasets/demo/")
+    datasets = s3_store.list_objects(first["dataset_uri"])
+    assert "manifest.json" in datasets
+    assert any(k.startswith("validation/") for k in datasets) and any(
+        k.startswith("splits/") for k in datasets
+    )
 
     second = run_locally(args, pipeline_root=tmp_path / "kfp")
     assert second["decision"] == "challenger"
