@@ -424,7 +424,6 @@ class SAM2Train(SAM2Base):
         current_out["pred_masks"] = low_res_masks
         current_out["pred_masks_high_res"] = high_res_masks
         current_out["obj_ptr"] = obj_ptr
-        current_out["object_score_logits"] = score_logits
         self._encode_memory_in_output(
             current_vision_feats,
             feat_sizes,
