@@ -60,6 +60,7 @@ def trained_model_stub(jf: float, run_uri: str, model: Output[Model], metrics: O
             "uri": f"{run_uri}/checkpoints/checkpoint.pt",
             "run_uri": run_uri,
             "dataset_version": "v1",
+            "dataset_uri": "s3://data/datasets/demo/v1",
             "training_config": "configs/sam2.1_training/sam2.1_hiera_t_MOSE_finetune.yaml",
             "training_overrides": "scratch.num_epochs=1",
             "init": "given",
