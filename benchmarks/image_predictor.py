@@ -117,6 +117,30 @@ def run_worker(official: bool, size: str, args: argparse.Namespace) -> dict | No
     return None
 
 
+def _median_result(results: list[dict]) -> dict | None:
+    if not results:
+        return None
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def measure_rounds(
+    size: str, args: argparse.Namespace, have_official: bool
+) -> tuple[dict | None, dict | None]:
+    """Alternate our and the official measurement for `args.rounds` rounds (swapping who goes first) so a
+    change in machine load hits both alike; report the median over rounds."""
+    ours_runs: list[dict] = []
+    ref_runs: list[dict] = []
+    for round_idx in range(args.rounds):
+        order = [False, True] if round_idx % 2 == 0 else [True, False]
+        for official in order:
+            if official and not have_official:
+                continue
+            result = run_worker(official, size, args)
+            if result is not None:
+                (ref_runs if official else ours_runs).append(result)
+    return _median_result(ours_runs), _median_result(ref_runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -126,6 +150,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=1024, help="model input resolution")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating ours/official rounds per size")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per measurement")
     parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (both)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -150,12 +175,14 @@ def main() -> None:
         f"{'size':<5} {'set_image ms':>13} {'official':>9} {'ratio':>6} "
         f"{'predict ms':>11} {'official':>9} {'ratio':>6} {'peak MiB':>9}"
     )
-    print(f"device={args.device} image_size={args.image_size} compile={args.compile} repeats={args.repeats}")
+    print(
+        f"device={args.device} image_size={args.image_size} compile={args.compile} "
+        f"repeats={args.repeats} rounds={args.rounds}"
+    )
     print(header)
     print("-" * len(header))
     for size in sizes:
-        ours = run_worker(False, size, args)
-        ref = run_worker(True, size, args) if have_official else None
+        ours, ref = measure_rounds(size, args, have_official)
 
         def cell(result: dict | None, key: str) -> str:
             return f"{result[key]:.1f}" if result else "n/a"
