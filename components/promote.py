@@ -62,5 +62,9 @@ def promote_model(
     )
     outputs = namedtuple("PromotionOutputs", ["decision", "model_version", "jf", "run_uri", "dataset_uri"])
     return outputs(
-        result.decision, f"{result.model_name}/{result.version}", result.score, model.metadata["run_uri"]
+        result.decision,
+        f"{result.model_name}/{result.version}",
+        result.score,
+        model.metadata["run_uri"],
+        model.metadata["dataset_uri"],
     )
