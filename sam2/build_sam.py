@@ -268,6 +268,10 @@ def check_state_dict_fits(
         hint = "This is a SAM 2.0 checkpoint given to a SAM 2.1 config. "
     elif ckpt_has_21 and not model_has_21:
         hint = "This is a SAM 2.1 checkpoint given to a SAM 2.0 config. "
+    if unexpected and all(key.startswith("module.") for key in state_dict):
+        hint += (
+            "Its keys carry the 'module.' prefix of DistributedDataParallel; save model.module's state dict. "
+        )
     fitting = _fitting_config(state_dict)
     if fitting is not None and fitting != config_file:
         hint += f"Use config_file={fitting!r}."

@@ -230,6 +230,14 @@ def test_checkpoint_of_another_size_names_the_fitting_config(tiny_checkpoint: Pa
     assert SAM21["t"] in message
 
 
+def test_checkpoint_saved_from_ddp_wrapper_says_so(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
+    wrapped = tmp_path / "ddp.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, wrapped)
+    with pytest.raises(CheckpointMismatchError, match="'module.' prefix of DistributedDataParallel"):
+        build_sam2(SAM21["t"], wrapped, device="cpu")
+
+
 def test_missing_checkpoint_file_and_unknown_config_are_clear(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "sam2.1_hiera_tiny.pt"
     with pytest.raises(FileNotFoundError, match="sam2.1_hiera_tiny.pt"):
