@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "dataset"
+# configs/ ships inside the sam2 package (sam2/configs is a link to it), so this works from a wheel too.
+PRESET_DIR = Path(str(resources.files("sam2"))) / "configs" / "dataset"
 
 
 class PresetError(ValueError):
