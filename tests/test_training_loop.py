@@ -255,3 +255,10 @@ def test_missing_initial_checkpoint_names_the_setting(tmp_path, capsys):
     assert _cli(overrides) == 1
     err = capsys.readouterr().err
     assert "nope.pt does not exist" in err and "state_dict.checkpoint_path" in err and "null" in err
+
+
+@pytest.mark.parametrize("prefix", ["", "++"])
+def test_upstream_style_trainer_model_overrides_reach_the_model(prefix):
+    cfg = compose_training_config(TRAIN_CONFIG, [f"{prefix}trainer.model.freeze_image_encoder=true"])
+    assert cfg.trainer.model.freeze_image_encoder is True
+    assert cfg.trainer.model._target_ == "sam2.training.model.sam2.SAM2Train"

@@ -44,13 +44,22 @@ def register_omegaconf_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
+_TRAINER_MODEL_KEY = re.compile(r"^(~|\+\+|\+)?trainer\.model\.")
+
+
+def _model_alias(override: str) -> str:
+    """`trainer.model.<key>` (the upstream spelling) -> `model.<key>`: `trainer.model` is an alias of the
+    root `model` node, which the model configs of configs/sam2.1 fill."""
+    return _TRAINER_MODEL_KEY.sub(lambda m: f"{m.group(1) or ''}model.", override)
+
+
 def compose_training_config(config_name: str, overrides: list[str]) -> DictConfig:
     """Compose a packaged training config (e.g. configs/sam2.1_training/sam2.1_hiera_t_MOSE_finetune.yaml)
     with Hydra overrides, and fill launcher.experiment_log_dir when it is unset."""
     register_omegaconf_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_module("sam2", version_base="1.2"):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
+        cfg = compose(config_name=config_name, overrides=[_model_alias(o) for o in overrides])
     if cfg.launcher.get("experiment_log_dir") is None:
         stem = Path(config_name).name.removesuffix(".yaml")
         cfg.launcher.experiment_log_dir = str(Path.cwd() / "sam2_logs" / stem)
