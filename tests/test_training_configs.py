@@ -1,0 +1,66 @@
+"""The four MOSE fine-tuning recipes: official values, the keys DESIGN.md promises, the model configs reused."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from sam2.training.train import compose_training_config
+
+SIZES = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
+DESIGN_KEYS = [
+    "dataset.img_folder",
+    "dataset.gt_folder",
+    "dataset.file_list_txt",
+    "scratch.resolution",
+    "scratch.num_frames",
+    "scratch.max_num_objects",
+    "scratch.num_epochs",
+    "scratch.train_batch_size",
+    "scratch.num_train_workers",
+    "trainer.accelerator",
+    "launcher.experiment_log_dir",
+    "trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path",
+]
+TRAINING_ONLY_MODEL_KEYS = {"_target_", "image_size"}
+
+
+def _model_config(size: str):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("sam2", version_base="1.2"):
+        return compose(config_name=f"configs/sam2.1/sam2.1_hiera_{size}.yaml")
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_recipe_has_the_official_values_and_design_keys(size):
+    cfg = compose_training_config(f"configs/sam2.1_training/sam2.1_hiera_{size}_MOSE_finetune.yaml", [])
+    for key in DESIGN_KEYS:
+        assert OmegaConf.select(cfg, key, throw_on_missing=False, default="absent") != "absent", key
+    s = cfg.scratch
+    assert (s.resolution, s.num_frames, s.max_num_objects, s.num_epochs) == (1024, 8, 3, 40)
+    assert (s.base_lr, s.vision_lr, s.weight_decay, s.gradient_clip_max_norm) == (5e-6, 3e-6, 0.1, 0.1)
+    optim = cfg.trainer.optim
+    assert optim.amp.enabled and optim.amp.amp_dtype == "bfloat16"
+    assert optim.param_group_modifiers[0].layer_decay_value == 0.9
+    assert dict(cfg.trainer.loss.all.weight_dict) == {
+        "loss_mask": 20,
+        "loss_dice": 1,
+        "loss_iou": 1,
+        "loss_class": 1,
+    }
+    assert cfg.trainer.max_epochs == 40 and cfg.trainer.model.image_size == 1024
+    assert cfg.trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path.endswith(
+        f"sam2.1_hiera_{SIZES[size]}.pt"
+    )
+
+    # The model is the released model config, turned into SAM2Train with the training settings added.
+    trained = OmegaConf.to_container(cfg.model, resolve=True)
+    released = OmegaConf.to_container(_model_config(size).model, resolve=True)
+    assert trained["_target_"] == "sam2.training.model.sam2.SAM2Train"
+    trained["image_encoder"]["trunk"].pop("drop_path_rate")
+    for key, value in released.items():
+        if key not in TRAINING_ONLY_MODEL_KEYS:
+            assert trained[key] == value, key
