@@ -147,6 +147,13 @@ class Trainer:
         if mode != "val":
             self.optim = build_optimizer_from_config(self.model, optim)
 
+        self.epoch = 0
+        self.steps = 0
+        self.loss_state: dict[str, float | None] = {"last_train_loss": None, "best_val_jf": None}
+        if not self._resume():
+            self._initialize_weights()
+
+        # Wrapped after loading: DDP's initial broadcast then spreads rank 0's loaded weights.
         self.ddp_model: nn.Module = self.model
         if self.ctx.is_distributed and mode != "val":
             self.ddp_model = DistributedDataParallel(
@@ -154,12 +161,6 @@ class Trainer:
                 device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(dist_conf.get("find_unused_parameters", True)),
             )
-
-        self.epoch = 0
-        self.steps = 0
-        self.loss_state: dict[str, float | None] = {"last_train_loss": None, "best_val_jf": None}
-        if not self._resume():
-            self._initialize_weights()
 
     # ------------------------------------------------------------------------------------------------------
     # Checkpoints
