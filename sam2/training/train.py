@@ -95,8 +95,13 @@ def run_worker(cfg: DictConfig) -> dict[str, float]:
     register_omegaconf_resolvers()
     if int(os.environ.get("RANK", "0")) == 0:
         save_resolved_config(cfg, cfg.launcher.experiment_log_dir)
-    trainer = instantiate(cfg.trainer, _recursive_=False)
-    return trainer.run()
+    from sam2.training.utils.distributed import teardown_distributed
+
+    try:
+        trainer = instantiate(cfg.trainer, _recursive_=False)
+        return trainer.run()
+    finally:
+        teardown_distributed()
 
 
 def _spawned_worker(local_rank: int, cfg: DictConfig, node_rank: int, nproc: int, world_size: int) -> None:
