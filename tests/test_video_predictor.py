@@ -295,3 +295,49 @@ def test_connected_components_and_hole_filling() -> None:
     assert (filled[0, 0, 10:16, 10:16] == -2.0).all()
     with pytest.raises(ValueError, match="positive"):
         fill_holes_in_mask_scores(logits, max_area=0)
+
+
+@pytest.mark.parametrize(
+    "shape, density",
+    [
+        ((1, 1, 1, 1), 1.0),
+        ((2, 1, 1, 9), 0.6),
+        ((2, 1, 9, 1), 0.6),
+        ((2, 1, 6, 7), 0.0),
+        ((2, 1, 6, 7), 1.0),
+        ((4, 1, 30, 23), 0.45),
+        ((3, 1, 24, 24), 0.6),
+    ],
+)
+def test_connected_components_labels_are_first_pixel_of_component(shape, density) -> None:
+    """Labels mark the component by 1 + the row-major index of its first pixel, mask by mask in a batch."""
+    gen = torch.Generator().manual_seed(11)
+    masks = torch.rand(shape, generator=gen) < density
+    labels, counts = get_connected_components(masks)
+    assert labels.shape == counts.shape == masks.shape
+    assert labels.dtype == counts.dtype == torch.int32
+    for i in range(shape[0]):
+        fg = masks[i, 0].numpy()
+        area = _reference_components(fg)
+        assert np.array_equal(counts[i, 0].numpy(), area)
+        expected = np.zeros(fg.shape, np.int64)
+        flat_index = np.arange(fg.size).reshape(fg.shape)
+        # Expected labels: grow each pixel's 1 + index to the 3x3 minimum until nothing changes (slow, plain).
+        expected[fg] = flat_index[fg] + 1
+        while True:
+            padded = np.pad(
+                np.where(fg, expected, np.iinfo(np.int64).max), 1, constant_values=np.iinfo(np.int64).max
+            )
+            neigh = np.min(
+                [
+                    padded[1 + dy : 1 + dy + fg.shape[0], 1 + dx : 1 + dx + fg.shape[1]]
+                    for dy in (-1, 0, 1)
+                    for dx in (-1, 0, 1)
+                ],
+                axis=0,
+            )
+            grown = np.where(fg, np.minimum(expected, neigh), 0)
+            if np.array_equal(grown, expected):
+                break
+            expected = grown
+        assert np.array_equal(labels[i, 0].numpy(), expected)

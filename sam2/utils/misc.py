@@ -13,7 +13,6 @@ from threading import Thread
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -59,46 +58,73 @@ def concat_points(
 # ----------------------------------------------------------------------------------------------------------
 
 
+# Neighbour offsets of 8-connectivity as slice pairs over [N, H, W] that reach the next row: down,
+# down-right, down-left. (Left/right neighbours are joined up front, as runs along a row.)
+_NEXT_ROW_NEIGHBOURS = (
+    ((slice(None), slice(None, -1), slice(None)), (slice(None), slice(1, None), slice(None))),
+    ((slice(None), slice(None, -1), slice(None, -1)), (slice(None), slice(1, None), slice(1, None))),
+    ((slice(None), slice(None, -1), slice(1, None)), (slice(None), slice(1, None), slice(None, -1))),
+)
+
+
+def _compress(parent: torch.Tensor) -> torch.Tensor:
+    """Point every entry straight at its tree's root (pointer jumping until nothing moves)."""
+    while True:
+        grandparent = parent.gather(0, parent)
+        if torch.equal(grandparent, parent):
+            return parent
+        parent = grandparent
+
+
 def get_connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Label the 8-connected components of binary masks [N, 1, H, W].
 
-    Returns (labels, counts), both [N, 1, H, W] int32: `labels` is 0 on background and a positive id per
-    component (ids are unique within one mask, not consecutive); `counts` holds each foreground pixel's
-    component area and 0 on background.
+    Returns (labels, counts), both [N, 1, H, W] int32: `labels` is 0 on background and, on foreground,
+    1 + the row-major index of the component's first pixel (unique within one mask, not consecutive);
+    `counts` holds each foreground pixel's component area and 0 on background.
 
-    Works by parallel label propagation: every foreground pixel starts with its own index, repeatedly
-    takes the smallest index among its 3x3 neighbours, then follows its label as a pointer (pointer jumping)
-    so long chains collapse in few rounds.
+    Works as a parallel union-find: every foreground run along a row starts as one tree rooted at its
+    first pixel; each round hooks every root onto the smallest root it touches in the next row (trees only
+    point to smaller indices, so they never form cycles), then pointer jumping flattens the trees. Whole
+    trees merge per round, so noisy or snake-like masks take a few rounds rather than one per pixel of path
+    length. All steps are dense tensor ops (no index lists), on the CPU and on CUDA alike.
     """
     if mask.dim() != 4 or mask.size(1) != 1:
         raise ValueError(f"mask must be shaped [N, 1, H, W], got {tuple(mask.shape)}")
     num, _, height, width = mask.shape
-    fg = mask.bool().reshape(num, height * width)
     n_pix = height * width
-    no_label = n_pix  # larger than any pixel index; background keeps it
-    pixel_idx = torch.arange(n_pix, device=mask.device, dtype=torch.int64).expand(num, n_pix)
-    labels = torch.where(fg, pixel_idx, torch.full_like(pixel_idx, no_label))
+    fg = mask.bool().reshape(num, height, width)
+    # One index space over the whole batch: neighbour pairs never cross masks, so neither do trees.
+    pixel_idx = torch.arange(num * n_pix, device=mask.device, dtype=torch.int64).reshape(num, height, width)
+    run_start = fg.clone()
+    run_start[:, :, 1:] &= ~fg[:, :, :-1]
+    # Indices grow along a row, so the running max of run starts is each pixel's own run start.
+    own_run = torch.where(run_start, pixel_idx, 0).cummax(dim=-1).values
+    parent = torch.where(fg, own_run, pixel_idx).flatten()
+    pairs = [fg[here] & fg[there] for here, there in _NEXT_ROW_NEIGHBOURS]
     while True:
-        grid = labels.reshape(num, 1, height, width).float()
-        # Min over the 3x3 neighbourhood as -maxpool(-x); float is exact for indices below 2**24.
-        neigh_min = -F.max_pool2d(-grid, kernel_size=3, stride=1, padding=1)
-        new = torch.where(fg, torch.minimum(labels, neigh_min.reshape(num, n_pix).long()), labels)
-        # Pointer jumping: a label is a pixel of the same component; take that pixel's label.
-        for _ in range(4):
-            safe = new.clamp(max=n_pix - 1)
-            jumped = torch.gather(new, 1, safe)
-            new = torch.where(fg, torch.minimum(new, jumped), new)
-        if torch.equal(new, labels):
+        # `parent` is flat here (every entry is its root), so a pixel's root is just its own entry.
+        roots = parent.reshape(num, height, width)
+        targets, sources = [], []
+        for (here, there), pair in zip(_NEXT_ROW_NEIGHBOURS, pairs, strict=True):
+            root_a, root_b = roots[here], roots[there]
+            # Pairs of non-neighbours (and of one tree) hook a root onto itself, which changes nothing.
+            targets.append(torch.where(pair, torch.maximum(root_a, root_b), root_a).flatten())
+            sources.append(torch.where(pair, torch.minimum(root_a, root_b), root_a).flatten())
+        hooked = parent.scatter_reduce(0, torch.cat(targets), torch.cat(sources), reduce="amin")
+        if torch.equal(hooked, parent):
             break
-        labels = new
+        parent = _compress(hooked)
 
-    counts = torch.zeros(num, n_pix + 1, device=mask.device, dtype=torch.int64)
-    counts.scatter_add_(1, labels, torch.ones_like(labels))
-    area = torch.gather(counts, 1, labels)
-    area = torch.where(fg, area, torch.zeros_like(area))
-    out_labels = torch.where(fg, labels + 1, torch.zeros_like(labels))
+    fg_flat = fg.flatten()
+    # Background pixels stay their own roots and no foreground pixel points at one, so they count 0.
+    counts = torch.zeros(num * n_pix, device=mask.device, dtype=torch.int64)
+    counts.scatter_add_(0, parent, fg_flat.long())
+    area = torch.where(fg_flat, counts.gather(0, parent), 0)
+    mask_start = torch.arange(num, device=mask.device, dtype=torch.int64)[:, None] * n_pix
+    labels = torch.where(fg_flat, (parent.reshape(num, n_pix) - mask_start).flatten() + 1, 0)
     return (
-        out_labels.reshape(num, 1, height, width).to(torch.int32),
+        labels.reshape(num, 1, height, width).to(torch.int32),
         area.reshape(num, 1, height, width).to(torch.int32),
     )
 
