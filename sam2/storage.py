@@ -39,7 +39,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -52,6 +51,8 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 from tqdm import tqdm
+
+from sam2.utils.atomic_io import atomic_open, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -232,18 +233,6 @@ def _iter_local_files(root: Path) -> Iterator[tuple[str, Path]]:
             rel = path.relative_to(root).as_posix()
             if rel != MARKER_NAME:
                 yield rel, path
-
-
-def _atomic_write_bytes(dest: Path, data: bytes) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ObjectStore:
@@ -450,27 +439,23 @@ class ObjectStore:
 
         def fetch() -> int:
             response = self._client.get_object(loc.bucket, loc.key)
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
             digest = hashlib.sha256()
             size = 0
             try:
-                with os.fdopen(fd, "wb") as handle:
+                # A checksum mismatch raised inside the block discards the download.
+                with atomic_open(dest, "wb", temp_suffix=".part") as handle:
                     for chunk in response.stream(_HASH_CHUNK):
                         handle.write(chunk)
                         digest.update(chunk)
                         size += len(chunk)
-                stored = response.headers.get(f"x-amz-meta-{CHECKSUM_META_KEY}")
-                want = expected_sha256 or stored
-                if want and digest.hexdigest() != want:
-                    raise StorageIntegrityError(
-                        f"{uri}: downloaded bytes (sha256 {digest.hexdigest()[:12]}…) do not match the "
-                        f"recorded checksum ({want[:12]}…); the object changed or was corrupted"
-                    )
-                os.replace(tmp, dest)
+                    stored = response.headers.get(f"x-amz-meta-{CHECKSUM_META_KEY}")
+                    want = expected_sha256 or stored
+                    if want and digest.hexdigest() != want:
+                        raise StorageIntegrityError(
+                            f"{uri}: downloaded bytes (sha256 {digest.hexdigest()[:12]}…) do not match the "
+                            f"recorded checksum ({want[:12]}…); the object changed or was corrupted"
+                        )
                 return size
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
             finally:
                 response.close()
                 response.release_conn()
@@ -653,7 +638,9 @@ class ObjectStore:
             root.joinpath(MARKER_NAME).unlink()
         moved = self._run_parallel(jobs, f"download {uri}", total)
         if marker is not None:
-            _atomic_write_bytes(root / MARKER_NAME, json.dumps(marker, indent=1, sort_keys=True).encode())
+            atomic_write_bytes(
+                root / MARKER_NAME, json.dumps(marker, indent=1, sort_keys=True).encode(), temp_suffix=".part"
+            )
         logger.info("synced %s to %s: %d files fetched, %d unchanged", uri, root, len(jobs), skipped)
         return TransferResult(uri, root, len(jobs), skipped, moved, time.perf_counter() - start)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from sam2.data.layout import (
     DataPrepError,
     list_frames,
 )
+from sam2.utils.atomic_io import atomic_write_text
 
 MANIFEST_FORMAT = 1
 
@@ -165,19 +164,6 @@ def dataset_version(manifest: dict) -> str:
     """Recompute the version of a manifest (equal to ``manifest["version"]`` unless it was edited)."""
     body = {k: v for k, v in manifest.items() if k != "version"}
     return hashlib.sha256(_canonical(body)).hexdigest()[:16]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_manifest(root: Path, manifest: dict) -> Path:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sam2.data.layout import SAV_ANNOTATION_SUFFIX, DataPrepError
-from sam2.data.manifest import atomic_write_text, load_manifest, mask_object_ids, sav_object_ids
+from sam2.data.manifest import load_manifest, mask_object_ids, sav_object_ids
+from sam2.utils.atomic_io import atomic_write_text
 
 TRAIN_LIST_NAME = "train.txt"
 VAL_LIST_NAME = "val.txt"

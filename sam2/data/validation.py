@@ -29,7 +29,8 @@ from sam2.data.layout import (
     list_frames,
     list_videos,
 )
-from sam2.data.manifest import atomic_write_text, combined_digest, load_manifest, sav_object_ids
+from sam2.data.manifest import combined_digest, load_manifest, sav_object_ids
+from sam2.utils.atomic_io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ import json
 import logging
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from sam2.eval.masks import MaskDataError, VideoMasks
 from sam2.eval.metrics import score_frame
+from sam2.utils.atomic_io import atomic_open
 
 Protocol = Literal["sav", "davis2017"]
 PROTOCOLS: tuple[str, ...] = ("sav", "davis2017")
@@ -261,16 +261,8 @@ def evaluate_video(
 
 def write_metrics_json(result: EvaluationResult, path: str | os.PathLike) -> None:
     """Writes ``result.to_dict()`` as JSON through a temp file and a rename (readers never see half a file)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(result.to_dict(), stream, indent=2)
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as stream:
+        json.dump(result.to_dict(), stream, indent=2)
 
 
 def _available_cpus() -> int:

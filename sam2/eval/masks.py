@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from sam2.utils.atomic_io import atomic_open
 
 try:  # zlib-ng inflates run-heavy mask data about 20x faster than the standard zlib
     from zlib_ng import zlib_ng as _inflater
@@ -142,16 +143,8 @@ def write_palette_png(path: str | os.PathLike, ids: np.ndarray, palette: list[in
         raise ValueError(f"{path}: palette PNGs hold ids 0..255, got {ids.min()}..{ids.max()}")
     image = Image.fromarray(ids.astype(np.uint8), mode="P")
     image.putpalette(palette if palette is not None else default_palette())
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG")
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as stream:
+        image.save(stream, format="PNG")
 
 
 def _png_names(folder: Path) -> list[str]:

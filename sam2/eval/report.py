@@ -11,7 +11,6 @@ import base64
 import io
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image  # noqa: E402
 
 from sam2.eval.evaluator import EvaluationResult, VideoResult  # noqa: E402
 from sam2.eval.masks import MaskDataError, VideoMasks, default_palette  # noqa: E402
+from sam2.utils.atomic_io import atomic_write_bytes  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +38,6 @@ class WorstFrame:
     frame: str
     mean_j: float
     per_object_j: dict[int, float]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def _percent(value: float | None) -> str:
@@ -186,7 +174,7 @@ def write_report(
     written: dict[str, bytes] = {}
 
     def image_ref(data: bytes, name: str) -> str:
-        _write_atomic(folder / name, data)
+        atomic_write_bytes(folder / name, data)
         written[name] = data
         return name
 
@@ -236,7 +224,7 @@ def write_report(
                 ]
                 lines += [f"![{video.name} {worst.frame}]({ref})", ""]
     markdown = "\n".join(lines)
-    _write_atomic(folder / "report.md", markdown.encode("utf-8"))
+    atomic_write_bytes(folder / "report.md", markdown.encode("utf-8"))
     if embed_images:
         for name, data in written.items():
             uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
