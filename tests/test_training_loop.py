@@ -262,3 +262,57 @@ def test_upstream_style_trainer_model_overrides_reach_the_model(prefix):
     cfg = compose_training_config(TRAIN_CONFIG, [f"{prefix}trainer.model.freeze_image_encoder=true"])
     assert cfg.trainer.model.freeze_image_encoder is True
     assert cfg.trainer.model._target_ == "sam2.training.model.sam2.SAM2Train"
+
+
+def test_killed_mid_epoch_and_restarted_run_is_bit_identical(tmp_path):
+    """A pod killed (SIGKILL) right after a mid-epoch checkpoint, restarted on the same folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    img, gt = make_clips(tmp_path / "data", {"a": 5, "b": 4, "c": 3})
+    extra = ["trainer.checkpoint.save_every_n_steps=2", "dataset.multiplier=3"]  # 9 steps per epoch
+    full = training_overrides(img, gt, tmp_path / "full", num_epochs=2, extra=extra)
+    assert _cli(full) == 0
+
+    run_dir = tmp_path / "killed"
+    args = training_overrides(img, gt, run_dir, num_epochs=2, extra=extra)
+    cmd = [
+        sys.executable,
+        "-m",
+        "sam2.training.train",
+        "-c",
+        TRAIN_CONFIG,
+        "--use-cluster",
+        "0",
+        "--num-gpus",
+        "1",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    log = run_dir / "logs" / "log_rank0.txt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and "(epoch 0, step 4)" in log.read_text():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-epoch"
+    killed_at = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
+    assert killed_at["epoch"] == 0 and killed_at["batches_done_in_epoch"] > 0
+
+    assert _cli(args) == 0
+    assert "batches of epoch 0 trained before the restart" in log.read_text()
+    a = torch.load(tmp_path / "full" / "checkpoints" / "checkpoint.pt", weights_only=True)
+    b = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
+    assert a["steps"] == b["steps"] == 18
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    for idx, state in a["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][idx][key]), (idx, key)

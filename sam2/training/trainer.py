@@ -5,8 +5,10 @@ _recursive_=False)`); the sub-blocks (model, data, optim, loss, logging, checkpo
 built here, so the model exists before the optimizer that needs its parameters.
 
 Reproducibility: every epoch starts by reseeding the RNGs from (seed_value, epoch, rank) and the model's
-prompt generator from (seed_value, epoch); checkpoints are written at epoch ends, so a run resumed from
-one replays exactly what an uninterrupted run does.
+prompt generator from (seed_value, epoch); checkpoints are written at epoch ends and, with
+`checkpoint.save_every_n_steps`, every N optimizer steps (where every rank reseeds again, and a resumed run
+skips the batches already trained on), so a run resumed from any checkpoint replays exactly what an
+uninterrupted run does.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class Trainer:
         self.checkpoint_conf = checkpoint
         self.save_dir = Path(checkpoint.save_dir)
         self.save_freq = int(checkpoint.get("save_freq", 0) or 0)
+        self.save_every_n_steps = int(checkpoint.get("save_every_n_steps", 0) or 0)
 
         self.train_data = instantiate(data.train, _convert_="all") if data.get("train") is not None else None
         # Validation data is only built where it is used (train_only never touches the val list).
@@ -149,6 +152,7 @@ class Trainer:
 
         self.epoch = 0
         self.steps = 0
+        self.batches_done_in_epoch = 0  # > 0 only in a checkpoint written mid-epoch
         self.loss_state: dict[str, float | None] = {"last_train_loss": None, "best_val_jf": None}
         if not self._resume():
             self._initialize_weights()
@@ -194,8 +198,15 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state.get("epoch", 0))
         self.steps = int(state.get("steps", 0))
+        self.batches_done_in_epoch = int(state.get("batches_done_in_epoch", 0))
         self.loss_state.update(state.get("loss", {}))
-        logger.info("resumed from %s: epoch %d, step %d", source, self.epoch, self.steps)
+        logger.info(
+            "resumed from %s: epoch %d, step %d, %d batches of the epoch done",
+            source,
+            self.epoch,
+            self.steps,
+            self.batches_done_in_epoch,
+        )
         return True
 
     def _checkpoint_state(self) -> dict[str, Any]:
@@ -205,6 +216,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "steps": self.steps,
+            "batches_done_in_epoch": self.batches_done_in_epoch,
             "loss": dict(self.loss_state),
         }
 
@@ -253,6 +265,7 @@ class Trainer:
             )
             self.train_epoch(loader, epoch)
             self.epoch = epoch + 1
+            self.batches_done_in_epoch = 0
             is_last = self.epoch == self.max_epochs
             if (
                 self.mode == "train"
@@ -276,6 +289,15 @@ class Trainer:
         if reseed is not None:
             # Rank-independent: every rank draws the same prompt plan, as one process would for the batch.
             reseed(self.seed_value * 100_003 + epoch)
+
+    def _seed_step(self, epoch: int) -> None:
+        """Reseed at a mid-epoch checkpoint point, on every rank and whether or not this run stops there,
+        so a run resumed from that checkpoint draws exactly what the uninterrupted run draws."""
+        base = self.seed_value * 100_003 + epoch * 1_009 + self.steps * 7_919
+        _seed_everything(base + 104_729 * (self.ctx.rank + 1))
+        reseed = getattr(self.model, "reseed_prompts", None)
+        if reseed is not None:
+            reseed(base)
 
     def _loss_fn(self, batch: Any) -> nn.Module:
         key = getattr(batch, "dict_key", "all")
@@ -303,13 +325,20 @@ class Trainer:
                 f"epoch {epoch}: the training loader yields no batches; check trainer.data.train"
             )
         num_updates = math.ceil(num_batches / self.accumulation_steps)
-        updates_done = 0
+        skip = self.batches_done_in_epoch  # batches a mid-epoch checkpoint already trained on
+        updates_done = skip // self.accumulation_steps
         totals: dict[str, float] = defaultdict(float)
+        seen = 0
         window_start, window_samples = time.perf_counter(), 0
         progress = tqdm(
             loader, total=num_batches, desc=f"epoch {epoch}", disable=not self.ctx.is_main, leave=False
         )
         for batch_idx, batch in enumerate(progress):
+            if batch_idx < skip:
+                if batch_idx + 1 == skip:
+                    logger.info("skipped the %d batches of epoch %d trained before the restart", skip, epoch)
+                    self._seed_step(epoch)
+                continue
             is_update = (batch_idx + 1) % self.accumulation_steps == 0 or batch_idx + 1 == num_batches
             batch = batch.to(self.device, non_blocking=True)
             sync = (
@@ -326,6 +355,7 @@ class Trainer:
                 self.scaler.scale(core / self.accumulation_steps).backward()
             for key, value in losses.items():
                 totals[key] += float(value.detach())
+            seen += 1
             window_samples += batch.num_videos
             if not is_update:
                 continue
@@ -342,15 +372,22 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 self._log_step(losses, grad_norm, window_samples / max(elapsed, 1e-9))
                 window_start, window_samples = time.perf_counter(), 0
-        self.loss_state["last_train_loss"] = totals[CORE_LOSS_KEY] / num_batches
+            if (
+                self.save_every_n_steps
+                and self.steps % self.save_every_n_steps == 0
+                and batch_idx + 1 < num_batches
+            ):
+                self.batches_done_in_epoch = batch_idx + 1
+                self.save_checkpoint()
+                self._seed_step(epoch)
+        seen = max(seen, 1)
+        self.loss_state["last_train_loss"] = totals[CORE_LOSS_KEY] / seen
         logger.info(
-            "epoch %d done: %s",
-            epoch,
-            ", ".join(f"{k}={v / num_batches:.4f}" for k, v in sorted(totals.items())),
+            "epoch %d done: %s", epoch, ", ".join(f"{k}={v / seen:.4f}" for k, v in sorted(totals.items()))
         )
         if self.tb_writer is not None:
             for key, value in totals.items():
-                self.tb_writer.add_scalar(f"train_epoch/{key}", value / num_batches, epoch)
+                self.tb_writer.add_scalar(f"train_epoch/{key}", value / seen, epoch)
 
     def _check_finite(
         self, core: torch.Tensor, losses: Mapping[str, torch.Tensor], batch: Any, epoch: int, batch_idx: int
