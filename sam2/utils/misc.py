@@ -149,13 +149,40 @@ def _read_frame(path: str, image_size: int) -> tuple[torch.Tensor, int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
-            pixels = np.array(img.convert("RGB").resize((image_size, image_size)))
+            pixels = _resized_rgb(img, image_size)
     except OSError as err:
         raise RuntimeError(f"cannot decode video frame {path}: {err}; re-extract this frame") from err
     if pixels.dtype != np.uint8:
         raise RuntimeError(f"video frame {path} has pixel type {pixels.dtype}; expected 8-bit RGB")
+    return _pixels_to_tensor(pixels), height, width
+
+
+def _resized_rgb(img: Image.Image, image_size: int) -> np.ndarray:
+    """An image as [S, S, 3] RGB pixels, resized to `image_size` squared."""
+    return np.array(img.convert("RGB").resize((image_size, image_size)))
+
+
+def _pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """[H, W, 3] 8-bit pixels -> [3, H, W] float32 in [0, 1]."""
     # Divide in float64 then round once to float32 (as the official loader does, for identical inputs).
-    return torch.from_numpy(pixels / 255.0).permute(2, 0, 1).float(), height, width
+    return torch.from_numpy(pixels / 255.0).permute(2, 0, 1).float()
+
+
+def _normalised(
+    frames: torch.Tensor,
+    img_mean: tuple[float, float, float],
+    img_std: tuple[float, float, float],
+    offload_video_to_cpu: bool,
+    compute_device: torch.device | str,
+) -> torch.Tensor:
+    """Frames [T, 3, S, S] in [0, 1] moved to `compute_device` (unless offloaded) and normalised in place."""
+    mean = torch.tensor(img_mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(img_std, dtype=torch.float32)[:, None, None]
+    if not offload_video_to_cpu:
+        frames, mean, std = frames.to(compute_device), mean.to(compute_device), std.to(compute_device)
+    frames -= mean
+    frames /= std
+    return frames
 
 
 def list_jpeg_frames(video_dir: str | os.PathLike) -> list[str]:
@@ -257,10 +284,10 @@ def load_video_frames_from_jpg_images(
     loader, original height, original width).
     """
     img_paths = list_jpeg_frames(video_path)
-    mean = torch.tensor(img_mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(img_std, dtype=torch.float32)[:, None, None]
     compute_device = torch.device(compute_device)
     if async_loading_frames:
+        mean = torch.tensor(img_mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(img_std, dtype=torch.float32)[:, None, None]
         lazy = AsyncVideoFrameLoader(img_paths, image_size, offload_video_to_cpu, mean, std, compute_device)
         return lazy, lazy.video_height, lazy.video_width
 
@@ -268,11 +295,7 @@ def load_video_frames_from_jpg_images(
     height = width = 0
     for idx, path in enumerate(tqdm(img_paths, desc="frame loading (JPEG)")):
         frames[idx], height, width = _read_frame(path, image_size)
-    if not offload_video_to_cpu:
-        frames, mean, std = frames.to(compute_device), mean.to(compute_device), std.to(compute_device)
-    frames -= mean
-    frames /= std
-    return frames, height, width
+    return _normalised(frames, img_mean, img_std, offload_video_to_cpu, compute_device), height, width
 
 
 def load_video_frames_from_video_file(
@@ -296,18 +319,13 @@ def load_video_frames_from_video_file(
             for frame in tqdm(container.decode(video=0), desc="frame decoding"):
                 img = frame.to_image()
                 width, height = img.size
-                pixels = np.array(img.convert("RGB").resize((image_size, image_size)))
-                frames.append(torch.from_numpy(pixels / 255.0).permute(2, 0, 1).float())
+                frames.append(_pixels_to_tensor(_resized_rgb(img, image_size)))
     except av.error.FFmpegError as err:
         raise RuntimeError(f"cannot decode video file {path}: {err}") from err
     if not frames:
         raise ValueError(f"video file {path} holds no frames")
     stack = torch.stack(frames)
-    mean = torch.tensor(img_mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(img_std, dtype=torch.float32)[:, None, None]
-    if not offload_video_to_cpu:
-        stack, mean, std = stack.to(compute_device), mean.to(compute_device), std.to(compute_device)
-    return (stack - mean) / std, height, width
+    return _normalised(stack, img_mean, img_std, offload_video_to_cpu, compute_device), height, width
 
 
 def load_video_frames(
