@@ -30,26 +30,11 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def import_kfp_local():
-    """`kfp.local`, imported so that this repository's `docker/` folder cannot shadow the `docker` package.
+    """`kfp.local`, which imports the `docker` package; the project depends on it (pyproject) so that the
+    installed package, not this repository's `docker/` folder, is what that import finds."""
+    from kfp import local
 
-    kfp.local tries the optional `import docker` and copes with an ImportError; but with the repository
-    root on sys.path (`python -m ...` from it), Python imports our docker/ folder as a namespace package
-    instead, and kfp.local breaks with an AttributeError. Import it once with the root hidden.
-    """
-    import importlib
-    import sys
-
-    if "kfp.local.task_dispatcher" not in sys.modules:
-        saved = list(sys.path)
-        sys.path[:] = [p for p in saved if Path(p or ".").resolve() != REPO]
-        try:
-            stale = sys.modules.get("docker")
-            if stale is not None and not hasattr(stale, "DockerClient"):
-                del sys.modules["docker"]
-            importlib.import_module("kfp.local.task_dispatcher")
-        finally:
-            sys.path[:] = saved
-    return importlib.import_module("kfp.local")
+    return local
 
 
 def ensure_local_services(local_dir: Path = LOCAL_DIR) -> dict[str, str]:
