@@ -8,28 +8,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 from kfp import compiler
 
 from pipelines.sam2_finetune import sam2_finetune
+from sam2.utils.atomic_io import atomic_path
 
 COMPILED = Path(__file__).resolve().with_name("sam2_finetune.yaml")
 
 
 def compile_pipeline(output: str | os.PathLike[str] = COMPILED) -> Path:
     """Write the compiled pipeline atomically; returns its path."""
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".yaml", dir=out.parent)
-    os.close(fd)
-    try:
-        compiler.Compiler().compile(sam2_finetune, tmp)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    # kfp picks JSON or YAML from the name it writes to; the temporary ends in .yaml so YAML it is.
+    with atomic_path(output, temp_suffix=".yaml") as temp:
+        compiler.Compiler().compile(sam2_finetune, str(temp))
+    return Path(output)
 
 
 def main(argv: list[str] | None = None) -> int:

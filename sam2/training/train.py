@@ -28,6 +28,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sam2.utils.atomic_io import atomic_write_text
+
 logger = logging.getLogger("sam2.training.train")
 
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|access_key|credential|api_key|private_key", re.I)
@@ -81,12 +83,9 @@ def save_resolved_config(cfg: DictConfig, log_dir: str | os.PathLike) -> Path:
     """Write config.yaml (as composed) and config_resolved.yaml (interpolations resolved) into `log_dir`,
     masking values of keys that look like secrets; atomic writes."""
     out = Path(log_dir)
-    out.mkdir(parents=True, exist_ok=True)
     for name, resolve in (("config.yaml", False), ("config_resolved.yaml", True)):
         data = _mask_secrets(OmegaConf.to_container(cfg, resolve=resolve))
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, OmegaConf.to_yaml(OmegaConf.create(data)))
     return out / "config_resolved.yaml"
 
 

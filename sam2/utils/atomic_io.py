@@ -17,25 +17,37 @@ from typing import IO, Any, Literal
 
 
 @contextmanager
+def atomic_path(path: str | os.PathLike, temp_suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside ``path`` whose file replaces ``path`` when the block ends without an
+    exception; for writers that want a file name rather than a stream (a compiler's output path).
+
+    Parent folders are created. An exception raised in the block removes the temporary file and leaves
+    ``path`` untouched. ``temp_suffix`` ends the temporary name (``.part`` for downloads, so they are told
+    apart from other temporaries; a writer that picks its format from the extension needs that one).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=temp_suffix, dir=target.parent)
+    os.close(handle)
+    try:
+        yield Path(temp_name)
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
 def atomic_open(
     path: str | os.PathLike, mode: Literal["w", "wb"] = "wb", temp_suffix: str = ".tmp"
 ) -> Iterator[IO[Any]]:
     """Open a stream whose content replaces ``path`` when the block ends without an exception.
 
-    Parent folders are created. An exception raised in the block (a failed check included) removes the
-    temporary file and leaves ``path`` untouched. ``temp_suffix`` ends the temporary name (``.part`` for
-    downloads, so they are told apart from other temporaries).
+    Same guarantees as :func:`atomic_path`: parent folders are created, and an exception raised in the
+    block (a failed check included) removes the temporary file and leaves ``path`` untouched.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=temp_suffix, dir=target.parent)
-    try:
-        with os.fdopen(handle, mode) as stream:
-            yield stream
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, temp_suffix) as temp, open(temp, mode) as stream:
+        yield stream
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, temp_suffix: str = ".tmp") -> None:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sam2.utils.atomic_io import atomic_open
+
 logger = logging.getLogger(__name__)
 
 
@@ -99,17 +101,10 @@ def load_state_dict_into_model(
 
 
 def save_checkpoint_atomic(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write `checkpoint` to `path` so that readers only ever see a complete file (temp name + rename)."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    """Write `checkpoint` to `path` so that readers only ever see a complete file (temp name + rename);
+    the data is flushed to disk before the rename, so a crash right after it cannot leave an empty file."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(checkpoint, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Path(path)
