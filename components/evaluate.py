@@ -22,7 +22,7 @@ def evaluate_predictions(
     """
     import json
 
-    from components.runtime import configure, work_dir
+    from components.runtime import configure, fetch_val_split, work_dir
     from sam2.eval.evaluator import evaluate, read_video_list
     from sam2.eval.report import write_report
     from sam2.storage import ObjectStore
@@ -30,12 +30,11 @@ def evaluate_predictions(
     configure(s3_endpoint_url)
     store = ObjectStore()
     work = work_dir("evaluate")
-    store.sync_to_local(splits.metadata["uri"], work / "data")
+    data, val_list = fetch_val_split(store, splits.metadata, work)
     store.sync_to_local(predictions.metadata["uri"], work / "predictions")
-    store.download_file(splits.metadata["val_list_uri"], work / "val.txt")
-    videos = read_video_list(work / "val.txt")
+    videos = read_video_list(val_list)
     result = evaluate(
-        work / "data" / "Annotations", work / "predictions", videos=videos, protocol=protocol, num_processes=1
+        data / "Annotations", work / "predictions", videos=videos, protocol=protocol, num_processes=1
     )
     scores = result.to_dict()
     for key in ("J&F", "J", "F"):
@@ -47,7 +46,6 @@ def evaluate_predictions(
     title = f"J&F of {model.metadata.get('uri')} on the val split of {splits.metadata['uri']}"
     if model.metadata.get("init", "given") != "given":
         title += f" (init: {model.metadata['init']})"
-    data = work / "data"
     embedded = write_report(
         result,
         report_dir,

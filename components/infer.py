@@ -19,14 +19,13 @@ def infer_videos(
     import subprocess
     import sys
 
-    from components.runtime import configure, work_dir, write_pointer
+    from components.runtime import configure, fetch_val_split, work_dir, write_pointer
     from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url)
     store = ObjectStore()
     work = work_dir("infer")
-    store.sync_to_local(splits.metadata["uri"], work / "data")
-    store.download_file(splits.metadata["val_list_uri"], work / "val.txt")
+    data, val_list = fetch_val_split(store, splits.metadata, work)
     checkpoint = work / "checkpoint.pt"
     store.download_file(model.metadata["uri"], checkpoint)
     cmd = [
@@ -38,11 +37,11 @@ def infer_videos(
         "--sam2_checkpoint",
         str(checkpoint),
         "--base_video_dir",
-        str(work / "data" / "JPEGImages"),
+        str(data / "JPEGImages"),
         "--input_mask_dir",
-        str(work / "data" / "Annotations"),
+        str(data / "Annotations"),
         "--video_list_file",
-        str(work / "val.txt"),
+        str(val_list),
         "--output_mask_dir",
         str(work / "predictions"),
         *inference_args.split(),

@@ -6,7 +6,12 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sam2.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -36,3 +41,12 @@ def write_pointer(path: str, payload: dict) -> None:
 def run_uri(runs_bucket: str, run_id: str) -> str:
     """Where one pipeline run's checkpoints, predictions and reports live."""
     return f"s3://{runs_bucket}/{run_id}"
+
+
+def fetch_val_split(store: ObjectStore, splits: Mapping[str, Any], work: Path) -> tuple[Path, Path]:
+    """Copy the split data set to `work`/data and its val video list to `work`/val.txt, the inputs of
+    inference and evaluation; returns (data folder, list file). `splits`: the splits artifact's metadata."""
+    data, val_list = work / "data", work / "val.txt"
+    store.sync_to_local(splits["uri"], data)
+    store.download_file(splits["val_list_uri"], val_list)
+    return data, val_list
