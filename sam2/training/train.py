@@ -18,7 +18,6 @@ import argparse
 import logging
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sam2.launch.launcher import free_port
 from sam2.utils.atomic_io import atomic_write_text
 
 logger = logging.getLogger("sam2.training.train")
@@ -112,12 +112,6 @@ def _spawned_worker(local_rank: int, cfg: DictConfig, node_rank: int, nproc: int
     run_worker(cfg)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _first_env(*names: str) -> str | None:
     for name in names:
         value = os.environ.get(name)
@@ -150,7 +144,7 @@ def launch(cfg: DictConfig, num_gpus: int, num_nodes: int) -> dict[str, float]:
     if not 0 <= node_rank < num_nodes:
         raise ValueError(f"node rank {node_rank} is outside 0..{num_nodes - 1} (--num-nodes {num_nodes})")
     os.environ["MASTER_ADDR"] = master_addr or "127.0.0.1"
-    os.environ["MASTER_PORT"] = master_port or str(_free_port())
+    os.environ["MASTER_PORT"] = master_port or str(free_port())
     logger.info(
         "spawning %d workers on node %d of %d (world size %d, master %s:%s)",
         num_gpus,
