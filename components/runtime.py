@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sam2.storage import ObjectStore
 
-logger = logging.getLogger(__name__)
-
 
 def configure(s3_endpoint_url: str = "", mlflow_tracking_uri: str = "") -> None:
     """Apply non-secret settings passed as pipeline parameters; secrets arrive as env vars from Secrets."""

@@ -12,7 +12,6 @@ list and a segment loader. Supported layouts:
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from sam2.training.dataset.vos_segment_loader import (
     PalettisedPNGSegmentLoader,
     SA1BSegmentLoader,
 )
-
-logger = logging.getLogger(__name__)
 
 # Image files that are not read as frames; finding them instead of .jpg is reported, not skipped silently.
 _OTHER_IMAGE_EXTENSIONS = {".png", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
