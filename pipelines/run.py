@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from pipelines.presets import PresetError, available_presets, load_preset
+from sam2.utils.redaction import redact_url
 
 
 def _parse_sets(items: list[str]) -> dict[str, Any]:
@@ -41,12 +42,12 @@ def _print_local_summary(outputs: dict[str, Any], arguments: dict[str, Any], sec
     print()
     print(f"pipeline finished in {seconds / 60:.1f} min")
     print(f"overall J&F: {outputs['jf']:.2f}")
-    print(f"registered: {outputs['model_version']} in {os.environ.get('MLFLOW_TRACKING_URI')}")
+    print(f"registered: {outputs['model_version']} in {redact_url(os.environ.get('MLFLOW_TRACKING_URI'))}")
     print(
         f"decision: {outputs['decision'].upper()} (model {model_name_for(arguments['dataset_name'])}, "
         f"margin {arguments.get('promotion_margin', 1.0)})"
     )
-    print(f"artifacts ({os.environ.get('S3_ENDPOINT_URL')}):")
+    print(f"artifacts ({redact_url(os.environ.get('S3_ENDPOINT_URL'))}):")
     print(
         f"  data set:    s3://{arguments.get('data_bucket', 'sam2-data')}/datasets/{arguments['dataset_name']}/"
     )

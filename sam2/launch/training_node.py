@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sam2.storage import ObjectStore, is_s3_uri
+from sam2.utils.redaction import redact_command
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def run_node(
         )
         mirror.start()
     cmd = torchrun_command(config, topology, all_overrides)
-    logger.info("node %d: %s", topology.node_rank, " ".join(cmd))
+    logger.info("node %d: %s", topology.node_rank, redact_command(cmd))
     try:
         subprocess.run(cmd, check=True, env=None if env is None else {**os.environ, **env})
     finally:

@@ -20,7 +20,6 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -29,11 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam2.launch.launcher import free_port
 from sam2.utils.atomic_io import atomic_write_text
+from sam2.utils.redaction import mask_secrets, redact_command
 
 logger = logging.getLogger("sam2.training.train")
-
-_SECRET_KEY = re.compile(r"secret|password|passwd|token|access_key|credential|api_key|private_key", re.I)
-MASKED = "***"
 
 
 def register_omegaconf_resolvers() -> None:
@@ -68,23 +65,12 @@ def compose_training_config(config_name: str, overrides: list[str]) -> DictConfi
     return cfg
 
 
-def _mask_secrets(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {
-            k: MASKED if _SECRET_KEY.search(str(k)) and v is not None else _mask_secrets(v)
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_mask_secrets(v) for v in node]
-    return node
-
-
 def save_resolved_config(cfg: DictConfig, log_dir: str | os.PathLike) -> Path:
     """Write config.yaml (as composed) and config_resolved.yaml (interpolations resolved) into `log_dir`,
     masking values of keys that look like secrets; atomic writes."""
     out = Path(log_dir)
     for name, resolve in (("config.yaml", False), ("config_resolved.yaml", True)):
-        data = _mask_secrets(OmegaConf.to_container(cfg, resolve=resolve))
+        data = mask_secrets(OmegaConf.to_container(cfg, resolve=resolve))
         atomic_write_text(out / name, OmegaConf.to_yaml(OmegaConf.create(data)))
     return out / "config_resolved.yaml"
 
@@ -218,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose_training_config(args.config, overrides)
     except Exception as err:  # Hydra's errors name the config/override at fault
-        print(f"error: cannot compose {args.config!r} with {overrides}: {err}", file=sys.stderr)
+        print(
+            f"error: cannot compose {args.config!r} with [{redact_command(overrides)}]: {err}",
+            file=sys.stderr,
+        )
         return 2
     num_gpus = args.num_gpus if args.num_gpus is not None else int(cfg.launcher.gpus_per_node)
     num_nodes = args.num_nodes if args.num_nodes is not None else int(cfg.launcher.num_nodes)
