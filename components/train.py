@@ -26,6 +26,7 @@ def train_model(
     cleanup: str = "on-success",
     seed: int = 0,
     s3_endpoint_url: str = "",
+    s3_secret_name: str = "sam2-s3-credentials",
 ) -> str:
     """Train and publish checkpoints at s3://<runs_bucket>/<run_id>/checkpoints/; returns the checkpoint URI.
 
@@ -34,6 +35,7 @@ def train_model(
     node). Without `init_checkpoint_uri` the weights start RANDOM (a checkpoint made by build_sam2): fine
     for a smoke run, not for a useful model; pass the s3:// URI of an official SAM 2.1 checkpoint.
     `training_overrides`: extra Hydra overrides, space-separated (the data set preset's settings).
+    `s3_secret_name`: the Secret the PyTorchJob's pods read their S3 credentials from.
     """
     import logging
 
@@ -70,9 +72,11 @@ def train_model(
     if launcher == "local":
         job_launcher = LocalTorchrunLauncher(work_dir("train"), timeout_s=timeout_hours * 3600)
     elif launcher == "pytorchjob":
-        from components.training_setup import cluster_launcher
+        from components.training_setup import cluster_settings
+        from sam2.launch.kubeflow import PyTorchJobLauncher
 
-        job_launcher = cluster_launcher(namespace, image, s3_endpoint_url, timeout_hours, cleanup)
+        settings = cluster_settings(namespace, image, s3_endpoint_url, timeout_hours, cleanup, s3_secret_name)
+        job_launcher = PyTorchJobLauncher(settings)
     else:
         raise ValueError(f"launcher must be 'local' or 'pytorchjob', got {launcher!r}")
     result = job_launcher.launch(request)

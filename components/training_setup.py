@@ -1,10 +1,14 @@
-"""What the train component needs besides the launcher: config names, a random init, the cluster launcher."""
+"""What the train component needs besides the launcher: config names, a random init, cluster settings."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sam2.launch.kubeflow import ClusterSettings
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +50,28 @@ def random_init_checkpoint(model_config: str, target_uri: str, seed: int) -> str
     return target_uri
 
 
-def cluster_launcher(namespace: str, image: str, s3_endpoint_url: str, timeout_hours: float, cleanup: str):
-    """A PyTorchJobLauncher for the namespace this pod runs in (or `namespace`)."""
+def cluster_settings(
+    namespace: str,
+    image: str,
+    s3_endpoint_url: str,
+    timeout_hours: float,
+    cleanup: str,
+    s3_secret_name: str,
+) -> ClusterSettings:
+    """Where the PyTorchJob runs: `namespace` (default: the namespace this pod runs in), the image, and the
+    Secret `s3_secret_name` its pods read their S3 credentials from."""
     from components.images import component_image
-    from sam2.launch.kubeflow import ClusterSettings, PyTorchJobLauncher
+    from sam2.launch.kubeflow import ClusterSettings
 
     if not namespace:
         if not SA_NAMESPACE_FILE.exists():
             raise ValueError("namespace is empty and this is not a pod: pass the namespace to train in")
         namespace = SA_NAMESPACE_FILE.read_text().strip()
-    settings = ClusterSettings(
+    return ClusterSettings(
         namespace=namespace,
         image=image or component_image(),
         s3_endpoint_url=s3_endpoint_url or None,
+        s3_secret_name=s3_secret_name,
         timeout_s=timeout_hours * 3600,
         cleanup=cleanup,
     )
-    return PyTorchJobLauncher(settings)

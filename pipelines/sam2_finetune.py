@@ -120,6 +120,7 @@ def sam2_finetune(
         launcher=train_launcher,
         training_overrides=training_overrides,
         s3_endpoint_url=s3_endpoint_url,
+        s3_secret_name=s3_secret_name,
     ).set_display_name("train")
 
     infer = infer_videos(

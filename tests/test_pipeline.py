@@ -69,6 +69,23 @@ def test_compiled_pipeline_wires_secrets_resources_and_caching():
         assert version["taskOutputParameter"]["producerTask"] == "extract-frames"
     infer = spec["deploymentSpec"]["executors"]["exec-infer-videos"]["container"]["resources"]
     assert infer["accelerator"]["resourceCount"] == "1"
+    # The PyTorchJob's pods read the same Secret the pipeline's own steps do.
+    secret = tasks["train-model"]["inputs"]["parameters"]["s3_secret_name"]
+    assert secret["componentInputParameter"] == "s3_secret_name"
+
+
+def test_the_training_job_reads_the_secret_the_pipeline_was_given():
+    from components.training_setup import cluster_settings
+    from sam2.launch.kubeflow import PyTorchJobLauncher
+    from sam2.launch.launcher import TrainingRequest
+
+    settings = cluster_settings("team-ns", "img:1", "http://s3:9000", 1.0, "never", "team-s3")
+    launcher = PyTorchJobLauncher(settings, custom_api=object(), core_api=object())
+    job = launcher.render(TrainingRequest("r1", "cfg.yaml", "s3://d/v1", "s3://runs/r1"))
+    assert job["metadata"]["namespace"] == "team-ns"
+    env = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
+    assert refs["AWS_ACCESS_KEY_ID"] == refs["AWS_SECRET_ACCESS_KEY"] == "team-s3"
 
 
 def test_component_image_is_overridable(monkeypatch):
