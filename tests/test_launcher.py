@@ -239,7 +239,6 @@ TINY_TRAINING = (
     "scratch.num_train_workers=0",
     "scratch.max_num_objects=1",
     "dataset.multiplier=1",
-    "model.num_init_cond_frames_for_train=1",  # the 2nd frame is tracked, so the loss has a gradient
 )
 TRAIN_CONFIG = "configs/sam2.1_training/sam2.1_hiera_t_MOSE_finetune.yaml"
 

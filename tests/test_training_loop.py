@@ -212,6 +212,43 @@ def test_image_batch_is_prompted_with_clicks_and_corrected():
     assert clicks.shape[0] == 2 and clicks.shape[1] in (3, 4)  # a click or box corners, then 2 clicks
 
 
+def test_clip_of_only_mask_prompted_frames_still_trains_on_a_tracked_frame(tmp_path):
+    """2-frame clips with the recipe's 2 initial conditioning frames: were both frames given their masks,
+    no output would depend on the weights and backward would fail; one frame is tracked instead."""
+    img, gt = make_clips(tmp_path / "data", {"a": 2, "b": 2})
+    log_dir = tmp_path / "run"
+    rc = _cli(
+        training_overrides(
+            img,
+            gt,
+            log_dir,
+            extra=[
+                "scratch.num_frames=2",
+                "model.num_init_cond_frames_for_train=2",
+                "model.rand_init_cond_frames_for_train=false",
+                "model.prob_to_use_pt_input_for_train=0.0",
+            ],
+        )
+    )
+    assert rc == 0
+    log_text = (log_dir / "logs" / "log_rank0.txt").read_text()
+    assert log_text.count("mask-prompted conditioning frames (num_init_cond_frames_for_train=2") == 1
+    losses = _scalars(log_dir / "tensorboard", "train/core_loss")
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+
+    model = _micro_model(
+        [
+            "model.num_init_cond_frames_for_train=2",
+            "model.rand_init_cond_frames_for_train=false",
+            "model.prob_to_use_pt_input_for_train=0.0",
+        ]
+    ).train()
+    masks = torch.zeros(2, 1, RESOLUTION, RESOLUTION, dtype=torch.bool)
+    masks[:, 0, 5:30, 5:25] = True
+    plan = model.prepare_prompt_inputs(_batch(masks))
+    assert plan.init_cond_frames == [0] and plan.frames_not_in_init_cond == [1]
+
+
 def test_train_mode_validates_with_j_and_f_and_keeps_the_best_checkpoint(tmp_path, capsys):
     img, gt = make_clips(tmp_path / "data", {"train_clip": NUM_FRAMES, "val_clip": 4})
     (tmp_path / "train.txt").write_text("train_clip\n")

@@ -159,6 +159,7 @@ class SAM2Train(SAM2Base):
         self.forward_backbone_per_frame_for_eval = forward_backbone_per_frame_for_eval
         self.freeze_image_encoder = freeze_image_encoder
         self.rng = np.random.default_rng(seed=prompt_seed)
+        self._warned_all_frames_prompted = False
 
         if freeze_image_encoder:
             for param in self.image_encoder.parameters():
@@ -256,6 +257,7 @@ class SAM2Train(SAM2Base):
         use_pt_input = bool(self.rng.random() < prob_pt)
         if settings.rand_init_cond_frames and num_init > 1:
             num_init = int(self.rng.integers(1, num_init, endpoint=True))
+        num_init = self._leave_a_frame_to_track(num_init, num_frames - start_frame_idx, use_pt_input)
         if use_pt_input and settings.rand_frames_to_correct and num_correct > num_init:
             num_correct = int(self.rng.integers(num_init, num_correct, endpoint=True))
 
@@ -296,6 +298,28 @@ class SAM2Train(SAM2Base):
                     frames_not_in_init_cond, extra, replace=False
                 ).tolist()
         return plan
+
+    def _leave_a_frame_to_track(self, num_init: int, clip_frames: int, use_pt_input: bool) -> int:
+        """Mask-prompted conditioning frames output their input mask unchanged, so a clip whose every
+        frame is one has no prediction to supervise and its loss no gradient (upstream fails there with
+        "element 0 of tensors does not require grad"). In training one frame is therefore left unprompted,
+        to be tracked from memory and supervised. Click/box prompts go through the decoder: kept as drawn."""
+        if not self.training or use_pt_input or clip_frames < 2 or num_init < clip_frames:
+            return num_init
+        if not self._warned_all_frames_prompted:
+            self._warned_all_frames_prompted = True
+            logger.warning(
+                "a %d-frame clip drew %d mask-prompted conditioning frames (num_init_cond_frames_for_train="
+                "%d, rand_init_cond_frames_for_train=%s), which would leave no prediction to learn from; "
+                "such clips get %d mask-prompted frame(s) and one tracked frame instead. Sample longer "
+                "clips (scratch.num_frames) to keep the setting as it is. (Shown once.)",
+                clip_frames,
+                num_init,
+                self.train_prompts.num_init_cond_frames,
+                self.train_prompts.rand_init_cond_frames,
+                clip_frames - 1,
+            )
+        return clip_frames - 1
 
     @staticmethod
     def _check_objects_present(input: BatchedVideoDatapoint, frame: int, is_first: bool) -> None:
