@@ -30,6 +30,7 @@ def extract_frames(
     from components.runtime import configure, work_dir, write_pointer
     from sam2.data.demo import generate_demo_dataset
     from sam2.data.frame_extraction import extract_dataset
+    from sam2.data.layout import STATE_DIR
     from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url)
@@ -45,7 +46,7 @@ def extract_frames(
     if store.is_published(uri):
         logging.getLogger("extract_frames").info("%s is published already (same version); reusing it", uri)
     else:
-        store.upload_folder(work / "dataset", uri)
+        store.upload_folder(work / "dataset", uri, exclude=(STATE_DIR,))  # extraction state stays here
     frames.metadata.update(
         {
             "uri": uri,

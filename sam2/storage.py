@@ -40,7 +40,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,13 +226,16 @@ def sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _iter_local_files(root: Path) -> Iterator[tuple[str, Path]]:
-    """(posix relative path, path) of every regular file under ``root``, sorted, marker excluded."""
+def _iter_local_files(root: Path, exclude: Collection[str] = ()) -> Iterator[tuple[str, Path]]:
+    """(posix relative path, path) of every regular file under ``root``, sorted; the marker and the
+    files or folders named (relative to ``root``) in ``exclude`` are left out."""
+    skipped = tuple(e.strip("/") for e in exclude)
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.is_symlink():
             rel = path.relative_to(root).as_posix()
-            if rel != MARKER_NAME:
-                yield rel, path
+            if rel == MARKER_NAME or any(rel == e or rel.startswith(f"{e}/") for e in skipped):
+                continue
+            yield rel, path
 
 
 class ObjectStore:
@@ -533,10 +536,12 @@ class ObjectStore:
                     bar.update(fut.result())
         return moved
 
-    def upload_folder(self, local_dir: str | Path, uri: str) -> TransferResult:
+    def upload_folder(self, local_dir: str | Path, uri: str, exclude: Collection[str] = ()) -> TransferResult:
         """Publish ``local_dir`` under the folder ``uri``: unpublish, upload in parallel, write marker.
 
         Files already stored with the same checksum are not sent again, so a failed upload resumes.
+        ``exclude``: paths relative to ``local_dir`` (files or whole folders, e.g. a tool's state folder)
+        that are neither uploaded nor listed in the marker.
         Raises the first transfer error; the prefix then stays unpublished (no marker).
         """
         root = Path(local_dir)
@@ -549,7 +554,7 @@ class ObjectStore:
         self._call(f"removing {marker_key}", lambda: self._client.remove_object(loc.bucket, marker_key.key))
         remote_sizes = self.list_objects(uri)
 
-        files = list(_iter_local_files(root))
+        files = list(_iter_local_files(root, exclude))
         listing: dict[str, dict] = {}
         skipped = 0
 

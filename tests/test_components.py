@@ -11,6 +11,7 @@ from components.promote import promote_model
 from components.split import split_dataset
 from components.validate import validate_dataset
 from pipelines.local_run import import_kfp_local
+from sam2.data.layout import STATE_DIR
 
 
 @pytest.fixture()
@@ -42,6 +43,10 @@ def test_data_steps_publish_a_versioned_split_data_set(kfp_local, s3_env, s3_sto
     version = data_uri.rsplit("/", 1)[1]
     manifest = json.loads(s3_store.read_bytes(f"{data_uri}/manifest.json"))
     assert manifest["version"] == version and manifest["num_videos"] == 4
+    # the extractor's resume state (.sam2_prep/) stays in the step's work folder, out of the data set
+    published = s3_store.list_objects(data_uri)
+    assert "JPEGImages/demo_000/00000.jpg" in published
+    assert not [key for key in published if key.startswith(STATE_DIR)]
     train = s3_store.read_bytes(f"{splits_uri}/train.txt").decode().split()
     val = s3_store.read_bytes(f"{splits_uri}/val.txt").decode().split()
     assert len(val) == 1 and len(train) == 3 and not set(train) & set(val)

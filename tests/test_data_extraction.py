@@ -332,6 +332,7 @@ def test_s3_input_and_output(video_folder: Path, tmp_path: Path, s3_store, s3_bu
     assert result.num_videos == 2 and result.output == target
     marker = s3_store.read_marker(target)
     assert f"{IMAGES_DIR}/clip_mp4/00000.jpg" in marker["files"] and MANIFEST_NAME in marker["files"]
+    assert not [key for key in s3_store.list_objects(target) if key.startswith(STATE_DIR)]
     local = tmp_path / "synced"
     s3_store.sync_to_local(target, local)
     assert json.loads((local / MANIFEST_NAME).read_text())["version"] == result.version

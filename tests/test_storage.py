@@ -96,6 +96,21 @@ def test_folder_round_trip_with_marker_and_resume(
     assert (tmp_path / "dst" / "JPEGImages/v1/00001.jpg").read_bytes() == b"\x00" * 3000
 
 
+def test_excluded_paths_are_neither_uploaded_nor_listed(
+    s3_store: ObjectStore, s3_bucket: str, tmp_path: Path
+) -> None:
+    files = make_tree(tmp_path / "src")
+    (tmp_path / "src" / ".state" / "records").mkdir(parents=True)
+    (tmp_path / "src" / ".state" / "records" / "v1.json").write_text("{}")
+    (tmp_path / "src" / ".statefile").write_text("not in the folder .state, so kept")
+    uri = f"s3://{s3_bucket}/datasets/clean/v1"
+    s3_store.upload_folder(tmp_path / "src", uri, exclude=(".state", "deep/a"))
+    kept = {rel: data for rel, data in files.items() if not rel.startswith("deep/a/")}
+    expected = sorted([*kept, ".statefile"])
+    assert sorted(s3_store.read_marker(uri)["files"]) == expected
+    assert sorted(s3_store.list_objects(uri)) == sorted([*expected, MARKER_NAME])
+
+
 def test_single_objects_and_checksums(s3_store: ObjectStore, s3_bucket: str, tmp_path: Path) -> None:
     uri = f"s3://{s3_bucket}/runs/r1/metrics.json"
     s3_store.write_bytes(uri, b'{"J&F": 80}')

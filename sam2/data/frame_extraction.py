@@ -478,7 +478,7 @@ def extract_dataset(
     manifest = build_manifest(records, asdict(settings))
     write_manifest(out_root, manifest)
     if is_s3_uri(output_str):
-        store_factory().upload_folder(out_root, output_str)
+        store_factory().upload_folder(out_root, output_str, exclude=(STATE_DIR,))
     return ExtractionResult(
         output=output_str,
         version=manifest["version"],
