@@ -57,7 +57,9 @@ def _print_local_summary(outputs: dict[str, Any], arguments: dict[str, Any], sec
     if random_init:
         print(
             "NOTE: training started from RANDOM weights (no init_checkpoint_uri; no SAM 2.1 weights are "
-            "downloadable here), so this J&F checks the pipeline, not the model."
+            "downloadable here): this J&F is that of a model trained from scratch for a few minutes, which "
+            "shows the pipeline learns, not what SAM 2.1 reaches. Fine-tune real weights with "
+            "--set init_checkpoint_uri=s3://<bucket>/sam2.1_hiera_tiny.pt"
         )
 
 

@@ -114,6 +114,21 @@ def test_demo_preset_is_small_and_self_contained():
     assert set(args) <= accepted, set(args) - accepted
 
 
+def test_demo_training_overrides_reach_the_training_config():
+    """The demo trains from random weights: its overrides (some address list entries of the recipe's
+    transforms) must land where meant, or the demo silently trains with the fine-tuning recipe."""
+    from components.training_setup import model_configs
+    from sam2.training.train import compose_training_config
+
+    args = load_preset("demo", environ={})
+    cfg = compose_training_config(model_configs(args["model_size"])[1], args["training_overrides"].split())
+    assert cfg.scratch.num_frames == args["validate_num_frames"] >= 2
+    assert cfg.scratch.base_lr >= 1e-4 and cfg.scratch.vision_lr >= 1e-4  # from scratch, not 5e-6
+    affine = cfg.vos.train_transforms[0].transforms[1]
+    assert affine._target_.endswith("RandomAffine") and affine.degrees == 0 and affine.shear == 0
+    assert cfg.model.image_encoder.trunk.drop_path_rate == 0.0
+
+
 def test_mose_preset_needs_its_data(tmp_path):
     with pytest.raises(PresetError, match="MOSE_ROOT"):
         load_preset("mose", environ={})

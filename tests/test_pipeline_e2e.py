@@ -1,5 +1,6 @@
 """The whole demo pipeline through kfp.local, twice: every step's artifacts land in S3, the first run's
-model becomes champion, the second (unchanged model) stays challenger. Minutes on 2 CPU cores: slow."""
+model (J&F above 0) becomes champion, the second (the same model again) stays challenger. Minutes on 2
+CPU cores: slow."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from pipelines.local_run import run_locally
 from pipelines.presets import load_preset
+from sam2.data.layout import STATE_DIR
 
 
 @pytest.mark.slow
@@ -22,6 +24,9 @@ def test_demo_pipeline_end_to_end_twice(tmp_path, s3_env, s3_store, monkeypatch)
 
     first = run_locally(args, pipeline_root=tmp_path / "kfp")
     assert first["decision"] == "champion"
+    # Trained from random weights for a few minutes: far from SAM 2.1, but learnt something (an untrained
+    # model predicts empty masks, J&F 0).
+    assert first["jf"] > 1.0, f"the demo model learnt nothing: J&F {first['jf']:.2f}"
     run_uri = first["run_uri"]
     assert run_uri.startswith("s3://e2e-runs/")
     for folder in ("checkpoints", "tensorboard", "predictions", "report"):
@@ -32,12 +37,14 @@ def test_demo_pipeline_end_to_end_twice(tmp_path, s3_env, s3_store, monkeypatch)
     assert first["dataset_uri"].startswith("s3://e2e-data/datasets/demo/")
     datasets = s3_store.list_objects(first["dataset_uri"])
     assert "manifest.json" in datasets
+    assert not [k for k in datasets if k.startswith(STATE_DIR)]  # the extractor's state is not published
     assert any(k.startswith("validation/") for k in datasets) and any(
         k.startswith("splits/") for k in datasets
     )
 
     second = run_locally(args, pipeline_root=tmp_path / "kfp")
     assert second["decision"] == "challenger"
+    assert second["jf"] == pytest.approx(first["jf"], abs=1e-3)  # same data, seeds and init: same model
     assert second["run_uri"] != run_uri
 
     registry = MlflowModelRegistry(tracking)
