@@ -247,28 +247,7 @@ class SAM2VideoPredictor(SAM2Base):
         clicks_per_frame[frame_idx] = point_inputs
         inference_state["mask_inputs_per_obj"][obj_idx].pop(frame_idx, None)
 
-        is_init_cond_frame, reverse, is_cond = self._prompt_frame_kind(inference_state, obj_idx, frame_idx)
-        prev_logits = self._previous_logits(inference_state, obj_idx, frame_idx, is_cond)
-        current_out, _ = self._run_single_frame_inference(
-            inference_state=inference_state,
-            output_dict=inference_state["output_dict_per_obj"][obj_idx],
-            frame_idx=frame_idx,
-            batch_size=1,
-            is_init_cond_frame=is_init_cond_frame,
-            point_inputs=point_inputs,
-            mask_inputs=None,
-            reverse=reverse,
-            run_mem_encoder=False,
-            prev_sam_mask_logits=prev_logits,
-        )
-        inference_state["temp_output_dict_per_obj"][obj_idx][COND if is_cond else NON_COND][frame_idx] = (
-            current_out
-        )
-        return (
-            frame_idx,
-            inference_state["obj_ids"],
-            self._frame_masks_at_video_res(inference_state, frame_idx, is_cond),
-        )
+        return self._infer_prompted_frame(inference_state, obj_idx, frame_idx, point_inputs, None)
 
     def add_new_points(self, *args: Any, **kwargs: Any) -> tuple[int, list[Any], torch.Tensor]:
         """Older name of `add_new_points_or_box`."""
@@ -335,17 +314,34 @@ class SAM2VideoPredictor(SAM2Base):
         obj_idx = self._obj_id_to_idx(inference_state, obj_id)
         inference_state["mask_inputs_per_obj"][obj_idx][frame_idx] = mask_inputs
         inference_state["point_inputs_per_obj"][obj_idx].pop(frame_idx, None)
+        return self._infer_prompted_frame(inference_state, obj_idx, frame_idx, None, mask_inputs)
+
+    def _infer_prompted_frame(
+        self,
+        inference_state: InferenceState,
+        obj_idx: int,
+        frame_idx: int,
+        point_inputs: dict[str, torch.Tensor] | None,
+        mask_inputs: torch.Tensor | None,
+    ) -> tuple[int, list[int], torch.Tensor]:
+        """Run the frame just prompted (clicks or a mask) for one object, keep its output as a temporary
+        result until propagation, and return the masks of every object on that frame."""
         is_init_cond_frame, reverse, is_cond = self._prompt_frame_kind(inference_state, obj_idx, frame_idx)
+        prev_logits = None
+        if point_inputs is not None:
+            # New clicks refine the mask this object already has on the frame, as upstream does.
+            prev_logits = self._previous_logits(inference_state, obj_idx, frame_idx, is_cond)
         current_out, _ = self._run_single_frame_inference(
             inference_state=inference_state,
             output_dict=inference_state["output_dict_per_obj"][obj_idx],
             frame_idx=frame_idx,
             batch_size=1,
             is_init_cond_frame=is_init_cond_frame,
-            point_inputs=None,
+            point_inputs=point_inputs,
             mask_inputs=mask_inputs,
             reverse=reverse,
             run_mem_encoder=False,
+            prev_sam_mask_logits=prev_logits,
         )
         inference_state["temp_output_dict_per_obj"][obj_idx][COND if is_cond else NON_COND][frame_idx] = (
             current_out
