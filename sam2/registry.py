@@ -262,11 +262,19 @@ class MlflowModelRegistry:
         while True:
             holder = self.client.get_registered_model(name).tags.get(LOCK_TAG)
             if _lease_free(holder):
-                self.client.set_registered_model_tag(name, LOCK_TAG, f"{owner} {time.time() + self.lease_s}")
-                time.sleep(self.settle_s)
-                holder = self.client.get_registered_model(name).tags.get(LOCK_TAG, "")
-                if holder.split(" ")[0] == owner:
-                    break
+                try:
+                    self.client.set_registered_model_tag(
+                        name, LOCK_TAG, f"{owner} {time.time() + self.lease_s}"
+                    )
+                except MlflowException as exc:
+                    # Two first writers of the tag race on the store's unique key (SQL stores insert a
+                    # missing tag): the loser sees an integrity error. That is contention, not failure.
+                    logger.debug("promotion lease write on %r lost a race: %s", name, exc)
+                else:
+                    time.sleep(self.settle_s)
+                    holder = self.client.get_registered_model(name).tags.get(LOCK_TAG, "")
+                    if holder.split(" ")[0] == owner:
+                        break
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"registered model {name!r} stayed locked by {holder!r} for {self.lock_timeout_s}s; if no "
