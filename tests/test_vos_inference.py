@@ -20,6 +20,7 @@ from sam2.eval.vos_inference import (
     build_vos_predictor,
     infer_video,
     run_vos_inference,
+    stale_staging_dirs,
 )
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
@@ -254,3 +255,15 @@ def test_torchrun_ranks_split_the_videos(data: Path, checkpoint: Path, tmp_path:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "wrote 2 video(s)" in done.stdout and "wrote 1 video(s)" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ["alpha", "beta", "gamma"]
+
+
+def test_stale_staging_cleanup_takes_only_this_videos_folders(tmp_path: Path) -> None:
+    # `dog` must not remove the staging folder of `dog-agility`, which another worker may be writing.
+    for name in (".tmp-dog-12", ".tmp-dog-agility-12", ".tmp-dog-agility-34", ".tmp-dog[1]-5", "dog"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in stale_staging_dirs(tmp_path, "dog")] == [".tmp-dog-12"]
+    assert sorted(p.name for p in stale_staging_dirs(tmp_path, "dog-agility")) == [
+        ".tmp-dog-agility-12",
+        ".tmp-dog-agility-34",
+    ]
+    assert [p.name for p in stale_staging_dirs(tmp_path, "dog[1]")] == [".tmp-dog[1]-5"]

@@ -11,6 +11,7 @@ videos.
 
 from __future__ import annotations
 
+import glob
 import logging
 import multiprocessing
 import os
@@ -268,6 +269,18 @@ def _track_separately(predictor, state, video: str, input_dir: Path, writer: _Ma
         writer.write(frame_idx, per_object)
 
 
+def stale_staging_dirs(output_root: Path, video: str) -> list[Path]:
+    """Staging folders of `video` left by an interrupted run (shards never share a video).
+
+    Only `<TEMP_PREFIX><video>-<pid>` matches: a plain glob would also take `dog-agility`'s folders for
+    `dog`'s and delete another worker's video in progress.
+    """
+    prefix = f"{TEMP_PREFIX}{video}-"
+    return [
+        path for path in output_root.glob(f"{glob.escape(prefix)}*") if path.name[len(prefix) :].isdigit()
+    ]
+
+
 def infer_video(
     predictor,
     base_video_dir: str | os.PathLike,
@@ -290,8 +303,7 @@ def infer_video(
     if not input_dir.is_dir():
         raise MaskDataError(f"video {video}: input mask folder {input_dir} not found")
     staging = output_root / f"{TEMP_PREFIX}{video}-{os.getpid()}"
-    # Staging folders of this video left by an interrupted run (shards never share a video).
-    for stale in output_root.glob(f"{TEMP_PREFIX}{video}-*"):
+    for stale in stale_staging_dirs(output_root, video):
         shutil.rmtree(stale, ignore_errors=True)
     state = predictor.init_state(
         video_path=str(Path(base_video_dir) / video),
