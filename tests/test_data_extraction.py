@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -140,7 +141,8 @@ def test_killed_run_restarts_and_ends_complete(tmp_path: Path) -> None:
 
     restarted = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert restarted.returncode == 0, restarted.stderr
-    assert "already done" in restarted.stdout
+    skipped = int(re.search(r"(\d+) already done", restarted.stdout).group(1))
+    assert skipped >= len(finished_before), restarted.stdout  # finished videos are not extracted again
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["num_videos"] == 10 and manifest["num_frames"] == 400
     clean = extract_dataset(source, tmp_path / "clean", workers=2)
@@ -156,6 +158,11 @@ def test_bad_videos_are_named_and_never_visible(video_folder: Path, tmp_path: Pa
     (source / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
     (source / "text.mp4").write_text("this is not a video")
     (source / "empty.mkv").write_bytes(b"")
+    container = av.open(str(source / "no_frames.mp4"), "w")  # a header, no frame
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+    container.start_encoding()
+    container.close()
     # an unknown codec id: FFmpeg finds no decodable video stream in it
     mkv = make_video(tmp_path / "codec.mkv", 5, codec="mpeg4").read_bytes()
     assert mkv.count(b"V_MPEG4/ISO/ASP") == 1
@@ -164,11 +171,12 @@ def test_bad_videos_are_named_and_never_visible(video_folder: Path, tmp_path: Pa
     with pytest.raises(DataPrepError) as info:
         extract_dataset(source, out, workers=2)
     message = str(info.value)
-    assert "4 of 5 videos could not be extracted" in message
+    assert "5 of 6 videos could not be extracted" in message
     lines = {line.strip().split(": ")[0].rsplit("/", 1)[-1]: line for line in message.splitlines()[1:]}
     assert "the file is truncated" in lines["truncated.mp4"]
     assert "text.mp4: cannot open as a video" in message
     assert "empty.mkv: cannot open as a video" in message
+    assert "no_frames.mp4: no video stream" in message
     assert "unknown_codec.mkv: no video stream" in message and "unsupported" in message
     assert sorted(p.name for p in (out / IMAGES_DIR).iterdir()) == ["good"]
     assert not (out / MANIFEST_NAME).exists()
@@ -337,3 +345,53 @@ def test_s3_input_and_output(video_folder: Path, tmp_path: Path, s3_store, s3_bu
     s3_store.sync_to_local(target, local)
     assert json.loads((local / MANIFEST_NAME).read_text())["version"] == result.version
     assert len(os.listdir(local / IMAGES_DIR / "clip_mp4")) == decoded_count(video_folder / "clip_mp4.mp4")
+
+
+@pytest.mark.parametrize("bad", ["corrupt_mask", "rgb_mask", "corrupt_png_frame"])
+def test_unreadable_frames_and_masks_are_named_by_their_source_file(tmp_path: Path, bad: str) -> None:
+    tree = tmp_path / "DAVIS"
+    write_davis_tree(tree, {"bear": 3, "car": 3}, resolution=None)
+    if bad == "corrupt_mask":
+        culprit = tree / ANNOTATIONS_DIR / "car" / "00001.png"
+        culprit.write_bytes(culprit.read_bytes()[:20])
+        expected = "not a readable PNG"
+    elif bad == "rgb_mask":
+        culprit = tree / ANNOTATIONS_DIR / "car" / "00001.png"
+        Image.new("RGB", (48, 40)).save(culprit)
+        expected = "mode RGB"
+    else:
+        (tree / IMAGES_DIR / "car" / "00001.jpg").unlink()
+        culprit = tree / IMAGES_DIR / "car" / "00001.png"
+        culprit.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        expected = "cannot be decoded"
+    out = tmp_path / "out"
+    with pytest.raises(DataPrepError) as info:
+        extract_dataset(tree, out, workers=2)
+    message = str(info.value)
+    assert "1 of 2 videos could not be extracted" in message
+    assert str(culprit) in message and expected in message
+    assert sorted(p.name for p in (out / IMAGES_DIR).iterdir()) == ["bear"]  # car is never visible
+    assert not (out / MANIFEST_NAME).exists()
+
+
+def test_cli_reports_a_corrupt_mask_without_a_traceback(tmp_path: Path) -> None:
+    tree = tmp_path / "DAVIS"
+    write_davis_tree(tree, {"bear": 2})
+    (tree / ANNOTATIONS_DIR / "480p" / "bear" / "00000.png").write_bytes(b"not a png")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sam2.tools.extract_frames",
+            "--input",
+            str(tree),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "00000.png" in proc.stderr

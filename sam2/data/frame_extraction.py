@@ -45,6 +45,7 @@ from sam2.data.layout import (
 from sam2.data.manifest import (
     VideoRecord,
     build_manifest,
+    check_mask_mode,
     read_record,
     scan_video,
     write_manifest,
@@ -54,7 +55,7 @@ from sam2.data.manifest import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_JPEG_QUALITY = 90
-"""Pillow/libjpeg quality of extracted frames (1-95; 90 keeps artefacts well below annotation noise)."""
+"""Pillow/libjpeg quality of extracted frames (1-100; 90 keeps artefacts well below annotation noise)."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ def copy_frame_folder(
     """Copy (JPEG) or convert (PNG) frames to ``%05d.jpg`` and masks to the matching ``%05d.png``.
 
     Raises:
-        DataPrepError: no frames, or a mask whose name matches no frame (both named).
+        DataPrepError: no frames, an unreadable PNG frame or mask, a mask mode that holds no object ids,
+            or a mask whose name matches no frame (each named by its source file).
     """
     frames = {p.stem: p for p in sorted(source.media.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     if not frames:
@@ -220,8 +222,11 @@ def copy_frame_folder(
         if path.suffix.lower() in (".jpg", ".jpeg"):
             shutil.copyfile(path, dest)
         else:
-            with Image.open(path) as image:
-                image.convert("RGB").save(dest, format="JPEG", quality=settings.jpeg_quality)
+            try:
+                with Image.open(path) as image:
+                    image.convert("RGB").save(dest, format="JPEG", quality=settings.jpeg_quality)
+            except (OSError, SyntaxError) as err:  # PIL's errors for truncated or non-image files
+                raise DataPrepError(f"video {source.name!r}: frame {path} cannot be decoded ({err})") from err
     if masks_dir is not None and source.annotations is not None:
         masks_dir.mkdir(parents=True)
         for mask in sorted(source.annotations.glob("*.png")):
@@ -229,6 +234,13 @@ def copy_frame_folder(
                 raise DataPrepError(
                     f"video {source.name!r}: mask {mask} has no frame of the same name in {source.media}"
                 )
+            try:  # the header only: a bad file is named here, by its source path, before it is copied
+                with Image.open(mask) as image:
+                    check_mask_mode(mask, image.mode)
+            except (OSError, SyntaxError) as err:
+                raise DataPrepError(
+                    f"video {source.name!r}: mask {mask} is not a readable PNG ({err})"
+                ) from err
             shutil.copyfile(mask, masks_dir / mask_name(numbering[mask.stem]))
     return len(frames)
 

@@ -64,6 +64,15 @@ def combined_digest(named_digests: list[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
+def check_mask_mode(mask_path: Path, mode: str) -> None:
+    """Raises DataPrepError, naming the file, unless `mode` holds object ids (palette, grey or binary)."""
+    if mode not in ("P", "L", "1"):
+        raise DataPrepError(
+            f"{mask_path}: mask has mode {mode}; expected a palette (P) or binary (L/1) PNG whose "
+            "pixel values are object ids"
+        )
+
+
 def mask_object_ids(mask_path: Path) -> set[int]:
     """Object ids in one mask PNG, background 0 excluded.
 
@@ -71,16 +80,15 @@ def mask_object_ids(mask_path: Path) -> set[int]:
     with only 0 and 255) holds the single object 1.
 
     Raises:
-        DataPrepError: another image mode (e.g. RGB), naming the file.
+        DataPrepError: an undecodable file or another image mode (e.g. RGB), naming the file.
     """
-    with Image.open(mask_path) as image:
-        mode = image.mode
-        if mode not in ("P", "L", "1"):
-            raise DataPrepError(
-                f"{mask_path}: mask has mode {mode}; expected a palette (P) or binary (L/1) PNG whose "
-                "pixel values are object ids"
-            )
-        values = np.asarray(image)
+    try:
+        with Image.open(mask_path) as image:
+            mode = image.mode
+            check_mask_mode(mask_path, mode)
+            values = np.asarray(image)
+    except (OSError, SyntaxError) as err:  # PIL's errors for truncated or non-image files
+        raise DataPrepError(f"{mask_path}: not a readable PNG mask ({err})") from err
     counts = np.bincount(values.reshape(-1).astype(np.int64), minlength=256)
     present = {int(i) for i in np.flatnonzero(counts) if i != 0}
     if mode == "1" or (mode == "L" and present <= {255}):
