@@ -158,3 +158,89 @@ def test_split_cli_writes_file_lists(demo_root: Path, tmp_path: Path) -> None:
     assert sorted(train + val) == [f"demo_{i:03d}" for i in range(6)] and not set(train) & set(val)
     again = split_dataset(demo_root / ANNOTATIONS_DIR, tmp_path / "again", 0.34, 1, stratify=True)
     assert again.val == val
+
+
+def _sav_video(root: Path, video: str, num_frames: int = 4, size=(24, 32), num_objects: int = 2) -> Path:
+    """JPEG frames and a `<video>_manual.json` whose masklets are COCO RLEs of `size` (H, W)."""
+    from pycocotools import mask as mask_utils
+
+    height, width = size
+    (root / IMAGES_DIR / video).mkdir(parents=True)
+    (root / ANNOTATIONS_DIR).mkdir(parents=True, exist_ok=True)
+    for index in range(num_frames):
+        Image.fromarray(np.full((height, width, 3), 40 * index, np.uint8)).save(
+            root / IMAGES_DIR / video / f"{index:05d}.jpg"
+        )
+    masklet = []
+    for index in range(num_frames):
+        rles = []
+        for obj in range(num_objects):
+            mask = np.zeros((height, width), np.uint8, order="F")
+            mask[2 + obj * 8 : 8 + obj * 8, 3 + index : 9 + index] = 1
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()})
+        masklet.append(rles)
+    path = root / ANNOTATIONS_DIR / f"{video}_manual.json"
+    path.write_text(json.dumps({"masklet": masklet, "masklet_id": list(range(num_objects))}))
+    return path
+
+
+def test_sav_json_annotations_are_checked(tmp_path: Path) -> None:
+    root = tmp_path / "sav"
+    _sav_video(root, "good")
+    unreadable = _sav_video(root, "unreadable")
+    unreadable.write_text("{not json")
+    wrong_count = _sav_video(root, "wrong_count")
+    data = json.loads(wrong_count.read_text())
+    data["masklet"][1] = data["masklet"][1][:1]
+    wrong_count.write_text(json.dumps(data))
+    wrong_size = _sav_video(root, "wrong_size")
+    data = json.loads(wrong_size.read_text())
+    for rle in data["masklet"][0]:
+        rle["size"] = [12, 16]
+    wrong_size.write_text(json.dumps(data))
+    empty_first = _sav_video(root, "empty_first")
+    data = json.loads(empty_first.read_text())
+    from pycocotools import mask as mask_utils
+
+    blank = mask_utils.encode(np.zeros((24, 32), np.uint8, order="F"))
+    data["masklet"][0] = [{"size": [24, 32], "counts": blank["counts"].decode()}] * 2
+    empty_first.write_text(json.dumps(data))
+    no_frames = _sav_video(root, "no_masklets")
+    no_frames.write_text(json.dumps({"masklet": [], "masklet_id": []}))
+
+    report = validate_dataset(root, num_frames=3)
+    assert report.good == ["good"]
+    text = report.summary()
+    assert "unreadable: unreadable_manual.json is not readable JSON" in text
+    assert "wrong_count: wrong_count_manual.json: annotated frame 1 has 1 objects, expected 2" in text
+    assert (
+        "wrong_size: wrong_size_manual.json: annotated frame 0 has RLE size [12, 16], frames are 32x24"
+        in text
+    )
+    assert "empty_first: empty_first_manual.json: the first annotated frame holds no object" in text
+    assert "no_masklets: no_masklets_manual.json has no 'masklet' frames" in text
+
+
+def test_validate_cli_excludes_or_fails_and_writes_reports(demo_copy: Path, tmp_path: Path) -> None:
+    shutil.rmtree(demo_copy / ANNOTATIONS_DIR / "demo_002")
+    cmd = [sys.executable, "-m", "sam2.tools.validate_dataset", "--root", str(demo_copy), "--num_frames", "8"]
+    excluded = subprocess.run(
+        [*cmd, "--report_dir", str(tmp_path / "ex")], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert excluded.returncode == 0, excluded.stderr
+    assert "demo_002: missing annotations" in excluded.stdout
+    assert "5 valid videos listed in" in excluded.stdout
+    listed = (tmp_path / "ex" / "valid_videos.txt").read_text().split()
+    assert len(listed) == 5 and "demo_002" not in listed
+    failed = subprocess.run(
+        [*cmd, "--on_bad", "fail", "--report_dir", str(tmp_path / "fail")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr and "demo_002: missing annotations" in failed.stderr
+    assert json.loads((tmp_path / "fail" / "validation_report.json").read_text())["num_bad"] == 1
+    assert not (tmp_path / "fail" / "valid_videos.txt").exists()
