@@ -267,3 +267,44 @@ def test_stale_staging_cleanup_takes_only_this_videos_folders(tmp_path: Path) ->
         ".tmp-dog-agility-34",
     ]
     assert [p.name for p in stale_staging_dirs(tmp_path, "dog[1]")] == [".tmp-dog[1]-5"]
+
+
+def test_score_threshold_decides_which_logits_become_mask(
+    data: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    # Far below every logit: every pixel belongs to some object; far above: none does, not even on the
+    # prompted frame. With the threshold ignored both would look like the default run.
+    low = tmp_path / "low"
+    run(data, checkpoint, low, options=VOSInferenceOptions(score_thresh=-1e6))
+    for png in (low / "alpha").iterdir():
+        assert (read_mask_png(png) != 0).all(), png
+    high = tmp_path / "high"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sam2.tools.vos_inference",
+            "--sam2_cfg",
+            CONFIG,
+            "--sam2_checkpoint",
+            str(checkpoint),
+            "--base_video_dir",
+            str(data / "JPEGImages"),
+            "--input_mask_dir",
+            str(data / "Annotations"),
+            "--output_mask_dir",
+            str(high),
+            "--score_thresh",
+            "1e6",
+            "--device",
+            "cpu",
+            "--hydra_overrides",
+            *OVERRIDES,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for png in (high / "beta").iterdir():
+        assert not read_mask_png(png).any(), png
