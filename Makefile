@@ -40,7 +40,6 @@ services-up-s3:
 services-down-s3:
 	$(PY) -m sam2.tools.s3_server down
 
-# Other services add themselves as extra prerequisites, e.g. `services-up: services-up-mlflow`.
 .PHONY: services-up services-down
 services-up: services-up-s3
 services-down: services-down-s3

@@ -184,3 +184,20 @@ def test_makefile_has_the_pipeline_targets():
     text = (ROOT / "Makefile").read_text()
     for target in ("pipeline-compile:", "pipeline-run:", "pipeline-submit:", "pipeline-schedule:"):
         assert target in text
+
+
+def test_service_targets_named_in_the_makefile_and_readme_exist():
+    """`make services-up` starts only what its prerequisites start; docs name no target that is missing."""
+    import re
+
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([A-Za-z0-9_.-]+):", makefile, flags=re.M))
+    readme = (ROOT / "README.md").read_text()
+    for text, where in ((makefile, "Makefile"), (readme, "README.md")):
+        for named in set(re.findall(r"\bservices-(?:up|down)(?:-[a-z0-9]+)?\b", text)):
+            assert named in targets, f"{where} names `make {named}`, which the Makefile does not define"
+    (prereqs,) = re.findall(r"^services-up:(.*)$", makefile, flags=re.M)
+    assert prereqs.split() == ["services-up-s3"]
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `make services-up`")]
+    started = row.split("|")[2]
+    assert "S3" in started and not re.search(r"(S3 server|starts?)[^|;]*MLflow", started), row
