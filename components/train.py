@@ -36,6 +36,7 @@ def train_model(
     for a smoke run, not for a useful model; pass the s3:// URI of an official SAM 2.1 checkpoint.
     `training_overrides`: extra Hydra overrides, space-separated (the data set preset's settings).
     `s3_secret_name`: the Secret the PyTorchJob's pods read their S3 credentials from.
+    `image`: the PyTorchJob's image; the pipeline passes the one it was compiled with (empty: the default).
     """
     import logging
 

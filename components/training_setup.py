@@ -58,8 +58,9 @@ def cluster_settings(
     cleanup: str,
     s3_secret_name: str,
 ) -> ClusterSettings:
-    """Where the PyTorchJob runs: `namespace` (default: the namespace this pod runs in), the image, and the
-    Secret `s3_secret_name` its pods read their S3 credentials from."""
+    """Where the PyTorchJob runs: `namespace` (default: the namespace this pod runs in), the image (default:
+    `component_image()`, which inside a pod is the default image: the pipeline passes the one it was compiled
+    with), and the Secret `s3_secret_name` its pods read their S3 credentials from."""
     from components.images import component_image
     from sam2.launch.kubeflow import ClusterSettings
 
@@ -67,9 +68,12 @@ def cluster_settings(
         if not SA_NAMESPACE_FILE.exists():
             raise ValueError("namespace is empty and this is not a pod: pass the namespace to train in")
         namespace = SA_NAMESPACE_FILE.read_text().strip()
+    if not image:
+        image = component_image()
+        logger.warning("train_model got no image: the PyTorchJob runs %s", image)
     return ClusterSettings(
         namespace=namespace,
-        image=image or component_image(),
+        image=image,
         s3_endpoint_url=s3_endpoint_url or None,
         s3_secret_name=s3_secret_name,
         timeout_s=timeout_hours * 3600,

@@ -36,6 +36,9 @@ from components.validate import validate_dataset
 PIPELINE_NAME = "sam2-finetune"
 S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
 MLFLOW_SECRET = "sam2-mlflow-credentials"
+# The PyTorchJob runs the image the train step itself runs, fixed when the pipeline is compiled (the
+# default, or $SAM2_PIPELINE_IMAGE then): inside the step's pod that variable is not set.
+TRAINING_IMAGE = train_model.component_spec.implementation.container.image
 MLFLOW_SECRET_KEYS = {
     "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
@@ -119,6 +122,7 @@ def sam2_finetune(
         gpus_per_node=gpus_per_node,
         launcher=train_launcher,
         training_overrides=training_overrides,
+        image=TRAINING_IMAGE,
         s3_endpoint_url=s3_endpoint_url,
         s3_secret_name=s3_secret_name,
     ).set_display_name("train")

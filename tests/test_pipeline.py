@@ -88,6 +88,47 @@ def test_the_training_job_reads_the_secret_the_pipeline_was_given():
     assert refs["AWS_ACCESS_KEY_ID"] == refs["AWS_SECRET_ACCESS_KEY"] == "team-s3"
 
 
+def _train_image_input(spec: dict) -> str:
+    return spec["root"]["dag"]["tasks"]["train-model"]["inputs"]["parameters"]["image"]["runtimeValue"][
+        "constant"
+    ]
+
+
+def test_the_training_job_runs_the_image_the_pipeline_was_compiled_with(tmp_path):
+    """SAM2_PIPELINE_IMAGE is read at compile time; in the train step's pod it is unset, so the image must
+    reach the PyTorchJob as a compiled-in input, not through component_image() there."""
+    from components.images import DEFAULT_IMAGE, IMAGE_ENV
+    from components.training_setup import cluster_settings
+    from sam2.launch.kubeflow import PyTorchJobLauncher
+    from sam2.launch.launcher import TrainingRequest
+
+    out = tmp_path / "custom.yaml"
+    env = {k: v for k, v in os.environ.items() if k != IMAGE_ENV} | {IMAGE_ENV: "registry.example/sam2:dev"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.compile", "--output", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    spec = yaml.safe_load(out.read_text().split("\n---\n")[0])
+    executors = spec["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"registry.example/sam2:dev"}
+    image = _train_image_input(spec)
+    assert image == "registry.example/sam2:dev"
+    committed = yaml.safe_load(COMPILED.read_text().split("\n---\n")[0])
+    assert _train_image_input(committed) == DEFAULT_IMAGE
+    # What the train step then does with it (in its pod, where SAM2_PIPELINE_IMAGE is not set).
+    settings = cluster_settings("team-ns", image, "", 1.0, "never", "team-s3")
+    job = PyTorchJobLauncher(settings, custom_api=object(), core_api=object()).render(
+        TrainingRequest("r1", "cfg.yaml", "s3://d/v1", "s3://runs/r1", num_nodes=2)
+    )
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        assert replica["template"]["spec"]["containers"][0]["image"] == "registry.example/sam2:dev"
+
+
 def test_component_image_is_overridable(monkeypatch):
     from components.images import DEFAULT_IMAGE, component_image
 
