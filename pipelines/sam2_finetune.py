@@ -151,9 +151,13 @@ def sam2_finetune(
         s3_endpoint_url=s3_endpoint_url,
     ).set_display_name("promote")
 
-    # Data steps are cached: their inputs include the data set version, so a new version reruns them.
-    for task in (extract, validate, split):
+    # Extract always runs: its inputs name a source (an s3:// URI, a folder), not its content, so new data
+    # at the same URI would hit the cache. It returns the version hashed from the content, and the other
+    # data steps are cached on that: the same data reuses them, new data reruns them.
+    extract.set_caching_options(False)
+    for task in (validate, split):
         task.set_caching_options(True)
+    for task in (extract, validate, split):
         task.set_cpu_request("2").set_memory_request("4Gi").set_memory_limit("16Gi")
     # Every run trains, evaluates and registers anew (the run id is an input of train anyway).
     for task in (train, infer, evaluate, promote):

@@ -61,8 +61,10 @@ def test_compiled_pipeline_wires_secrets_resources_and_caching():
     text = COMPILED.read_text()
     assert "AWS_SECRET_ACCESS_KEY=" not in text and "minioadmin" not in text
     tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["extract-frames"]["cachingOptions"].get("enableCache") is True
-    assert tasks["promote-model"]["cachingOptions"].get("enableCache") in (None, False)
+    # Extract is keyed on where the data is, not what it is (new files at the same s3:// URI): never cached.
+    # It hashes the content into the data set version, which keys the cached steps after it.
+    cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
+    assert cached == {"validate-dataset", "split-dataset"}
     # The data set version flows into the cached data steps and training: it is part of their cache key.
     for task in ("validate-dataset", "split-dataset", "train-model"):
         version = tasks[task]["inputs"]["parameters"]["dataset_version"]
