@@ -64,3 +64,33 @@ def test_recipe_has_the_official_values_and_design_keys(size):
     for key, value in released.items():
         if key not in TRAINING_ONLY_MODEL_KEYS:
             assert trained[key] == value, key
+
+
+def test_excluded_videos_are_left_out_of_validation_too(tmp_path):
+    """With no val list the val data set takes every video of img_folder: the excluded ones must go."""
+    from hydra.utils import instantiate
+    from training_data_synth import make_davis
+
+    img, gt = make_davis(tmp_path / "data", {"keep_a": 3, "broken": 3, "keep_b": 3}, size=(32, 32))
+    excluded = tmp_path / "excluded.txt"
+    excluded.write_text("broken\n")
+    cfg = compose_training_config(
+        "configs/sam2.1_training/sam2.1_hiera_t_MOSE_finetune.yaml",
+        [
+            f"dataset.img_folder={img}",
+            f"dataset.gt_folder={gt}",
+            f"dataset.excluded_videos_list_txt={excluded}",
+            "dataset.val_file_list_txt=null",
+            "scratch.resolution=32",
+            "scratch.num_frames=3",
+            "scratch.num_train_workers=0",
+            "trainer.data.val.pin_memory=false",
+        ],
+    )
+    val = instantiate(cfg.trainer.data.val, _convert_="all")
+    (raw,) = [d.video_dataset for d in val.datasets]
+    assert raw.video_names == ["keep_a", "keep_b"]
+    validated = {int(b.metadata.unique_objects_identifier[0, 0, 0]) for b in val.get_loader(epoch=0)}
+    assert validated == {raw.get_video(i)[0].video_id for i in range(len(raw))}
+    train = instantiate(cfg.trainer.data.train, _convert_="all")
+    assert "broken" not in train.datasets[0].dataset.datasets[0].video_dataset.video_names
