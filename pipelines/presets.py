@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from sam2.data.layout import ANNOTATIONS_DIR, ARCHIVE_SUFFIXES, IMAGES_DIR, is_archive
+
 # configs/ ships inside the sam2 package (sam2/configs is a link to it), so this works from a wheel too.
 PRESET_DIR = Path(str(resources.files("sam2"))) / "configs" / "dataset"
 
@@ -21,11 +23,40 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def _find_layout_root(root: Path, max_depth: int = 3) -> Path | None:
+    """The folder holding JPEGImages/, breadth first up to `max_depth` levels below `root`, as extraction
+    searches (hidden folders skipped); None when there is none."""
+    level = [root]
+    for _ in range(max_depth + 1):
+        for folder in level:
+            if (folder / IMAGES_DIR).is_dir():
+                return folder
+        level = [c for f in level for c in sorted(f.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+    return None
+
+
+def _local_source_problem(source: Path) -> str | None:
+    """Why a local data set source cannot be extracted as a DAVIS/MOSE data set (None: it looks usable)."""
+    if not source.exists():
+        return "does not exist"
+    if source.is_file():
+        if is_archive(source):
+            return None
+        return f"is a file but not an archive ({', '.join(ARCHIVE_SUFFIXES)})"
+    found = _find_layout_root(source)
+    if found is None:
+        return f"holds no {IMAGES_DIR}/ folder (searched 3 levels deep)"
+    if not (found / ANNOTATIONS_DIR).is_dir():
+        return f"has {found / IMAGES_DIR} but no {ANNOTATIONS_DIR}/ next to it"
+    return None
+
+
 def load_preset(name: str, environ: dict[str, str] | None = None) -> dict[str, Any]:
     """Pipeline arguments for preset `name`: dataset_name, source_uri and the preset's parameters.
 
-    A preset with `source_env` takes its source from that environment variable, which must name an
-    existing path or an s3:// URI; otherwise PresetError says how to provide the data.
+    A preset with `source_env` takes its source from that environment variable, which must be an s3:// URI,
+    an archive, or a folder with JPEGImages/ and Annotations/ (up to 3 levels down); otherwise PresetError
+    says how to provide the data.
     """
     env = os.environ if environ is None else environ
     path = PRESET_DIR / f"{name}.yaml"
@@ -39,17 +70,20 @@ def load_preset(name: str, environ: dict[str, str] | None = None) -> dict[str, A
     elif "source_env" in preset:
         var = preset["source_env"]
         source = env.get(var, "").strip()
+        how = (
+            f"set {var} to the extracted {name.upper()} train folder (with {IMAGES_DIR}/ and "
+            f"{ANNOTATIONS_DIR}/), its .tar/.tar.gz/.zip archive, or an s3:// URI of either (see {path}), "
+            f"e.g. `make pipeline-run DATASET={name} {var}=/data/{name}/train`"
+        )
         if not source:
-            raise PresetError(
-                f"data set {name!r} needs its data: set {var} to the extracted {name.upper()} train folder "
-                f"(with JPEGImages/ and Annotations/), its .tar/.tar.gz/.zip archive, or an s3:// URI of either "
-                f"(see {path}), e.g. `make pipeline-run DATASET={name} {var}=/data/{name}/train`"
-            )
-        if not source.startswith("s3://") and not Path(source).exists():
-            raise PresetError(
-                f"{var}={source} does not exist; point it at the {name.upper()} train folder or archive"
-            )
-        args["source_uri"] = source if source.startswith("s3://") else str(Path(source).resolve())
+            raise PresetError(f"data set {name!r} needs its data: {how}")
+        if not source.startswith("s3://"):
+            local = Path(source).expanduser()
+            problem = _local_source_problem(local)
+            if problem:
+                raise PresetError(f"{var}={source} {problem}; {how}")
+            source = str(local.resolve())
+        args["source_uri"] = source
     else:
         raise PresetError(f"{path}: a preset needs source_uri or source_env")
     init_env = preset.get("init_checkpoint_env")

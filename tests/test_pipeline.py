@@ -177,10 +177,25 @@ def test_mose_preset_needs_its_data(tmp_path):
         load_preset("mose", environ={})
     with pytest.raises(PresetError, match="does not exist"):
         load_preset("mose", environ={"MOSE_ROOT": str(tmp_path / "nope")})
+    # Something that exists but that extraction cannot read as MOSE fails here, naming what is missing.
+    with pytest.raises(PresetError, match="holds no JPEGImages/ folder.*set MOSE_ROOT to"):
+        load_preset("mose", environ={"MOSE_ROOT": str(tmp_path)})
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(PresetError, match=r"notes.txt is a file but not an archive \(\.tar"):
+        load_preset("mose", environ={"MOSE_ROOT": str(tmp_path / "notes.txt")})
+    train = tmp_path / "MOSE" / "train"
+    (train / "JPEGImages" / "v0").mkdir(parents=True)
+    with pytest.raises(PresetError, match="no Annotations/ next to it"):
+        load_preset("mose", environ={"MOSE_ROOT": str(tmp_path)})
+    (train / "Annotations" / "v0").mkdir(parents=True)
     args = load_preset(
         "mose", environ={"MOSE_ROOT": str(tmp_path), "SAM2_INIT_CHECKPOINT_URI": "s3://m/b.pt"}
     )
     assert args["source_uri"] == str(tmp_path) and args["init_checkpoint_uri"] == "s3://m/b.pt"
+    (tmp_path / "train.tar.gz").write_bytes(b"")
+    assert load_preset("mose", environ={"MOSE_ROOT": str(tmp_path / "train.tar.gz")})["source_uri"] == str(
+        tmp_path / "train.tar.gz"
+    )
     assert (
         load_preset("mose", environ={"MOSE_ROOT": "s3://data/mose.tar"})["source_uri"] == "s3://data/mose.tar"
     )
@@ -191,8 +206,12 @@ def test_unknown_preset_lists_the_known_ones():
         load_preset("davis", environ={})
 
 
-def test_pipeline_run_for_mose_without_data_fails_at_once_with_instructions(tmp_path):
+@pytest.mark.parametrize("mose_root", [None, "empty-folder"])
+def test_pipeline_run_for_mose_without_data_fails_at_once_with_instructions(tmp_path, mose_root):
     env = {k: v for k, v in os.environ.items() if k not in ("MOSE_ROOT", "KFP_HOST")}
+    if mose_root:
+        (tmp_path / mose_root).mkdir()
+        env["MOSE_ROOT"] = str(tmp_path / mose_root)
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.run", "run", "--dataset", "mose"],
         cwd=tmp_path,
@@ -201,8 +220,9 @@ def test_pipeline_run_for_mose_without_data_fails_at_once_with_instructions(tmp_
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 2, proc.stderr
     assert "MOSE_ROOT" in proc.stderr and "JPEGImages" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / ".local").exists()
 
 
