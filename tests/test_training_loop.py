@@ -282,6 +282,17 @@ def test_train_mode_validates_with_j_and_f_and_keeps_the_best_checkpoint(tmp_pat
     assert torch.load(log_dir / "checkpoints" / "checkpoint.pt", weights_only=True)["steps"] == 2
 
 
+def test_val_epoch_freq_zero_is_a_config_error_naming_the_key(tmp_path, capsys):
+    """Was a ZeroDivisionError after the first epoch had trained; now refused before any work."""
+    img, gt = make_clips(tmp_path / "data", {"clip": NUM_FRAMES})
+    log_dir = tmp_path / "run"
+    overrides = training_overrides(img, gt, log_dir, extra=["trainer.mode=train", "scratch.val_epoch_freq=0"])
+    assert _cli(overrides) == 1
+    err = capsys.readouterr().err
+    assert "trainer.val_epoch_freq" in err and "got 0" in err and "train_only" in err
+    assert not (log_dir / "checkpoints" / "checkpoint.pt").exists()
+
+
 def test_missing_initial_checkpoint_names_the_setting(tmp_path, capsys):
     img, gt = make_clips(tmp_path / "data", {"clip": NUM_FRAMES})
     overrides = training_overrides(img, gt, tmp_path / "run")

@@ -69,6 +69,8 @@ class Trainer:
 
     mode: "train" (train, validate every `val_epoch_freq` epochs and keep the best checkpoint by J&F),
         "train_only", or "val" (validate the current checkpoint once).
+    val_epoch_freq: epochs between validations in mode "train" (>= 1; the last epoch is always validated);
+        "never" is mode "train_only". Raises ValueError naming the key for 0 or less.
     accelerator: "cuda" (bf16 autocast when optim.amp.enabled, nccl) or "cpu" (fp32, gloo).
     """
 
@@ -92,6 +94,12 @@ class Trainer:
             raise ValueError(f"trainer.mode must be one of {MODES}, got {mode!r}")
         if max_epochs < 1:
             raise ValueError(f"trainer.max_epochs must be >= 1, got {max_epochs}")
+        if int(val_epoch_freq) < 1:
+            raise ValueError(
+                f"trainer.val_epoch_freq (scratch.val_epoch_freq in the recipes) must be >= 1, got "
+                f"{val_epoch_freq}: it is the number of epochs between validations (the last epoch is "
+                "always validated); to train without validating, set trainer.mode=train_only"
+            )
         self.mode = mode
         self.max_epochs = int(max_epochs)
         self.seed_value = int(seed_value)
