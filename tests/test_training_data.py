@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
@@ -280,6 +281,113 @@ def test_video_without_visible_objects_is_replaced_in_training_only(tmp_path):
     assert datapoint.video_id == raw.video_names.index("full")
     with pytest.raises(SamplingError, match="'empty'"):
         VOSDataset(plain_transforms(), False, raw, sampler, 1)[0]
+
+
+BIG_FRAME = 256  # side of the frames of the vanishing-object data: 4x the 64 px training resolution
+
+
+def make_videos_with_a_one_pixel_object(root, videos: dict[str, bool], num_frames: int = 4):
+    """{video: with_big_object}: object 2 is one pixel at BIG_FRAME x BIG_FRAME (gone after a resize to
+    64 px); object 1, when present, a large rectangle that survives any of the recipe's transforms."""
+    from training_data_synth import render, write_palette_png
+
+    img_root, gt_root = root / "JPEGImages", root / "Annotations"
+    for video, with_big in videos.items():
+        (img_root / video).mkdir(parents=True)
+        (gt_root / video).mkdir(parents=True)
+        for t in range(num_frames):
+            labels = np.zeros((BIG_FRAME, BIG_FRAME), np.uint8)
+            if with_big:
+                labels[64 + t : 192 + t, 64:192] = 1
+            labels[30, 200 + t] = 2
+            render(labels).save(img_root / video / f"{t:05d}.jpg", quality=95)
+            write_palette_png(labels, gt_root / video / f"{t:05d}.png")
+    return img_root, gt_root
+
+
+def resize_to_64() -> list:
+    return [
+        T.ComposeAPI(
+            [
+                T.RandomResizeAPI(sizes=64, square=True, consistent_transform=True),
+                T.ToTensorAPI(),
+                T.NormalizeAPI(mean=MEAN, std=STD),
+            ]
+        )
+    ]
+
+
+@pytest.fixture
+def fresh_vanish_warning(monkeypatch):
+    """The vanished-object warning is shown once per process: make this test's the first."""
+    from sam2.training.dataset import vos_dataset
+
+    monkeypatch.setattr(vos_dataset, "_warned_vanished", False, raising=False)
+
+
+def test_object_emptied_by_the_resize_is_dropped_in_training(tmp_path, caplog, fresh_vanish_warning):
+    img_root, gt_root = make_videos_with_a_one_pixel_object(tmp_path, {"kite": True})
+    raw = PNGRawDataset(str(img_root), str(gt_root))
+    sampler = RandomUniformSampler(num_frames=3, max_num_objects=2)
+    video, loader = raw.get_video(0)
+    assert sorted(sampler.sample(video, loader).object_ids) == [1, 2]  # both visible before transforms
+
+    caplog.set_level(logging.DEBUG, logger="sam2.training.dataset.vos_dataset")
+    random.seed(0)
+    dataset = VOSDataset(resize_to_64(), True, raw, sampler, 1)
+    datapoints = [dataset[0] for _ in range(3)]
+    for datapoint in datapoints:
+        assert [[obj.object_id for obj in frame.objects] for frame in datapoint.frames] == [[1]] * 3
+    batch = collate_fn(datapoints, "all")
+    assert batch.masks.shape[1] == 3 and batch.masks[0].flatten(1).any(1).all()
+    dropped = [r for r in caplog.records if "object 2 vanished from the clip's first frame" in r.message]
+    assert len(dropped) == 3 and all("video 'kite'" in r.message for r in dropped)
+    assert all("frame id" in r.message for r in dropped)
+    assert [r.levelno for r in dropped] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+
+    # Evaluation scores the val set as listed: the emptied object stays, with its empty masks.
+    datapoint = VOSDataset(resize_to_64(), False, raw, EvalSampler(), 1)[0]
+    assert [obj.object_id for obj in datapoint.frames[0].objects] == [1, 2]
+    assert not datapoint.frames[0].objects[1].segment.any()
+
+
+def test_clip_whose_every_object_vanishes_is_replaced_by_another_video(tmp_path, caplog):
+    img_root, gt_root = make_videos_with_a_one_pixel_object(tmp_path, {"dust": False, "kite": True})
+    raw = PNGRawDataset(str(img_root), str(gt_root))
+    dataset = VOSDataset(resize_to_64(), True, raw, RandomUniformSampler(num_frames=3, max_num_objects=2), 1)
+    caplog.set_level(logging.DEBUG, logger="sam2.training.dataset.vos_dataset")
+    random.seed(0)
+    datapoint = dataset[raw.video_names.index("dust")]
+    assert datapoint.video_id == raw.video_names.index("kite")
+    assert any("video 'dust': every sampled object vanished" in r.message for r in caplog.records)
+
+    (tmp_path / "dust.txt").write_text("dust\n")
+    only_dust = PNGRawDataset(str(img_root), str(gt_root), file_list_txt=str(tmp_path / "dust.txt"))
+    dataset = VOSDataset(resize_to_64(), True, only_dust, RandomUniformSampler(3, max_num_objects=2), 1)
+    with pytest.raises(SamplingError, match=r"before and after the transforms .*'dust'"):
+        dataset[0]
+
+
+def test_training_with_clicks_goes_on_past_objects_emptied_by_the_resize(tmp_path, fresh_vanish_warning):
+    """Every batch click-prompted and every clip holding a 1-pixel object that the resize to 64 px
+    empties: SAM2Train raised "empty ground-truth mask" on the first batch and the run stopped."""
+    from training_loop_support import NO_DROPOUT_OVERRIDES, TRAIN_CONFIG, training_overrides
+
+    from sam2.training.train import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two intra-op threads on a shared 2-core box are slower than one
+    try:
+        img, gt = make_videos_with_a_one_pixel_object(tmp_path / "data", {"kite": True, "ball": True})
+        log_dir = tmp_path / "run"
+        extra = ["model.prob_to_use_pt_input_for_train=1.0", "dataset.multiplier=2", *NO_DROPOUT_OVERRIDES]
+        overrides = training_overrides(img, gt, log_dir, extra=extra)
+        assert main(["-c", TRAIN_CONFIG, "--use-cluster", "0", "--num-gpus", "1", *overrides]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.load(log_dir / "checkpoints" / "checkpoint.pt", weights_only=True)["steps"] == 4
+    log_text = (log_dir / "logs" / "log_rank0.txt").read_text()
+    assert "object 2 vanished from the clip's first frame" in log_text
 
 
 @pytest.mark.gpu

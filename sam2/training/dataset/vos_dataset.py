@@ -36,6 +36,23 @@ class VOSDataset(Dataset):
     target_segments_available: when False only the first frame's masks are read (e.g. a val split
         annotated on its first frame only); other frames get empty masks.
     Data errors (short clips, non-.jpg frames, missing masks) raise DatasetError naming the video.
+
+    Objects emptied by the transforms (training only). The sampler picks objects visible in the clip's
+    first frame, the frame every initial prompt (mask, click or box) is given on. The transforms can still
+    wipe a tiny object out there: a 1-pixel object of a 1920x1080 frame is gone after the resize to 1024,
+    the mosaic shrinks masks by the grid size. Such an object is dropped from the whole clip, since
+    - a click or box cannot be simulated on an empty mask, and a long run must not stop there (SAM2Train
+      raises for an empty first-frame object, which then really is bad input, not bad luck);
+    - upstream keeps it and clicks on the background instead (or prompts with the empty mask), which
+      teaches "nothing to track here" for an object that the later frames' ground truth may still show,
+      a contradictory target that dropping avoids;
+    - it restores the sampler's promise (visible in the first frame) after the transforms, for mask and
+      click batches alike.
+    Each drop is logged naming video, object and frame: as a warning the first time in a process (the
+    main process, or each loader worker), at DEBUG afterwards. A clip left with no object is replaced by
+    another random video, as a clip without a visible object is at sampling. Evaluation
+    (`training=False`) keeps every object: the val set is scored as listed, and its default prompt, the
+    first-frame mask, may be empty.
     """
 
     def __init__(
@@ -93,22 +110,31 @@ class VOSDataset(Dataset):
             video, segment_loader = self.video_dataset.get_video(idx)
             try:
                 sampled = self.sampler.sample(video, segment_loader, epoch=self.curr_epoch)
-                break
             except SamplingError as err:
                 if not self.training:
                     raise
                 failures.append(video.video_name)
                 logger.warning("%s; drawing another video", err)
                 idx = random.randrange(len(self.video_dataset))
-        else:
-            raise SamplingError(
-                f"{MAX_RETRIES} videos in a row gave no clip with a visible object in its first frame "
-                f"(e.g. {sorted(set(failures))[:_MAX_LISTED]}); check the masks"
+                continue
+            datapoint = self.construct(video, sampled, segment_loader)
+            for transform in self._transforms:
+                datapoint = transform(datapoint, epoch=self.curr_epoch)
+            if not self.training or drop_objects_emptied_on_first_frame(datapoint, video.video_name):
+                return datapoint
+            failures.append(video.video_name)
+            _log_vanished(
+                "video %r: every sampled object vanished from the clip's first frame (frame id %d) in the "
+                "transforms; drawing another video",
+                video.video_name,
+                sampled.frames[0].frame_idx,
             )
-        datapoint = self.construct(video, sampled, segment_loader)
-        for transform in self._transforms:
-            datapoint = transform(datapoint, epoch=self.curr_epoch)
-        return datapoint
+            idx = random.randrange(len(self.video_dataset))
+        raise SamplingError(
+            f"{MAX_RETRIES} videos in a row gave no clip with an object visible in its first frame before "
+            f"and after the transforms (e.g. {sorted(set(failures))[:_MAX_LISTED]}); check the masks, or "
+            "the transforms (scratch.resolution, mosaic) for objects too small to survive them"
+        )
 
     def construct(self, video, sampled, segment_loader) -> VideoDatapoint:
         """Load the sampled frames and the sampled objects' masks (uint8 [H, W]) into a VideoDatapoint."""
@@ -153,6 +179,39 @@ class VOSDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.video_dataset)
+
+
+_warned_vanished = False
+
+
+def _log_vanished(message: str, *args) -> None:
+    """A warning the first time in this process, DEBUG afterwards (a loader worker is a process)."""
+    global _warned_vanished
+    if _warned_vanished:
+        logger.debug(message, *args)
+        return
+    _warned_vanished = True
+    logger.warning(message + " (shown once per process; later ones are logged at DEBUG)", *args)
+
+
+def drop_objects_emptied_on_first_frame(datapoint: VideoDatapoint, video_name: str) -> bool:
+    """Remove, from every frame, the objects whose mask on the first frame is empty (or absent);
+    returns whether an object is left. See VOSDataset for why."""
+    first = datapoint.frames[0]
+    kept = {obj.object_id for obj in first.objects if obj.segment is not None and bool(obj.segment.any())}
+    for obj in first.objects:
+        if obj.object_id not in kept:
+            _log_vanished(
+                "video %r: object %d vanished from the clip's first frame (frame id %d) in the transforms "
+                "(too small for the resize or mosaic?); it is not tracked in this clip",
+                video_name,
+                obj.object_id,
+                obj.frame_index,
+            )
+    if len(kept) < len(first.objects):
+        for frame in datapoint.frames:
+            frame.objects = [obj for obj in frame.objects if obj.object_id in kept]
+    return bool(kept)
 
 
 def load_images(frames: Sequence[VOSFrame], video_name: str) -> list[PILImage.Image]:

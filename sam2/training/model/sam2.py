@@ -236,6 +236,10 @@ class SAM2Train(SAM2Base):
 
         Raises ValueError when the clip is too short for the configured conditioning/correction frames,
         or when an object is empty in the ground truth of the first frame it must be clicked/boxed on.
+        That error is kept for input that is bad at the source: an object that merely vanished in the
+        augmentation (e.g. too small for the resize) is dropped by VOSDataset before it gets here. On
+        later initial conditioning frames an absent object gets a click from the background instead (the
+        simulated user says "not here"), as upstream does.
         """
         settings = self.train_prompts if self.training else self.eval_prompts
         num_frames = input.num_frames
@@ -333,8 +337,12 @@ class SAM2Train(SAM2Base):
         raise ValueError(
             f"empty ground-truth mask on a correction frame: video_id {video_id}, object {object_id}, "
             f"frame {frame_id} is the first frame of the clip and must be clicked on, but the object is not "
-            "visible there. Check that frame's annotation (sam2.tools.validate_dataset reports such "
-            "videos) or sample only objects visible in the first frame (RandomUniformSampler does)."
+            "visible there. Training data from VOSDataset never holds such an object (its sampler picks "
+            "objects visible in the first frame, and objects the transforms empty there are dropped), so "
+            "this batch was built another way: check that frame's annotation (sam2.tools.validate_dataset "
+            "reports such videos) and sample only objects visible in the first frame; in evaluation, "
+            "prompt with masks (prob_to_use_pt_input_for_eval=0.0) or give the eval data set such objects "
+            "only."
         )
 
     # ------------------------------------------------------------------------------------------------------
