@@ -115,3 +115,85 @@ def test_two_nodes_meet_through_pytorchjob_variables_without_torchrun(tmp_path):
         assert proc.returncode == 0, err[-3000:]
     assert "joined process group: rank 1 of 2 (gloo)" in (log_dir / "logs" / "log_rank1.txt").read_text()
     assert torch.load(log_dir / "checkpoints" / "checkpoint.pt", weights_only=True)["steps"] == 1
+
+
+def _run_two_nodes(img: Path, gt: Path, node_dirs: list[Path], num_epochs: int) -> None:
+    """One training process per node, each with its own experiment folder (its own disk)."""
+    port = str(_free_port())
+    procs = []
+    for node, node_dir in enumerate(node_dirs):
+        overrides = training_overrides(
+            img,
+            gt,
+            node_dir,
+            num_epochs=num_epochs,
+            batch_size=1,
+            extra=[*DETERMINISTIC, "trainer.distributed.timeout_mins=2"],
+        )
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")} | {
+            "OMP_NUM_THREADS": "1",
+            "PET_NODE_RANK": str(node),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        cmd = [sys.executable, "-m", "sam2.training.train", "-c", TRAIN_CONFIG, "--use-cluster", "0"]
+        cmd += ["--num-gpus", "1", "--num-nodes", "2", *overrides]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+
+
+def test_ranks_resume_from_rank_0s_checkpoint_when_a_node_holds_an_older_one(tmp_path, one_thread):
+    """Two nodes with their own disks: node 0 holds the checkpoint after epoch 2, node 1 an older copy
+    (after epoch 1, as an object-storage mirror can lag). Both must go on from rank 0's epoch 2 with rank
+    0's state; rank 1 resuming its own epoch 1 ran one epoch more and the job fell apart."""
+    import shutil
+
+    img, gt = make_clips(tmp_path / "data", {f"v{i}": 3 for i in range(4)})
+    first = tmp_path / "first"
+    args = ["-c", TRAIN_CONFIG, "--use-cluster", "0", "--num-gpus", "1"]
+    two_epochs = training_overrides(img, gt, first, num_epochs=2, batch_size=2, extra=DETERMINISTIC)
+    assert main([*args, *two_epochs]) == 0
+
+    reference = tmp_path / "reference"
+    (reference / "checkpoints").mkdir(parents=True)
+    shutil.copy(first / "checkpoints" / "checkpoint_1.pt", reference / "checkpoints" / "checkpoint.pt")
+    assert (
+        main(
+            [*args, *training_overrides(img, gt, reference, num_epochs=3, batch_size=2, extra=DETERMINISTIC)]
+        )
+        == 0
+    )
+
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    newer, older = (node / "checkpoints" / "checkpoint.pt" for node in nodes)
+    for held, dest in (("checkpoint_1.pt", newer), ("checkpoint_0.pt", older)):
+        dest.parent.mkdir(parents=True)
+        shutil.copy(first / "checkpoints" / held, dest)
+    _run_two_nodes(img, gt, nodes, num_epochs=3)
+
+    rank1_log = nodes[1] / "logs" / "log_rank1.txt"
+    text = rank1_log.read_text()
+    assert f"rank 1: its checkpoint {older} (epoch 1, step 2," in text
+    assert f"is not rank 0's {newer} (epoch 2, step 4," in text
+    assert f"resumed from rank 0's {newer} (sent over the process group): epoch 2, step 4" in text
+    final = torch.load(newer, weights_only=True)
+    assert (final["epoch"], final["steps"]) == (3, 6)
+    # The third epoch trained as one process with the same global batch trains it from epoch 2.
+    ref, ddp = _model_state(reference), _model_state(nodes[0])
+    start = _model_state(first, "checkpoint_1.pt")
+    moved = max((ref[k] - start[k]).abs().max().item() for k in ref)
+    assert moved > 1e-6, "the third epoch did not change the parameters"
+    worst = max((ref[k] - ddp[k]).abs().max().item() for k in ref)
+    assert worst < 1e-3 * moved + 1e-7, f"the resumed ranks disagree with one process by {worst} (~{moved})"
+
+    # Node 1 now holds the same checkpoint as node 0: it loads its own copy, nothing is sent.
+    shutil.copy(newer, older)
+    before = len(text)
+    _run_two_nodes(img, gt, nodes, num_epochs=4)
+    text = rank1_log.read_text()[before:]
+    assert f"resumed from {older}: epoch 3, step 6" in text and "sent over the process group" not in text
+    assert torch.load(newer, weights_only=True)["steps"] == 8

@@ -8,12 +8,14 @@ Reproducibility: every epoch starts by reseeding the RNGs from (seed_value, epoc
 prompt generator from (seed_value, epoch); checkpoints are written at epoch ends and, with
 `checkpoint.save_every_n_steps`, every N optimizer steps (where every rank reseeds again, and a resumed run
 skips the batches already trained on), so a run resumed from any checkpoint replays exactly what an
-uninterrupted run does.
+uninterrupted run does. Rank 0 alone decides what to resume from (only it writes checkpoints); every
+other rank resumes from that same state (see `Trainer._resume`), whatever its own disk holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -21,6 +23,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ from sam2.training.utils.distributed import (
     DistributedContext,
     all_ranks_true,
     barrier,
+    broadcast_object,
     setup_distributed,
 )
 from sam2.training.utils.logging_utils import add_rank_log_file
@@ -52,6 +56,41 @@ BEST_CHECKPOINT_NAME = "checkpoint_best.pt"
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped without writing a checkpoint of that state."""
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a training checkpoint stands: what every rank must agree on to resume together.
+
+    model_checksum: the float64 sum of every model tensor, so two checkpoints of the same epoch and step
+    but of different runs still tell apart.
+    """
+
+    source: str
+    epoch: int
+    steps: int
+    batches_done_in_epoch: int
+    model_checksum: float
+
+    @classmethod
+    def of(cls, source: str | os.PathLike, state: Mapping[str, Any]) -> ResumePoint:
+        checksum = sum(float(t.detach().double().sum()) for t in state["model"].values())
+        return cls(
+            source=str(source),
+            epoch=int(state.get("epoch", 0)),
+            steps=int(state.get("steps", 0)),
+            batches_done_in_epoch=int(state.get("batches_done_in_epoch", 0)),
+            model_checksum=checksum,
+        )
+
+    def same_state(self, other: ResumePoint) -> bool:
+        return dataclasses.replace(self, source=other.source) == other
+
+    def describe(self) -> str:
+        return (
+            f"{self.source} (epoch {self.epoch}, step {self.steps}, {self.batches_done_in_epoch} batches "
+            "of the epoch done)"
+        )
 
 
 def _as_container(cfg: Any) -> Any:
@@ -195,10 +234,25 @@ class Trainer:
         return None
 
     def _resume(self) -> bool:
-        source = self._resume_source()
-        if source is None:
+        """Load the checkpoint to resume from, if any; True when one was loaded.
+
+        Rank 0 decides: its save_dir/checkpoint.pt, else trainer.checkpoint.resume_from, else a fresh start.
+        With several ranks every other rank then holds exactly rank 0's state: its own local
+        checkpoint.pt when that is the same one (same epoch, step, batches and model checksum), otherwise
+        the state rank 0 sends over the process group; a differing local checkpoint (nodes keep their own
+        disks, and a node's copy from object storage may be older) is named in a warning and left unused.
+        """
+        state: dict[str, Any] | None = None
+        point: ResumePoint | None = None
+        if self.ctx.is_main:
+            source = self._resume_source()
+            if source is not None:
+                state = torch.load(source, map_location="cpu", weights_only=True)
+                point = ResumePoint.of(source, state)
+        if self.ctx.is_distributed:
+            point, state = self._rank0_resume_state(point, state)
+        if point is None or state is None:
             return False
-        state = torch.load(source, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"], strict=True)
         if self.optim is not None and "optimizer" in state:
             self.optim.load_state_dict(state["optimizer"])
@@ -210,12 +264,62 @@ class Trainer:
         self.loss_state.update(state.get("loss", {}))
         logger.info(
             "resumed from %s: epoch %d, step %d, %d batches of the epoch done",
-            source,
+            point.source,
             self.epoch,
             self.steps,
             self.batches_done_in_epoch,
         )
         return True
+
+    def _rank0_resume_state(
+        self, point: ResumePoint | None, state: dict[str, Any] | None
+    ) -> tuple[ResumePoint | None, dict[str, Any] | None]:
+        """Rank 0's resume point and a training state equal to rank 0's, on every rank (collective)."""
+        rank = self.ctx.rank
+        point = broadcast_object(point, self.device)
+        if not self.ctx.is_main:
+            local = self.save_dir / CHECKPOINT_NAME
+            if local.is_file():
+                local_state = torch.load(local, map_location="cpu", weights_only=True)
+                local_point = ResumePoint.of(local, local_state)
+                if point is not None and local_point.same_state(point):
+                    point, state = local_point, local_state
+                elif point is None:
+                    logger.warning(
+                        "rank %d: ignoring its checkpoint %s: rank 0 has none to resume from and starts "
+                        "from the initial weights, so every rank does",
+                        rank,
+                        local_point.describe(),
+                    )
+                else:
+                    logger.warning(
+                        "rank %d: its checkpoint %s is not rank 0's %s; resuming from rank 0's state, "
+                        "sent over the process group",
+                        rank,
+                        local_point.describe(),
+                        point.describe(),
+                    )
+            elif point is not None:
+                logger.info(
+                    "rank %d: no checkpoint at %s; resuming from rank 0's %s, sent over the process group",
+                    rank,
+                    local,
+                    point.describe(),
+                )
+        if point is None:
+            return None, None
+        if not all_ranks_true(state is not None, self.device):
+            received = broadcast_object(state if self.ctx.is_main else None, self.device)
+            if state is None:
+                state = received
+                got = ResumePoint.of(f"rank 0's {point.source} (sent over the process group)", state)
+                if not got.same_state(point):
+                    raise RuntimeError(
+                        f"rank {rank}: the state received from rank 0 is {got.describe()}, not rank 0's "
+                        f"{point.describe()}; restart the job"
+                    )
+                point = got
+        return point, state
 
     def _checkpoint_state(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -97,6 +98,16 @@ def all_ranks_true(flag: bool, device: torch.device) -> bool:
     value = torch.tensor(1.0 if flag else 0.0, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item() > 0.5)
+
+
+def broadcast_object(obj: Any, device: torch.device, src: int = 0) -> Any:
+    """Rank `src`'s `obj` (any picklable value) on every rank (a collective: every rank must call it);
+    `obj` itself without a process group. `device` is this rank's device (cuda for nccl)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=device)
+    return box[0]
 
 
 def barrier() -> None:
