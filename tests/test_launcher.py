@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -143,14 +144,22 @@ class _ApiError(Exception):
 
 
 class _FakeCluster:
-    """Just enough of CustomObjectsApi/CoreV1Api: stores objects and plays a scripted status sequence."""
+    """Just enough of CustomObjectsApi/CoreV1Api: stores objects and plays a scripted status sequence.
 
-    def __init__(self, statuses: list[dict]):
+    A job stored with a status of its own (one left by an earlier attempt) keeps it; the script plays for
+    the others. A deleted job lingers for `linger_gets` reads (with a deletionTimestamp, as under foreground deletion
+    while its pods go) before reads answer 404.
+    """
+
+    def __init__(self, statuses: list[dict], linger_gets: int = 0):
         self.jobs: dict[str, dict] = {}
         self.creates = 0
         self.deleted: list[str] = []
+        self.delete_policies: list[str | None] = []
         self.statuses = statuses
         self.pods: list = []
+        self.linger_gets = linger_gets
+        self.lingering: dict[str, int] = {}
 
     def create_namespaced_custom_object(self, group, version, ns, plural, body):
         from kubernetes.client.exceptions import ApiException
@@ -163,13 +172,30 @@ class _FakeCluster:
         return body
 
     def get_namespaced_custom_object(self, group, version, ns, plural, name):
+        from kubernetes.client.exceptions import ApiException
+
+        if name in self.lingering:
+            if self.lingering[name] > 0:
+                self.lingering[name] -= 1
+                job = dict(self.jobs[name])
+                job["metadata"] = job["metadata"] | {"deletionTimestamp": "2025-01-01T00:00:00Z"}
+                return job
+            del self.lingering[name]
+            self.jobs.pop(name)
+        if name not in self.jobs:
+            raise ApiException(status=404, reason="NotFound")
         job = dict(self.jobs[name])
-        job["status"] = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        if "status" not in job:
+            job["status"] = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
         return job
 
-    def delete_namespaced_custom_object(self, group, version, ns, plural, name):
+    def delete_namespaced_custom_object(self, group, version, ns, plural, name, propagation_policy=None):
         self.deleted.append(name)
-        self.jobs.pop(name)
+        self.delete_policies.append(propagation_policy)
+        if self.linger_gets:
+            self.lingering[name] = self.linger_gets
+        else:
+            self.jobs.pop(name)
 
     def list_namespaced_pod(self, ns, label_selector=""):
         return SimpleNamespace(items=self.pods)
@@ -201,6 +227,65 @@ def test_cluster_launch_creates_once_attaches_on_retry_and_cleans_up():
     cluster.statuses = [_done("Succeeded")]
     _launcher(cluster, cleanup="on-success").launch(_request(num_nodes=3))
     assert len(cluster.jobs) == 0 and cluster.deleted == [name] and cluster.creates == 2
+
+
+def _existing_job(cluster: _FakeCluster, status: dict | None = None) -> str:
+    """A job of the request's name left by an earlier attempt of the step (marked to tell it apart), in
+    `status` for good (None: the cluster's scripted statuses)."""
+    name = job_name_for("Pipeline Run 42")
+    cluster.jobs[name] = {"metadata": {"name": name, "annotations": {"attempt": "earlier"}}}
+    if status is not None:
+        cluster.jobs[name]["status"] = status
+    return name
+
+
+def test_a_retry_deletes_a_failed_job_waits_until_it_is_gone_and_creates_it_anew(caplog):
+    """cleanup=on-success keeps a Failed job; attaching to it would fail every retry at once, forever."""
+    running = {"conditions": [{"type": "Running", "status": "True"}]}
+    cluster = _FakeCluster([running, _done("Succeeded")], linger_gets=3)
+    name = _existing_job(cluster, _done("Failed", "BackoffLimitExceeded"))
+    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    result = _launcher(cluster, cleanup="never").launch(_request(num_nodes=2))
+    assert result.details["job"] == f"team-a/{name}"
+    assert cluster.deleted == [name] and cluster.delete_policies == ["Foreground"]
+    assert cluster.lingering == {}, "the new job was created before the failed one was gone"
+    assert cluster.creates == 2
+    assert "annotations" not in cluster.jobs[name]["metadata"], "the failed job is still there"
+    assert "status" not in cluster.jobs[name]
+    _validate_against_crd(cluster.jobs[name])
+    text = caplog.text
+    assert "it failed (BackoffLimitExceeded): deleting it and creating it anew" in text
+    assert f"PyTorchJob team-a/{name} is gone" in text and "created PyTorchJob" in text
+
+
+@pytest.mark.parametrize(
+    "statuses, state",
+    [
+        ([_done("Succeeded")], "it succeeded"),
+        (
+            [{"conditions": [{"type": "Running", "status": "True"}]}] * 3 + [_done("Succeeded")],
+            "it has not finished",
+        ),
+    ],
+)
+def test_a_retry_attaches_to_a_succeeded_or_running_job(caplog, statuses, state):
+    cluster = _FakeCluster(list(statuses))
+    name = _existing_job(cluster)  # the scripted statuses play for it: running, then done
+    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    result = _launcher(cluster, cleanup="never").launch(_request())
+    assert result.checkpoints_uri == "s3://sam2-runs/run-42/checkpoints"
+    assert cluster.deleted == [] and cluster.creates == 1
+    assert cluster.jobs[name]["metadata"]["annotations"] == {"attempt": "earlier"}
+    assert f"exists already ({state}); attaching to it" in caplog.text
+
+
+def test_a_failed_job_that_will_not_go_away_fails_the_step_naming_it():
+    cluster = _FakeCluster([{}], linger_gets=10**6)
+    name = _existing_job(cluster, _done("Failed", "BackoffLimitExceeded"))
+    with pytest.raises(
+        TrainingFailed, match=rf"team-a/{name} was deleted but is still there.*delete_timeout_s"
+    ):
+        _launcher(cluster, delete_timeout_s=0.05).launch(_request())
 
 
 def test_cluster_failure_reason_and_pod_state_are_surfaced():

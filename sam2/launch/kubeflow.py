@@ -1,9 +1,10 @@
 """`JobLauncher` on a Kubeflow cluster: a PyTorchJob created idempotently, watched, logged, cleaned up.
 
 The job is rendered from `k8s/pytorchjob.yaml` (see `sam2.launch.pytorchjob`) and named after the run id,
-so a retried pipeline step attaches to the job it created before instead of starting a second one. The
-master pod's log is streamed into this process's log; when the job fails, the reason comes from the job's
-conditions and the pods' container states (OOMKilled, ImagePullBackOff, exit codes).
+so a retried pipeline step attaches to the job it created before instead of starting a second one (one that
+Failed, kept by cleanup=on-success, is deleted and created anew; training resumes from the run's newest
+checkpoint). The master pod's log is streamed into this process's log; when the job fails, the reason
+comes from the job's conditions and the pods' container states (OOMKilled, ImagePullBackOff, exit codes).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ClusterSettings:
     poll_s: float = 15.0
     cleanup: str = "on-success"
     stream_logs: bool = True
+    delete_timeout_s: float = 600.0
 
 
 def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -87,21 +89,95 @@ class PyTorchJobLauncher:
         return render_pytorchjob(spec)
 
     def create_or_attach(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Create `job`; when one of that name exists already, return it instead (idempotent)."""
+        """Create `job`; when one of that name exists already (a retried step), use that one instead.
+
+        A running or Succeeded job is attached to (returned; `wait` then sees it finish). A Failed one (kept
+        by cleanup=on-success) or one being deleted would fail the retry at once, forever: it is deleted, its
+        pods with it, and once it is gone `job` is created anew; its training resumes from the newest
+        checkpoint of the run in S3. Raises `TrainingFailed` when the API refuses to create the job or the
+        old one is not gone within `delete_timeout_s`.
+        """
+        name, ns = job["metadata"]["name"], self.settings.namespace
+        created = self._create(job)
+        if created is not None:
+            logger.info("created PyTorchJob %s/%s", ns, name)
+            return created
+        existing = self._get(name)
+        if existing is not None:
+            failed = _condition(existing, "Failed")
+            if not failed and not existing.get("metadata", {}).get("deletionTimestamp"):
+                state = "it succeeded" if _condition(existing, "Succeeded") else "it has not finished"
+                logger.info("PyTorchJob %s/%s exists already (%s); attaching to it", ns, name, state)
+                return existing
+            why = f"it failed ({failed.get('reason', '?')})" if failed else "it is being deleted"
+            logger.warning(
+                "PyTorchJob %s/%s exists already and %s: deleting it and creating it anew (training "
+                "resumes from the run's newest checkpoint)",
+                ns,
+                name,
+                why,
+            )
+            self._delete_and_wait(name)
+        created = self._create(job)
+        if created is None:  # another attempt of this step created it in the meantime
+            logger.info("PyTorchJob %s/%s was created meanwhile; attaching to it", ns, name)
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        logger.info("created PyTorchJob %s/%s anew", ns, name)
+        return created
+
+    def _create(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """The created job, or None when one of that name exists."""
         from kubernetes.client.exceptions import ApiException
 
         name, ns = job["metadata"]["name"], self.settings.namespace
         try:
-            created = self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, job)
-            logger.info("created PyTorchJob %s/%s", ns, name)
-            return created
+            return self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, job)
         except ApiException as exc:
-            if exc.status != 409:
+            if exc.status == 409:
+                return None
+            raise TrainingFailed(
+                f"could not create PyTorchJob {ns}/{name}: {exc.status} {exc.reason}"
+            ) from exc
+
+    def _get(self, name: str) -> dict[str, Any] | None:
+        """The job, or None when there is none of that name."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.settings.namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _delete_and_wait(self, name: str) -> None:
+        """Delete the job in the foreground (its pods go first) and wait until it is gone, so the new job's
+        pods, which have the same names, do not meet the old ones."""
+        from kubernetes.client.exceptions import ApiException
+
+        ns = self.settings.namespace
+        try:
+            self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, name, propagation_policy="Foreground"
+            )
+        except ApiException as exc:
+            if exc.status != 404:
                 raise TrainingFailed(
-                    f"could not create PyTorchJob {ns}/{name}: {exc.status} {exc.reason}"
+                    f"could not delete the old PyTorchJob {ns}/{name}: {exc.status} {exc.reason}; delete it "
+                    f"with `kubectl -n {ns} delete pytorchjob {name}` and retry"
                 ) from exc
-        logger.info("PyTorchJob %s/%s exists already; attaching to it", ns, name)
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        deadline = time.monotonic() + self.settings.delete_timeout_s
+        while self._get(name) is not None:
+            if time.monotonic() > deadline:
+                raise TrainingFailed(
+                    f"the old PyTorchJob {ns}/{name} was deleted but is still there after "
+                    f"{self.settings.delete_timeout_s:.0f}s (delete_timeout_s); see `kubectl -n {ns} get "
+                    f"pytorchjob {name} -o yaml` (finalizers) and the job's pods"
+                )
+            time.sleep(min(self.settings.poll_s, 5.0))
+        logger.info("PyTorchJob %s/%s is gone", ns, name)
 
     def launch(self, request: TrainingRequest) -> TrainingResult:
         job = self.render(request)
