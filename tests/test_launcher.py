@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -312,6 +313,104 @@ def test_cluster_launch_times_out():
     with pytest.raises(TimeoutError, match="did not finish"):
         _launcher(cluster, timeout_s=0.05, cleanup="always").launch(_request())
     assert cluster.deleted, "cleanup=always removes the job even after a timeout"
+
+
+class _RestartingMaster(_FakeCluster):
+    """A master that runs three attempts: the container restarts in its pod (OnFailure), then the pod is
+    replaced by a new one (new uid, same name); the job succeeds when the last attempt's container exits.
+
+    Its log is served the way the kubelet does: every read returns the current container's whole log, in
+    chunks that split lines (and a UTF-8 character); the first read of the second attempt drops after one
+    line while that container keeps running.
+    """
+
+    POD = "sam2-train-pipeline-run-42-master-0"
+    ATTEMPTS = [
+        ("uid-1", 0, ["epoch 0 step 1", "epoch 0 step 2 loss=0.91"]),
+        ("uid-1", 1, ["resumed from checkpoint.pt (epoch 1)", "epoch 1 step 1", "epoch 1 step 2 \u2713"]),
+        ("uid-2", 0, ["resumed from checkpoint.pt (epoch 2)", "epoch 2 step 1", "training done"]),
+    ]
+
+    def __init__(self):
+        super().__init__([{}])
+        self.lock = threading.Lock()
+        self.current = 0
+        self.exited = False
+        self.reads: list[tuple] = []
+        self.dropped = False
+
+    def get_namespaced_custom_object(self, group, version, ns, plural, name):
+        job = dict(self.jobs[name])
+        with self.lock:
+            over = self.exited
+        job["status"] = (
+            _done("Succeeded") if over else {"conditions": [{"type": "Running", "status": "True"}]}
+        )
+        return job
+
+    def list_namespaced_pod(self, ns, label_selector=""):
+        with self.lock:
+            uid, restarts, _ = self.ATTEMPTS[self.current]
+            state = SimpleNamespace(
+                running=None if self.exited else SimpleNamespace(),
+                terminated=SimpleNamespace(exit_code=0) if self.exited else None,
+                waiting=None,
+            )
+        status = SimpleNamespace(name="pytorch", restart_count=restarts, state=state)
+        pod = SimpleNamespace(
+            metadata=SimpleNamespace(name=self.POD, uid=uid),
+            status=SimpleNamespace(phase="Running", container_statuses=[status]),
+        )
+        return SimpleNamespace(items=[pod])
+
+    def read_namespaced_pod_log(self, name, ns, container=None, follow=False, _preload_content=True):
+        self.reads.append((name, ns, container, follow))
+        with self.lock:
+            index, exited = self.current, self.exited
+        lines = self.ATTEMPTS[index][2]
+        drop = index == 1 and not self.dropped
+        self.dropped = self.dropped or drop
+        data = "".join(f"{line}\n" for line in (lines[:1] if drop else lines)).encode()
+
+        def chunks():
+            for start in range(0, len(data), 7):
+                yield data[start : start + 7]
+            if drop or exited:
+                return  # a dropped connection, or the log of a container that has exited
+            with self.lock:  # the container exits: it restarts, the pod is replaced, or the job is done
+                if self.current + 1 < len(self.ATTEMPTS):
+                    self.current += 1
+                else:
+                    self.exited = True
+
+        return SimpleNamespace(stream=chunks)
+
+
+def test_master_log_follows_restarts_and_new_pods_until_the_job_is_over_without_repeats(caplog):
+    cluster = _RestartingMaster()
+    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    # The job only ends once its log has been read to the end: a streamer that stops early times it out.
+    settings = ClusterSettings(namespace="team-a", image="i:1", poll_s=0.01, cleanup="never", timeout_s=10)
+    PyTorchJobLauncher(settings, custom_api=cluster, core_api=cluster).launch(_request())
+    pod = _RestartingMaster.POD
+    streamed = [
+        r.getMessage().removeprefix(f"[{pod}] ")
+        for r in caplog.records
+        if r.getMessage().startswith(f"[{pod}] ")
+    ]
+    assert streamed == [line for _, _, lines in _RestartingMaster.ATTEMPTS for line in lines]
+    assert {(name, ns, container, follow) for name, ns, container, follow in cluster.reads} == {
+        (pod, "team-a", "pytorch", True)
+    }
+
+
+def test_log_lines_are_assembled_across_chunks():
+    from sam2.launch.kubeflow import _lines
+
+    text = "a\u00e9b\r\nsecond\n\nlast without newline"
+    data = text.encode()
+    chunks = [data[i : i + 3] for i in range(0, len(data), 3)]
+    assert list(_lines(chunks)) == ["a\u00e9b", "second", "", "last without newline"]
 
 
 # -- the local path end to end: two torchrun "nodes" on localhost, the real training entry point, real S3 --

@@ -3,8 +3,9 @@
 The job is rendered from `k8s/pytorchjob.yaml` (see `sam2.launch.pytorchjob`) and named after the run id,
 so a retried pipeline step attaches to the job it created before instead of starting a second one (one that
 Failed, kept by cleanup=on-success, is deleted and created anew; training resumes from the run's newest
-checkpoint). The master pod's log is streamed into this process's log; when the job fails, the reason
-comes from the job's conditions and the pods' container states (OOMKilled, ImagePullBackOff, exit codes).
+checkpoint). The master's log is streamed into this process's log, every attempt of it (a restarted
+container, a new master pod) until the job is over; when the job fails, the reason comes from the job's
+conditions and the pods' container states (OOMKilled, ImagePullBackOff, exit codes).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,8 @@ GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 CLEANUP_POLICIES = ("never", "on-success", "always")
+CONTAINER = "pytorch"  # the container name the operator requires (see sam2.launch.pytorchjob)
+LOG_DRAIN_S = 60.0  # how long a finished launch waits for the log stream to write the job's last lines
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,18 @@ def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
         if cond.get("type") == kind and str(cond.get("status")) == "True":
             return cond
     return None
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Text lines of a byte stream whose chunks may end anywhere, even inside a line or a UTF-8 character."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for raw in complete:
+            yield raw.rstrip(b"\r").decode(errors="replace")
+    if pending:
+        yield pending.decode(errors="replace")
 
 
 class PyTorchJobLauncher:
@@ -185,14 +201,20 @@ class PyTorchJobLauncher:
         start = time.monotonic()
         self.create_or_attach(job)
         log_thread = None
+        job_over = threading.Event()
         if self.settings.stream_logs:
-            log_thread = threading.Thread(target=self._stream_master_log, args=(name,), daemon=True)
+            log_thread = threading.Thread(
+                target=self._stream_master_log, args=(name, job_over), name=f"log-{name}", daemon=True
+            )
             log_thread.start()
         succeeded = False
         try:
             final = self.wait(name)
             succeeded = True
         finally:
+            job_over.set()
+            if log_thread is not None:
+                log_thread.join(LOG_DRAIN_S)
             self._cleanup(name, succeeded)
         return TrainingResult(
             request.run_id,
@@ -252,26 +274,75 @@ class PyTorchJobLauncher:
                     )
         return ("\n" + "\n".join(lines)) if lines else ""
 
-    def _stream_master_log(self, name: str) -> None:
+    def _stream_master_log(self, name: str, job_over: threading.Event) -> None:
+        """Log every attempt of the master's container, each line once, until `job_over` is set.
+
+        An attempt is one container run: (pod uid, restart count), so an OnFailure restart in the same pod
+        and a new master pod are both followed. A stream that ends while its container still runs (a
+        dropped connection) is read again, past the lines already logged. Best effort: errors are logged,
+        never raised; the job's status decides the outcome.
+        """
         ns = self.settings.namespace
         selector = f"{JOB_NAME_LABEL}={name},{REPLICA_TYPE_LABEL}=master"
-        deadline = time.monotonic() + 3600
-        while time.monotonic() < deadline:
-            pods = self.core.list_namespaced_pod(ns, label_selector=selector).items
-            running = [p for p in pods if p.status.phase in ("Running", "Succeeded", "Failed")]
-            if running:
-                pod = running[0].metadata.name
-                try:
-                    stream = self.core.read_namespaced_pod_log(
-                        pod, ns, container="pytorch", follow=True, _preload_content=False
-                    )
-                    for raw in stream.stream():
-                        for line in raw.decode(errors="replace").splitlines():
-                            logger.info("[%s] %s", pod, line)
-                except Exception as exc:  # noqa: BLE001 - logs are best effort; the status decides
-                    logger.warning("log stream of %s ended: %s", pod, exc)
+        logged: dict[tuple[str, int], int] = {}  # lines logged per attempt
+        finished: set[tuple[str, int]] = set()  # attempts read to the end after their container stopped
+        last_error = ""
+        while True:
+            last_pass = job_over.is_set()  # the job is over: this pass reads what is left, then stop
+            try:
+                attempts = self._master_attempts(selector)
+                last_error = ""
+            except Exception as exc:  # noqa: BLE001 - logs are best effort; the status decides
+                if str(exc) != last_error:
+                    logger.warning("cannot list the master pod of PyTorchJob %s/%s: %s", ns, name, exc)
+                last_error, attempts = str(exc), []
+            for pod, attempt, stopped in attempts:
+                if attempt in finished:
+                    continue
+                if self._log_attempt(pod, attempt, logged) and stopped:
+                    finished.add(attempt)
+            if last_pass:
                 return
-            time.sleep(self.settings.poll_s)
+            job_over.wait(self.settings.poll_s)
+
+    def _master_attempts(self, selector: str) -> list[tuple[str, tuple[str, int], bool]]:
+        """(pod name, (pod uid, restart count), container stopped) of each master container that has
+        started, oldest pod first."""
+        pods = self.core.list_namespaced_pod(self.settings.namespace, label_selector=selector).items
+        attempts = []
+        for pod in sorted(pods, key=lambda p: str(getattr(p.metadata, "creation_timestamp", "") or "")):
+            for status in pod.status.container_statuses or []:
+                if status.name != CONTAINER:
+                    continue
+                if status.state.running is None and status.state.terminated is None:
+                    continue  # waiting: not started yet, or backing off before a restart
+                attempt = (pod.metadata.uid, int(status.restart_count or 0))
+                attempts.append((pod.metadata.name, attempt, status.state.terminated is not None))
+        return attempts
+
+    def _log_attempt(self, pod: str, attempt: tuple[str, int], logged: dict[tuple[str, int], int]) -> bool:
+        """Follow the pod's current container log, logging the lines past `logged[attempt]`; True when the
+        stream ended by itself, False when reading it failed."""
+        skip = logged.get(attempt, 0)
+        count = 0
+        stream = None
+        try:
+            stream = self.core.read_namespaced_pod_log(
+                pod, self.settings.namespace, container=CONTAINER, follow=True, _preload_content=False
+            )
+            for line in _lines(stream.stream()):
+                count += 1
+                if count > skip:
+                    logger.info("[%s] %s", pod, line)
+                    logged[attempt] = count
+            return True
+        except Exception as exc:  # noqa: BLE001 - logs are best effort; the status decides
+            logger.warning("log stream of %s ended: %s", pod, exc)
+            return False
+        finally:
+            release = getattr(stream, "release_conn", None)
+            if release is not None:
+                release()
 
     def _cleanup(self, name: str, succeeded: bool) -> None:
         policy = self.settings.cleanup
