@@ -12,7 +12,9 @@ from pipelines.sam2_finetune import PIPELINE_NAME
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SERVICE_ACCOUNT = "sam2-pipeline"  # k8s/rbac.yaml: may create PyTorchJobs and read their logs
+# Every step runs as this account; k8s/rbac.yaml grants it PyTorchJobs, their pods and logs, and what the
+# KFP driver/launcher and Argo's executor need.
+DEFAULT_SERVICE_ACCOUNT = "sam2-pipeline"
 
 
 def _package() -> str:

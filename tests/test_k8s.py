@@ -138,23 +138,48 @@ def test_pytorchjob_operational_settings():
 
 
 def test_rbac_is_namespaced_and_least_privilege():
+    """Exactly what the steps need: the launcher's PyTorchJob and pod rules, Argo's executor rule and the
+    KFP driver/launcher ConfigMap (sources in k8s/rbac.yaml); no wildcards, no Secrets, no ClusterRole."""
     docs = list(yaml.safe_load_all((K8S / "rbac.yaml").read_text()))
     kinds = {d["kind"] for d in docs}
     assert kinds == {"ServiceAccount", "Role", "RoleBinding"}, "a ClusterRole would reach other namespaces"
     (role,) = [d for d in docs if d["kind"] == "Role"]
     granted = {
-        (g, r, v)
+        (g, r, v, name)
         for rule in role["rules"]
         for g in rule["apiGroups"]
         for r in rule["resources"]
         for v in rule["verbs"]
+        for name in rule.get("resourceNames") or ["(any)"]
     }
-    assert ("kubeflow.org", "pytorchjobs", "create") in granted
-    assert ("", "pods/log", "get") in granted
-    assert all("*" not in item for triple in granted for item in triple)
-    resources = {r for _, r, _ in granted}
-    assert resources <= {"pytorchjobs", "pods", "pods/log"}
-    assert not any(r == "secrets" for _, r, _ in granted)
+    job_verbs = ("create", "get", "list", "watch", "delete")
+    assert granted == {
+        *{("kubeflow.org", "pytorchjobs", v, "(any)") for v in job_verbs},
+        ("", "pods", "get", "(any)"),
+        ("", "pods", "list", "(any)"),
+        ("", "pods/log", "get", "(any)"),
+        ("argoproj.io", "workflowtaskresults", "create", "(any)"),
+        ("argoproj.io", "workflowtaskresults", "patch", "(any)"),
+        ("", "configmaps", "get", "kfp-launcher"),
+    }
+    assert all("*" not in item for entry in granted for item in entry)
+    assert not any(r == "secrets" for _, r, _, _ in granted)
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "sam2-pipeline",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sam2-pipeline"}]
+
+
+def test_rbac_service_account_is_the_one_runs_are_submitted_with():
+    from pipelines.cluster import DEFAULT_SERVICE_ACCOUNT
+
+    (account,) = [
+        d for d in yaml.safe_load_all((K8S / "rbac.yaml").read_text()) if d["kind"] == "ServiceAccount"
+    ]
+    assert account["metadata"]["name"] == DEFAULT_SERVICE_ACCOUNT
 
 
 def test_kustomization_lists_existing_files():
