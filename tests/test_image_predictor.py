@@ -3,7 +3,8 @@ no post-processing) for clicks, boxes, mask prompts and batches; bad prompts get
 speck removal works without a compiled extension.
 
 The model runs at image_size 256 (the official predictor hard-codes 1024-pixel feature sizes; the oracle
-script overrides them for the same model).
+script overrides them for the same model). Only the comparisons with the official numbers need the oracle;
+the other tests use weights our own package writes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sam2_oracle import oracle_checkpoint, require_oracle, run_oracle
+from sam2_oracle import oracle_checkpoint, own_checkpoint, require_oracle, run_oracle
 
 from sam2.build_sam import build_sam2
 from sam2.sam2_image_predictor import SAM2ImagePredictor
@@ -96,18 +97,25 @@ outputs["batch"] = predictor.predict_batch(**inputs["batch"], return_logits=True
 
 
 @pytest.fixture(scope="module")
-def checkpoint() -> Path:
+def official_checkpoint() -> Path:
+    """Weights the official package wrote (for the comparisons with its numbers)."""
     require_oracle()
     return oracle_checkpoint(CONFIG)
 
 
 @pytest.fixture(scope="module")
-def official(checkpoint: Path) -> dict:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights our own package wrote: for the tests that need no official numbers."""
+    return own_checkpoint(CONFIG, tmp_path_factory.mktemp("own_ckpt") / "tiny_own.pt")
+
+
+@pytest.fixture(scope="module")
+def official(official_checkpoint: Path) -> dict:
     return run_oracle(
         _ORACLE_SCRIPT,
         {
             "config": CONFIG,
-            "ckpt": str(checkpoint),
+            "ckpt": str(official_checkpoint),
             "overrides": SMALL_MODEL,
             "image": IMAGE,
             "other": OTHER_IMAGE,
@@ -117,12 +125,23 @@ def official(checkpoint: Path) -> dict:
     )
 
 
-@pytest.fixture(scope="module")
-def predictor(checkpoint: Path) -> SAM2ImagePredictor:
+def _small_predictor(checkpoint: Path) -> SAM2ImagePredictor:
     model = build_sam2(
         CONFIG, checkpoint, device="cpu", hydra_overrides_extra=SMALL_MODEL, apply_postprocessing=False
     )
     return SAM2ImagePredictor(model)
+
+
+@pytest.fixture(scope="module")
+def official_predictor(official_checkpoint: Path) -> SAM2ImagePredictor:
+    """Our predictor on the official package's weights."""
+    return _small_predictor(official_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint: Path) -> SAM2ImagePredictor:
+    """Our predictor on our own weights."""
+    return _small_predictor(checkpoint)
 
 
 def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
@@ -137,7 +156,8 @@ def _assert_outputs_close(ours: tuple, ref: tuple, what: str) -> None:
         _assert_close(ours_part, ref_part, f"{what} {name}")
 
 
-def test_single_image_prompts_match_official(predictor: SAM2ImagePredictor, official: dict) -> None:
+def test_single_image_prompts_match_official(official_predictor: SAM2ImagePredictor, official: dict) -> None:
+    predictor = official_predictor
     predictor.set_image(IMAGE)
     embedding = predictor.get_image_embedding()
     assert embedding.shape == (1, 256, 16, 16)
@@ -173,7 +193,8 @@ def test_single_image_prompts_match_official(predictor: SAM2ImagePredictor, offi
     assert np.array_equal(binary[0][decided], ref["binary"][0][decided])
 
 
-def test_image_batch_matches_official(predictor: SAM2ImagePredictor, official: dict) -> None:
+def test_image_batch_matches_official(official_predictor: SAM2ImagePredictor, official: dict) -> None:
+    predictor = official_predictor
     predictor.set_image_batch([IMAGE, OTHER_IMAGE])
     assert predictor.get_image_embedding().shape[0] == 2
     ours = predictor.predict_batch(**BATCH_PROMPTS, return_logits=True)
@@ -256,7 +277,7 @@ def test_predictor_applies_hole_filling(predictor: SAM2ImagePredictor) -> None:
 
 
 @pytest.mark.slow
-def test_full_resolution_model_matches_official(checkpoint: Path) -> None:
+def test_full_resolution_model_matches_official(official_checkpoint: Path) -> None:
     """The released 1024-pixel setting, with the official predictor unmodified."""
     cases = {name: SINGLE_IMAGE_CASES[name] for name in ("one click, three masks", "box")}
     ref = run_oracle(
@@ -268,9 +289,10 @@ def test_full_resolution_model_matches_official(checkpoint: Path) -> None:
         predictor.set_image(inputs["image"])
         outputs.update({name: predictor.predict(**p, return_logits=True) for name, p in inputs["cases"].items()})
         """,
-        {"config": CONFIG, "ckpt": str(checkpoint), "image": IMAGE, "cases": cases},
+        {"config": CONFIG, "ckpt": str(official_checkpoint), "image": IMAGE, "cases": cases},
     )
-    predictor = SAM2ImagePredictor(build_sam2(CONFIG, checkpoint, device="cpu", apply_postprocessing=False))
+    model = build_sam2(CONFIG, official_checkpoint, device="cpu", apply_postprocessing=False)
+    predictor = SAM2ImagePredictor(model)
     predictor.set_image(IMAGE)
     for name, prompt in cases.items():
         _assert_outputs_close(predictor.predict(**prompt, return_logits=True), ref[name], name)

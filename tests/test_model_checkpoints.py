@@ -2,8 +2,9 @@
 and checkpoint or config mistakes give errors that say what to do.
 
 The official `sam2==1.1.0` package (tests/sam2_oracle.py, run in a subprocess) writes random-weight
-checkpoints in the official layout; the large sizes' file round trip is `slow`, their parameter layout is
-checked by default with weight init skipped (names and shapes are what strict loading checks).
+checkpoints in the official layout: every size's checkpoint loads strictly by default; the image-encoder
+comparison of the two large sizes is `slow`. The error-message tests need no oracle: their checkpoints
+come from our own package, whose parameter layout the tests here check against the official one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from sam2_oracle import oracle_checkpoint, require_oracle, run_oracle
+from sam2_oracle import oracle_checkpoint, own_checkpoint, require_oracle, run_oracle
 
 from sam2.build_sam import (
     CheckpointMismatchError,
@@ -71,7 +72,14 @@ def oracle_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(oracle_dir: Path) -> Path:
+    """SAM 2.1 tiny, written by the official package."""
     return oracle_checkpoint(SAM21["t"])
+
+
+@pytest.fixture(scope="module")
+def own_tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SAM 2.1 tiny, written by our own package (same layout, no oracle needed)."""
+    return own_checkpoint(SAM21["t"], tmp_path_factory.mktemp("own_ckpt") / "sam2.1_tiny_own.pt")
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict:
@@ -189,49 +197,70 @@ def test_small_checkpoint_loads_strictly_and_encodes_like_official(oracle_dir: P
     _roundtrip_and_encode("s", tmp_path)
 
 
+@pytest.mark.parametrize("size", ["b+", "l"])
+def test_large_checkpoints_load_strictly(
+    oracle_dir: Path, tmp_path: Path, size: str, request: pytest.FixtureRequest
+) -> None:
+    """The official package's b+ / l checkpoint (its own default init) through our build_sam2 (strict):
+    the same parameter names, and every value lands where the file put it."""
+    ckpt = tmp_path / f"official_{size}.pt"  # 0.3 / 0.9 GB: removed at the end, not kept by pytest
+    request.addfinalizer(lambda: ckpt.unlink(missing_ok=True))
+    official = run_oracle(
+        """
+        from sam2.build_sam import build_sam2
+        torch.manual_seed(0)
+        model = build_sam2(inputs["config"], None, device="cpu", apply_postprocessing=False)
+        torch.save({"model": model.state_dict()}, inputs["ckpt"])
+        outputs["names"] = list(model.state_dict())
+        """,
+        {"config": SAM21[size], "ckpt": str(ckpt)},
+    )
+    model = build_sam2(SAM21[size], ckpt, device="cpu", apply_postprocessing=False)
+    ours_state = model.state_dict()
+    assert list(ours_state) == official["names"]
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
+    assert all(torch.equal(ours_state[k], stored[k]) for k in stored)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size", ["b+", "l"])
-def test_large_checkpoints_load_strictly_and_encode_like_official(
-    oracle_dir: Path, tmp_path: Path, size: str
+def test_large_checkpoints_encode_like_official(
+    oracle_dir: Path, tmp_path: Path, size: str, request: pytest.FixtureRequest
 ) -> None:
+    request.addfinalizer(lambda: (tmp_path / f"official_{size}.pt").unlink(missing_ok=True))
     _roundtrip_and_encode(size, tmp_path)
 
 
-def test_sam20_checkpoint_in_sam21_config_names_keys_and_the_right_config(
-    oracle_dir: Path, tmp_path: Path
-) -> None:
-    sam20_ckpt = oracle_checkpoint(SAM20["t"], cache=False)
-    try:
-        with pytest.raises(CheckpointMismatchError) as info:
-            build_sam2(SAM21["t"], sam20_ckpt, device="cpu")
-        message = str(info.value)
-        assert "missing keys" in message and "no_obj_embed_spatial" in message
-        assert "obj_ptr_tpos_proj.weight" in message
-        assert "SAM 2.0 checkpoint" in message and SAM20["t"] in message
-        # ... and it loads strictly with the config the message names.
-        build_sam2(SAM20["t"], sam20_ckpt, device="cpu")
-    finally:
-        sam20_ckpt.unlink()
-
-
-def test_sam21_checkpoint_in_sam20_config_names_the_right_config(tiny_checkpoint: Path) -> None:
+def test_sam20_checkpoint_in_sam21_config_names_keys_and_the_right_config(tmp_path: Path) -> None:
+    sam20_ckpt = own_checkpoint(SAM20["t"], tmp_path / "sam2_tiny_own.pt")
     with pytest.raises(CheckpointMismatchError) as info:
-        build_sam2_video_predictor(SAM20["t"], tiny_checkpoint, device="cpu")
+        build_sam2(SAM21["t"], sam20_ckpt, device="cpu")
+    message = str(info.value)
+    assert "missing keys" in message and "no_obj_embed_spatial" in message
+    assert "obj_ptr_tpos_proj.weight" in message
+    assert "SAM 2.0 checkpoint" in message and SAM20["t"] in message
+    # ... and it loads strictly with the config the message names.
+    build_sam2(SAM20["t"], sam20_ckpt, device="cpu")
+
+
+def test_sam21_checkpoint_in_sam20_config_names_the_right_config(own_tiny_checkpoint: Path) -> None:
+    with pytest.raises(CheckpointMismatchError) as info:
+        build_sam2_video_predictor(SAM20["t"], own_tiny_checkpoint, device="cpu")
     message = str(info.value)
     assert "unexpected keys" in message and "no_obj_embed_spatial" in message
     assert "SAM 2.1 checkpoint" in message and SAM21["t"] in message
 
 
-def test_checkpoint_of_another_size_names_the_fitting_config(tiny_checkpoint: Path) -> None:
+def test_checkpoint_of_another_size_names_the_fitting_config(own_tiny_checkpoint: Path) -> None:
     with pytest.raises(CheckpointMismatchError) as info:
-        build_sam2(SAM21["s"], tiny_checkpoint, device="cpu")
+        build_sam2(SAM21["s"], own_tiny_checkpoint, device="cpu")
     message = str(info.value)
     assert "missing keys" in message and "image_encoder.trunk.blocks.12" in message
     assert SAM21["t"] in message
 
 
-def test_checkpoint_saved_from_ddp_wrapper_says_so(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
+def test_checkpoint_saved_from_ddp_wrapper_says_so(own_tiny_checkpoint: Path, tmp_path: Path) -> None:
+    state = torch.load(own_tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
     wrapped = tmp_path / "ddp.pt"
     torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, wrapped)
     with pytest.raises(CheckpointMismatchError, match="'module.' prefix of DistributedDataParallel"):
@@ -301,14 +330,14 @@ def test_postprocessing_overrides_reach_the_model() -> None:
 
 
 def test_checkpoint_from_object_storage(
-    tiny_checkpoint: Path, s3_store, s3_bucket: str, s3_env: dict
+    own_tiny_checkpoint: Path, s3_store, s3_bucket: str, s3_env: dict
 ) -> None:
     from sam2.storage import StorageNotFoundError
 
     uri = f"s3://{s3_bucket}/runs/r1/checkpoints/checkpoint.pt"
-    s3_store.upload_file(tiny_checkpoint, uri)
+    s3_store.upload_file(own_tiny_checkpoint, uri)
     model = build_sam2(SAM21["t"], uri, device="cpu", apply_postprocessing=False)
-    stored = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
+    stored = torch.load(own_tiny_checkpoint, map_location="cpu", weights_only=True)["model"]
     assert torch.equal(model.state_dict()["no_obj_embed_spatial"], stored["no_obj_embed_spatial"])
     with pytest.raises(StorageNotFoundError):
         build_sam2(SAM21["t"], f"s3://{s3_bucket}/runs/none/checkpoint.pt", device="cpu")
