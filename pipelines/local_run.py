@@ -65,6 +65,9 @@ def run_locally(arguments: dict[str, Any], pipeline_root: Path = LOCAL_DIR / "kf
     local = import_kfp_local()
 
     ensure_local_services()
+    # Every step runs in a subprocess of this one: MKL's reproducible mode makes CPU training and
+    # inference give the same bits on a replay (see sam2.launch.launcher).
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     arguments = dict(arguments)
     arguments.setdefault("train_launcher", "local")
     arguments.setdefault("mlflow_tracking_uri", os.environ["MLFLOW_TRACKING_URI"])

@@ -505,3 +505,47 @@ def test_local_launcher_surfaces_a_failing_node(tmp_path, random_init_checkpoint
     )
     with pytest.raises(TrainingFailed, match="splits/missing.txt"):
         LocalTorchrunLauncher(tmp_path / "scratch", timeout_s=300).launch(request)
+
+
+@pytest.mark.slow  # ~45 s; MKL's drift depends on buffer alignment, so a run without the fix may pass by luck
+def test_two_cpu_runs_of_one_config_give_the_same_bits(
+    tmp_path, s3_env, s3_store, s3_bucket, random_init_checkpoint
+):
+    """A replay of an unchanged run trains the same model to the bit (MKL's reproducible mode), so its J&F
+    equals the champion's instead of drifting by float noise across the promotion margin."""
+    import torch
+
+    from sam2.data.demo import generate_demo_dataset
+    from sam2.launch.launcher import LocalTorchrunLauncher
+
+    data = generate_demo_dataset(tmp_path / "data")
+    (data / "splits").mkdir()
+    (data / "splits" / "train.txt").write_text("".join(f"demo_{i:03d}\n" for i in range(6)))
+    dataset_uri = f"s3://{s3_bucket}/datasets/replay/v1"
+    s3_store.upload_folder(data, dataset_uri)
+    states = []
+    for run in ("first", "replay"):
+        request = TrainingRequest(
+            run_id=run,
+            config=TRAIN_CONFIG,
+            dataset_uri=dataset_uri,
+            run_uri=f"s3://{s3_bucket}/runs/{run}",
+            num_nodes=1,
+            procs_per_node=1,
+            use_gpus=False,
+            init_checkpoint_uri=str(random_init_checkpoint),
+            overrides=(
+                *TINY_TRAINING[:1],
+                "scratch.resolution=128",
+                "scratch.num_frames=3",
+                *TINY_TRAINING[3:5],
+                "scratch.max_num_objects=2",
+                "dataset.multiplier=3",
+            ),
+        )
+        result = LocalTorchrunLauncher(tmp_path / "scratch", timeout_s=900).launch(request)
+        local = tmp_path / f"{run}.pt"
+        s3_store.download_file(f"{result.checkpoints_uri}/checkpoint.pt", local)
+        states.append(torch.load(local, map_location="cpu", weights_only=True)["model"])
+    differing = [k for k in states[0] if not torch.equal(states[0][k], states[1][k])]
+    assert not differing, f"{len(differing)} of {len(states[0])} tensors differ, e.g. {differing[:3]}"
