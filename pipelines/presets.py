@@ -23,18 +23,6 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _find_layout_root(root: Path, max_depth: int = 3) -> Path | None:
-    """The folder holding JPEGImages/, breadth first up to `max_depth` levels below `root`, as extraction
-    searches (hidden folders skipped); None when there is none."""
-    level = [root]
-    for _ in range(max_depth + 1):
-        for folder in level:
-            if (folder / IMAGES_DIR).is_dir():
-                return folder
-        level = [c for f in level for c in sorted(f.iterdir()) if c.is_dir() and not c.name.startswith(".")]
-    return None
-
-
 def _local_source_problem(source: Path) -> str | None:
     """Why a local data set source cannot be extracted as a DAVIS/MOSE data set (None: it looks usable)."""
     if not source.exists():
@@ -43,7 +31,9 @@ def _local_source_problem(source: Path) -> str | None:
         if is_archive(source):
             return None
         return f"is a file but not an archive ({', '.join(ARCHIVE_SUFFIXES)})"
-    found = _find_layout_root(source)
+    from sam2.data.frame_extraction import find_images_root  # the search extraction does (imports PyAV)
+
+    found = find_images_root(source)
     if found is None:
         return f"holds no {IMAGES_DIR}/ folder (searched 3 levels deep)"
     if not (found / ANNOTATIONS_DIR).is_dir():

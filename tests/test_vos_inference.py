@@ -184,11 +184,9 @@ def test_objects_appearing_later(checkpoint: Path, tmp_path: Path) -> None:
         infer_video(predictor, tmp_path / "JPEGImages", tmp_path / "Annotations", tmp_path / "p", "ghost")
 
 
-def test_cli_writes_masks(data: Path, checkpoint: Path, tmp_path: Path) -> None:
-    video_list = tmp_path / "list.txt"
-    video_list.write_text("gamma\n")
-    out = tmp_path / "cli"
-    done = subprocess.run(
+def run_cli(data: Path, checkpoint: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`python -m sam2.tools.vos_inference` on `data` with the official flags plus `flags`."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -203,8 +201,7 @@ def test_cli_writes_masks(data: Path, checkpoint: Path, tmp_path: Path) -> None:
             str(data / "Annotations"),
             "--output_mask_dir",
             str(out),
-            "--video_list_file",
-            str(video_list),
+            *flags,
             "--device",
             "cpu",
             "--hydra_overrides",
@@ -214,6 +211,13 @@ def test_cli_writes_masks(data: Path, checkpoint: Path, tmp_path: Path) -> None:
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def test_cli_writes_masks(data: Path, checkpoint: Path, tmp_path: Path) -> None:
+    video_list = tmp_path / "list.txt"
+    video_list.write_text("gamma\n")
+    out = tmp_path / "cli"
+    done = run_cli(data, checkpoint, out, "--video_list_file", str(video_list))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "wrote 1 video(s), 4 frames" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ["gamma"]
@@ -279,32 +283,7 @@ def test_score_threshold_decides_which_logits_become_mask(
     for png in (low / "alpha").iterdir():
         assert (read_mask_png(png) != 0).all(), png
     high = tmp_path / "high"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sam2.tools.vos_inference",
-            "--sam2_cfg",
-            CONFIG,
-            "--sam2_checkpoint",
-            str(checkpoint),
-            "--base_video_dir",
-            str(data / "JPEGImages"),
-            "--input_mask_dir",
-            str(data / "Annotations"),
-            "--output_mask_dir",
-            str(high),
-            "--score_thresh",
-            "1e6",
-            "--device",
-            "cpu",
-            "--hydra_overrides",
-            *OVERRIDES,
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    done = run_cli(data, checkpoint, high, "--score_thresh", "1e6")
     assert done.returncode == 0, done.stderr[-3000:]
     for png in (high / "beta").iterdir():
         assert not read_mask_png(png).any(), png

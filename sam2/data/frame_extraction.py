@@ -253,8 +253,9 @@ def copy_frame_folder(
 # ---- finding the videos of a source -------------------------------------------------------------
 
 
-def _find_images_root(root: Path, max_depth: int = 3) -> Path | None:
-    """The folder that holds ``JPEGImages`` (DAVIS/MOSE), searched breadth first up to ``max_depth``."""
+def find_images_root(root: Path, max_depth: int = 3) -> Path | None:
+    """The folder that holds ``JPEGImages`` (DAVIS/MOSE), searched breadth first up to ``max_depth`` levels
+    below ``root`` (hidden folders skipped); None when there is none."""
     level = [root]
     for _ in range(max_depth + 1):
         for folder in level:
@@ -294,7 +295,7 @@ def discover_sources(root: Path) -> list[VideoSource]:
     if not root.is_dir():
         raise DataPrepError(f"{root}: no such file or folder")
 
-    davis_root = _find_images_root(root)
+    davis_root = find_images_root(root)
     if davis_root is not None:
         frames = _video_folders(davis_root / IMAGES_DIR)
         masks = (
