@@ -125,10 +125,6 @@ class LocalTorchrunLauncher:
                 # All nodes share this machine's cores: split them instead of oversubscribing.
                 threads = max(1, (os.cpu_count() or 1) // (request.num_nodes * request.procs_per_node))
                 env.setdefault("OMP_NUM_THREADS", str(threads))
-                # MKL's conditional numerical reproducibility. Without it MKL splits its work by run-time
-                # load, so two CPU runs of one config drift apart bit by bit (the demo's val J&F moved by
-                # 0.9 between replays) and a replay could dethrone its own champion. No measurable cost.
-                env.setdefault("MKL_CBWR", "AUTO,STRICT")
             scratch = self.scratch_root / request.run_id / f"node{rank}"
             cmd = [sys.executable, "-m", "sam2.launch.training_node", "--scratch-dir", str(scratch)]
             cmd += request.node_args()
