@@ -12,6 +12,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: longer than a few seconds; run with `make test-all`")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread: on a shared 2-core box two threads are several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from training_loop_support import NO_DROPOUT_OVERRIDES, TRAIN_CONFIG, make_clips, training_overrides
 
+from sam2.launch.launcher import free_port
 from sam2.training.train import main
 
 # Everything random that differs between one process and two ranks is switched off: mask prompts on the
@@ -31,18 +30,26 @@ DETERMINISTIC = [
 ]
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _run_nodes(overrides_per_node: list[list[str]]) -> None:
+    """`python -m sam2.training.train --num-nodes N` once per node, rendezvous from the environment (node
+    rank, master address and port, as torchrun/PET_* give them); fails on any node's non-zero exit."""
+    port = str(free_port())
+    procs = []
+    for node, overrides in enumerate(overrides_per_node):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")} | {
+            "OMP_NUM_THREADS": "1",
+            "PET_NODE_RANK": str(node),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        cmd = [sys.executable, "-m", "sam2.training.train", "-c", TRAIN_CONFIG, "--use-cluster", "0"]
+        cmd += ["--num-gpus", "1", "--num-nodes", str(len(overrides_per_node)), *overrides]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err[-3000:]
 
 
 def _model_state(log_dir: Path, name: str = "checkpoint.pt") -> dict[str, torch.Tensor]:
@@ -67,7 +74,7 @@ def test_two_gloo_workers_match_one_process_with_the_same_global_batch(tmp_path,
         "PET_NPROC_PER_NODE": "2",
         "PET_NODE_RANK": "0",
         "PET_MASTER_ADDR": "127.0.0.1",
-        "PET_MASTER_PORT": str(_free_port()),
+        "PET_MASTER_PORT": str(free_port()),
     }
     proc = subprocess.run(
         [str(torchrun), "-m", "sam2.training.train"]
@@ -96,54 +103,20 @@ def test_two_nodes_meet_through_pytorchjob_variables_without_torchrun(tmp_path):
     img, gt = make_clips(tmp_path / "data", {"a": 3, "b": 3})
     log_dir = tmp_path / "run"
     overrides = training_overrides(img, gt, log_dir, extra=NO_DROPOUT_OVERRIDES)
-    port = str(_free_port())
-    procs = []
-    for node in range(2):
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")} | {
-            "OMP_NUM_THREADS": "1",
-            "PET_NODE_RANK": str(node),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-        }
-        cmd = [sys.executable, "-m", "sam2.training.train", "-c", TRAIN_CONFIG, "--use-cluster", "0"]
-        cmd += ["--num-gpus", "1", "--num-nodes", "2", *overrides]
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    results = [p.communicate(timeout=300) for p in procs]
-    for proc, (_, err) in zip(procs, results, strict=True):
-        assert proc.returncode == 0, err[-3000:]
+    _run_nodes([overrides, overrides])
     assert "joined process group: rank 1 of 2 (gloo)" in (log_dir / "logs" / "log_rank1.txt").read_text()
     assert torch.load(log_dir / "checkpoints" / "checkpoint.pt", weights_only=True)["steps"] == 1
 
 
 def _run_two_nodes(img: Path, gt: Path, node_dirs: list[Path], num_epochs: int) -> None:
     """One training process per node, each with its own experiment folder (its own disk)."""
-    port = str(_free_port())
-    procs = []
-    for node, node_dir in enumerate(node_dirs):
-        overrides = training_overrides(
-            img,
-            gt,
-            node_dir,
-            num_epochs=num_epochs,
-            batch_size=1,
-            extra=[*DETERMINISTIC, "trainer.distributed.timeout_mins=2"],
-        )
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")} | {
-            "OMP_NUM_THREADS": "1",
-            "PET_NODE_RANK": str(node),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-        }
-        cmd = [sys.executable, "-m", "sam2.training.train", "-c", TRAIN_CONFIG, "--use-cluster", "0"]
-        cmd += ["--num-gpus", "1", "--num-nodes", "2", *overrides]
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    results = [p.communicate(timeout=300) for p in procs]
-    for proc, (_, err) in zip(procs, results, strict=True):
-        assert proc.returncode == 0, err[-3000:]
+    extra = [*DETERMINISTIC, "trainer.distributed.timeout_mins=2"]
+    _run_nodes(
+        [
+            training_overrides(img, gt, node_dir, num_epochs=num_epochs, batch_size=1, extra=extra)
+            for node_dir in node_dirs
+        ]
+    )
 
 
 def test_ranks_resume_from_rank_0s_checkpoint_when_a_node_holds_an_older_one(tmp_path, one_thread):

@@ -22,14 +22,7 @@ from sam2.training.train import compose_training_config, main
 from sam2.training.trainer import NonFiniteLossError
 from sam2.training.utils.data_utils import BatchedVideoDatapoint, BatchedVideoMetaData
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two intra-op threads on a shared 2-core box are several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cli(overrides: list[str]) -> int:
