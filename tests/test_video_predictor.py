@@ -169,9 +169,9 @@ def _assert_tracked_frame_matches(ours: torch.Tensor, ref: torch.Tensor, what: s
     assert min(agreement) >= SIGN_AGREEMENT, f"{what}: per-object sign agreement {agreement}"
 
 
-def test_tracks_like_the_official_predictor(official_checkpoint: Path, video) -> None:
-    video_dir, mask = video
-    session = dict(
+def _session_prompts(video_dir: Path, mask) -> dict:
+    """The prompts of the two-pass session (`_session` here, `_SESSION_SCRIPT` for the official package)."""
+    return dict(
         video_dir=str(video_dir),
         mask=mask,
         late_mask=_disk(LATE_FRAME),
@@ -179,6 +179,11 @@ def test_tracks_like_the_official_predictor(official_checkpoint: Path, video) ->
         late_click=LATE_CLICK_XY,
         first_pass_last=FIRST_PASS_LAST,
     )
+
+
+def test_tracks_like_the_official_predictor(official_checkpoint: Path, video) -> None:
+    video_dir, mask = video
+    session = _session_prompts(video_dir, mask)
     ref = run_oracle(
         _SESSION_SCRIPT,
         {"config": CONFIG, "ckpt": str(official_checkpoint), "overrides": OVERRIDES, "session": session},
@@ -242,14 +247,7 @@ def test_vos_optimized_predictor_gives_the_eager_masks(predictor, video) -> None
     )
     assert isinstance(compiled, SAM2VideoPredictorVOS)
     compiled.load_state_dict(predictor.state_dict())
-    session = dict(
-        video_dir=str(video_dir),
-        mask=mask,
-        late_mask=_disk(LATE_FRAME),
-        click=CLICK_XY,
-        late_click=LATE_CLICK_XY,
-        first_pass_last=FIRST_PASS_LAST,
-    )
+    session = _session_prompts(video_dir, mask)
     eager = _session(predictor, **session)
     ours = _session(compiled, **session)
     for key in ("prompt_mask", "prompt_points", "late_click", "late_mask"):
