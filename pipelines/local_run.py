@@ -65,11 +65,12 @@ def run_locally(arguments: dict[str, Any], pipeline_root: Path = LOCAL_DIR / "kf
     local = import_kfp_local()
 
     ensure_local_services()
-    # Every step runs in a subprocess of this one. One CPU thread per training process: with two, the
-    # same run drifted bit by bit whenever the machine was busy (MKL_CBWR did not stop it), and the demo's
-    # replay J&F moved by up to 1.4, past the promotion margin. An OMP_NUM_THREADS already set wins.
+    # Every step runs in a subprocess of this one, and so does every training node the local launcher
+    # starts: one CPU thread per process (training and inference alike). With two, the same training run
+    # drifted bit by bit whenever the machine was busy (MKL_CBWR did not stop it), and the demo's replay
+    # J&F moved by up to 1.4, past the promotion margin. An OMP_NUM_THREADS already set wins.
     if os.environ.setdefault("OMP_NUM_THREADS", "1") == "1":
-        logger.info("training on the CPU with one thread per process (set OMP_NUM_THREADS to change)")
+        logger.info("every step runs torch with one CPU thread per process (set OMP_NUM_THREADS to change)")
     arguments = dict(arguments)
     arguments.setdefault("train_launcher", "local")
     arguments.setdefault("mlflow_tracking_uri", os.environ["MLFLOW_TRACKING_URI"])
