@@ -46,7 +46,7 @@ from sam2.data.layout import (
 from sam2.data.manifest import (
     VideoRecord,
     build_manifest,
-    check_mask_mode,
+    open_mask,
     read_record,
     scan_video,
     write_manifest,
@@ -239,13 +239,8 @@ def copy_frame_folder(
                 raise DataPrepError(
                     f"video {source.name!r}: mask {mask} has no frame of the same name in {source.media}"
                 )
-            try:  # the header only: a bad file is named here, by its source path, before it is copied
-                with Image.open(mask) as image:
-                    check_mask_mode(mask, image.mode)
-            except (OSError, SyntaxError) as err:
-                raise DataPrepError(
-                    f"video {source.name!r}: mask {mask} is not a readable PNG ({err})"
-                ) from err
+            with open_mask(mask):  # the header only: a bad file is named here by its source path
+                pass
             shutil.copyfile(mask, masks_dir / mask_name(numbering[mask.stem]))
     return len(frames)
 

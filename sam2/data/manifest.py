@@ -7,8 +7,10 @@ settings gives the same version anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,13 +66,25 @@ def combined_digest(named_digests: list[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
-def check_mask_mode(mask_path: Path, mode: str) -> None:
-    """Raises DataPrepError, naming the file, unless `mode` holds object ids (palette, grey or binary)."""
-    if mode not in ("P", "L", "1"):
-        raise DataPrepError(
-            f"{mask_path}: mask has mode {mode}; expected a palette (P) or binary (L/1) PNG whose "
-            "pixel values are object ids"
-        )
+@contextlib.contextmanager
+def open_mask(mask_path: Path) -> Iterator[Image.Image]:
+    """The mask PNG, opened lazily (its header read), in a mode that holds object ids (palette, grey or
+    binary).
+
+    Raises:
+        DataPrepError: naming the file, for another mode (e.g. RGB) or a file PIL cannot read, also when
+            the pixels fail to decode inside the `with` block (a truncated file).
+    """
+    try:
+        with Image.open(mask_path) as image:
+            if image.mode not in ("P", "L", "1"):
+                raise DataPrepError(
+                    f"{mask_path}: mask has mode {image.mode}; expected a palette (P) or binary (L/1) PNG "
+                    "whose pixel values are object ids"
+                )
+            yield image
+    except (OSError, SyntaxError) as err:  # PIL's errors for truncated or non-image files
+        raise DataPrepError(f"{mask_path}: not a readable PNG mask ({err})") from err
 
 
 def mask_object_ids(mask_path: Path) -> set[int]:
@@ -82,13 +96,9 @@ def mask_object_ids(mask_path: Path) -> set[int]:
     Raises:
         DataPrepError: an undecodable file or another image mode (e.g. RGB), naming the file.
     """
-    try:
-        with Image.open(mask_path) as image:
-            mode = image.mode
-            check_mask_mode(mask_path, mode)
-            values = np.asarray(image)
-    except (OSError, SyntaxError) as err:  # PIL's errors for truncated or non-image files
-        raise DataPrepError(f"{mask_path}: not a readable PNG mask ({err})") from err
+    with open_mask(mask_path) as image:
+        mode = image.mode
+        values = np.asarray(image)
     counts = np.bincount(values.reshape(-1).astype(np.int64), minlength=256)
     present = {int(i) for i in np.flatnonzero(counts) if i != 0}
     if mode == "1" or (mode == "L" and present <= {255}):
