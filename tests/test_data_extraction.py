@@ -395,3 +395,79 @@ def test_cli_reports_a_corrupt_mask_without_a_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "00000.png" in proc.stderr
+
+
+def make_colour_video(
+    path: Path, pix_fmt: str, colorspace: int | None = None, size=(96, 64), codec: str = "libx264"
+) -> Path:
+    """Three frames of saturated colour patches over a ramp, in ``pix_fmt`` with optional colour tags."""
+    width, height = size
+    container = av.open(str(path), "w")
+    stream = container.add_stream(codec, rate=10)
+    stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+    if colorspace is not None:
+        stream.codec_context.colorspace = colorspace
+    image = np.zeros((height, width, 3), np.uint8)
+    image[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]  # red ramp, full range
+    image[: height // 2, : width // 2] = (230, 40, 30)
+    image[: height // 2, width // 2 :] = (20, 190, 240)
+    image[height // 2 :, : width // 3] = (250, 250, 250)
+    image[height // 2 :, width // 3 : width // 2] = (5, 5, 5)
+    for _ in range(3):
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("pix_fmt", "colorspace", "size", "codec", "direct"),
+    [
+        ("yuv420p", None, (96, 64), "libx264", True),  # untagged limited range: expanded planes
+        ("yuv420p", 6, (96, 64), "libx264", True),  # tagged SMPTE 170M (BT.601)
+        ("yuvj420p", None, (96, 64), "libx264", True),  # full range: planes as they are
+        ("yuv420p", None, (95, 63), "ffv1", True),  # odd size: chroma planes rounded up
+        ("yuv420p", 1, (96, 64), "libx264", False),  # BT.709 tag: JPEG cannot say so, goes through RGB
+        ("yuv444p", None, (96, 64), "libx264", False),  # 4:4:4: through RGB
+    ],
+)
+def test_extracted_colours_are_the_ones_ffmpeg_decodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pix_fmt, colorspace, size, codec, direct
+) -> None:
+    """Frames encoded straight from the YUV planes must look like FFmpeg's own RGB decode, in range and
+    matrix; a missing range expansion or a BT.709 frame stored as BT.601 is off by 10-20 levels."""
+    import simplejpeg
+
+    video = make_colour_video(tmp_path / "c.mkv", pix_fmt, colorspace, size, codec)
+    calls = {"planes": 0, "rgb": 0}
+    for name, key in (("encode_jpeg_yuv_planes", "planes"), ("encode_jpeg", "rgb")):
+        original = getattr(simplejpeg, name)
+
+        def counted(*args, _original=original, _key=key, **kwargs):
+            calls[_key] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(simplejpeg, name, counted)
+    extract_dataset(video, tmp_path / "out", workers=1)
+    assert calls == ({"planes": 3, "rgb": 0} if direct else {"planes": 0, "rgb": 3})
+
+    with av.open(str(video)) as container:
+        reference = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(np.int16)
+    with Image.open(tmp_path / "out" / IMAGES_DIR / "c" / "00000.jpg") as image:
+        ours = np.asarray(image.convert("RGB"), dtype=np.int16)
+    assert ours.shape == reference.shape
+    assert np.abs(ours - reference).mean() < 3.0  # JPEG noise at quality 90, sharp colour edges included
+    height, width = reference.shape[:2]
+    patches = {  # interiors of the flat patches, 3 pixels from their edges
+        "red": (slice(3, height // 2 - 3), slice(3, width // 2 - 3)),
+        "cyan": (slice(3, height // 2 - 3), slice(width // 2 + 3, width - 3)),
+        "white": (slice(height // 2 + 3, height - 3), slice(3, width // 3 - 3)),
+        "black": (slice(height // 2 + 3, height - 3), slice(width // 3 + 3, width // 2 - 3)),
+    }
+    for name, (rows, cols) in patches.items():
+        shift = ours[rows, cols].mean(axis=(0, 1)) - reference[rows, cols].mean(axis=(0, 1))
+        # a wrong range or matrix moves some of these by 14-20 levels; JPEG noise and swscale rounding stay
+        # within 2
+        assert np.abs(shift).max() < 2.5, (name, shift)
