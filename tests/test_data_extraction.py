@@ -22,6 +22,7 @@ from PIL import Image
 
 from sam2.data.frame_extraction import extract_dataset
 from sam2.data.layout import ANNOTATIONS_DIR, IMAGES_DIR, MANIFEST_NAME, STATE_DIR, DataPrepError
+from sam2.data.manifest import manifest_from_disk
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,6 +77,9 @@ def test_every_video_container_extracts_all_decoded_frames(video_folder: Path, t
     assert sorted(result.extracted) == videos and result.skipped == []
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["version"] == result.version and len(result.version) == 16
+    # the frame digests taken while encoding are those of the files on disk
+    rescanned = manifest_from_disk(out, manifest["settings"])
+    assert rescanned["videos"] == manifest["videos"] and rescanned["version"] == result.version
     for source in video_folder.rglob("clip_*"):
         expected = decoded_count(source)
         names = frame_files(out, source.stem)

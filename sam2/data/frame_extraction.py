@@ -14,6 +14,7 @@ a killed run restarts where it stopped. The manifest is written last, atomically
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -157,8 +158,9 @@ def _jfif_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarr
     )
 
 
-def _encode_jpeg(frame: av.VideoFrame, dest: Path, quality: int) -> None:
-    """One frame to a baseline JPEG (4:2:0, the same libjpeg-turbo quality scale as Pillow's).
+def _encode_jpeg(frame: av.VideoFrame, dest: Path, quality: int) -> str:
+    """One frame to a baseline JPEG (4:2:0, the same libjpeg-turbo quality scale as Pillow's); returns
+    the file's SHA-256, taken from the bytes in memory so that the manifest need not read them back.
 
     simplejpeg rather than Pillow: Pillow keeps the GIL while it encodes, so encoder threads ran one at a
     time (0.95x on 2 threads); simplejpeg releases it and skips Pillow's image object (1.4x faster alone).
@@ -170,6 +172,7 @@ def _encode_jpeg(frame: av.VideoFrame, dest: Path, quality: int) -> None:
         rgb = frame.to_ndarray(format="rgb24")
         data = simplejpeg.encode_jpeg(rgb, quality=quality, colorspace="RGB", colorsubsampling="420")
     dest.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def decode_video_to_frames(
@@ -178,11 +181,11 @@ def decode_video_to_frames(
     settings: ExtractionSettings,
     encode: ThreadPoolExecutor,
     max_pending: int = 8,
-) -> int:
+) -> dict[str, str]:
     """Decode ``video`` into ``frames_dir/00000.jpg ...`` (every frame, or resampled to ``settings.fps``).
 
-    JPEG encoding runs on ``encode``; at most ``max_pending`` frames wait in memory. Returns the number
-    of frames written.
+    JPEG encoding runs on ``encode``; at most ``max_pending`` frames wait in memory. Returns the SHA-256
+    of each frame file written, by file name.
 
     Raises:
         DataPrepError: the file is not a video FFmpeg can decode, has no video stream (unknown codec),
@@ -204,7 +207,8 @@ def decode_video_to_frames(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         declared = stream.frames
-        pending: deque[Future[None]] = deque()
+        pending: deque[tuple[str, Future[str]]] = deque()
+        digests: dict[str, str] = {}
         decoded = kept = 0
         last_bucket = -1
         try:
@@ -220,19 +224,21 @@ def decode_video_to_frames(
                     if bucket <= last_bucket:
                         continue
                     last_bucket = bucket
+                name = frame_name(kept)
                 pending.append(
-                    encode.submit(_encode_jpeg, frame, frames_dir / frame_name(kept), settings.jpeg_quality)
+                    (name, encode.submit(_encode_jpeg, frame, frames_dir / name, settings.jpeg_quality))
                 )
                 kept += 1
                 while len(pending) >= max_pending:
-                    pending.popleft().result()
+                    name, fut = pending.popleft()
+                    digests[name] = fut.result()
         except av.FFmpegError as err:
             raise DataPrepError(
                 f"{video}: decoding failed after {decoded} frames ({err}); the file is truncated or corrupt"
             ) from None
         finally:
-            for fut in pending:
-                fut.result()
+            for name, fut in pending:
+                digests[name] = fut.result()
     if decoded == 0:
         raise DataPrepError(f"{video}: the video stream decodes to 0 frames; nothing to extract")
     if declared and decoded < declared:
@@ -240,7 +246,7 @@ def decode_video_to_frames(
             f"{video}: only {decoded} of the {declared} frames its header declares could be decoded; the file is "
             "truncated. Re-download or re-encode it"
         )
-    return kept
+    return digests
 
 
 # ---- copying a folder of frames ------------------------------------------------------------------
@@ -406,8 +412,9 @@ def produce_video(
     frames_dir.mkdir(parents=True)
     _remove(final_frames)  # an unrecorded or outdated copy from an earlier run
     partial_ann: Path | None = None
+    frame_digests = None  # copied frames are hashed from disk
     if source.is_video_file:
-        decode_video_to_frames(source.media, frames_dir, settings, encode, max_pending)
+        frame_digests = decode_video_to_frames(source.media, frames_dir, settings, encode, max_pending)
         if source.annotations is not None:
             partial_ann = partial / source.annotations.name
             shutil.copyfile(source.annotations, partial_ann)
@@ -415,7 +422,11 @@ def produce_video(
         partial_ann = partial / ANNOTATIONS_DIR if source.annotations is not None else None
         copy_frame_folder(source, frames_dir, partial_ann, settings)
     record = scan_video(
-        out_root, source.name, frames_dir=frames_dir, annotations=partial_ann or partial / "none"
+        out_root,
+        source.name,
+        frames_dir=frames_dir,
+        annotations=partial_ann or partial / "none",
+        frame_digests=frame_digests,
     )
     write_record(out_root, source.name, record, settings_dict)
     if final_ann is not None and partial_ann is not None:

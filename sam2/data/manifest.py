@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -114,12 +114,18 @@ def sav_object_ids(annotation: dict) -> list[int]:
 
 
 def scan_video(
-    root: Path, video: str, frames_dir: Path | None = None, annotations: Path | None = None
+    root: Path,
+    video: str,
+    frames_dir: Path | None = None,
+    annotations: Path | None = None,
+    frame_digests: Mapping[str, str] | None = None,
 ) -> VideoRecord:
     """Build a video's record from the files on disk.
 
     ``frames_dir`` and ``annotations`` default to the final locations under ``root``; extraction passes
     its partial folders instead. ``annotations`` is a folder of PNGs or an SA-V JSON file.
+    ``frame_digests`` (file name -> SHA-256) are the digests of frames just written, which are then not
+    read back; they must name exactly the frames in the folder.
     """
     frames_dir = frames_dir or root / IMAGES_DIR / video
     frames = list_frames(frames_dir)
@@ -127,7 +133,13 @@ def scan_video(
         raise DataPrepError(f"video {video!r}: no JPEG frames in {frames_dir}")
     with Image.open(frames[0]) as first:
         width, height = first.size
-    frames_digest = combined_digest([(p.name, file_sha256(p)) for p in frames])
+    if frame_digests is None:
+        named = [(p.name, file_sha256(p)) for p in frames]
+    elif set(frame_digests) == {p.name for p in frames}:
+        named = [(p.name, frame_digests[p.name]) for p in frames]
+    else:
+        raise ValueError(f"video {video!r}: the digests given do not name the frames in {frames_dir}")
+    frames_digest = combined_digest(named)
 
     if annotations is None:
         sav = root / ANNOTATIONS_DIR / f"{video}{SAV_ANNOTATION_SUFFIX}"
