@@ -475,3 +475,18 @@ def test_extracted_colours_are_the_ones_ffmpeg_decodes(
         # a wrong range or matrix moves some of these by 14-20 levels; JPEG noise and swscale rounding stay
         # within 2
         assert np.abs(shift).max() < 2.5, (name, shift)
+
+
+def test_video_levels_expand_to_jpeg_levels_within_one_step() -> None:
+    """The fixed-point range expansion of the direct-plane path against the exact formulas."""
+    from sam2.data.frame_extraction import _to_full_range
+
+    levels = np.arange(256, dtype=np.uint8)
+    luma = _to_full_range(levels, 16, 235, 298, 132).astype(int)
+    chroma = _to_full_range(levels, 16, 240, 291, 255).astype(int)
+    exact_luma = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255)
+    exact_chroma = np.clip(np.round((np.arange(256) - 128) * 255 / 224 + 128), 0, 255)
+    assert np.abs(luma - exact_luma).max() <= 1 and np.abs(chroma - exact_chroma).max() <= 1
+    assert (luma[[0, 16, 235, 255]] == [0, 0, 255, 255]).all()  # black and white stay exact
+    assert (chroma[[16, 128, 240]] == [0, 128, 255]).all()  # no colour stays no colour
+    assert (np.diff(luma) >= 0).all() and (np.diff(chroma) >= 0).all()
