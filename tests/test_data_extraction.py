@@ -490,3 +490,26 @@ def test_video_levels_expand_to_jpeg_levels_within_one_step() -> None:
     assert (luma[[0, 16, 235, 255]] == [0, 0, 255, 255]).all()  # black and white stay exact
     assert (chroma[[16, 128, 240]] == [0, 128, 255]).all()  # no colour stays no colour
     assert (np.diff(luma) >= 0).all() and (np.diff(chroma) >= 0).all()
+
+
+def test_extraction_benchmark_runs_and_prints_its_table() -> None:
+    """benchmarks/extract.py at a toy size: every row is printed (its timings are not asserted)."""
+    run = subprocess.run(
+        [sys.executable, "benchmarks/extract.py", "--videos", "2", "--frames", "4"]
+        + ["--width", "64", "--height", "48", "--repeats", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    names = [row.split(" | ")[0].lstrip("| ") for row in rows[1:]]
+    assert names == [
+        "baseline: 1 thread decode+save",
+        "PyAV defaults decode+save",
+        "extract_dataset",
+        "S3 upload_folder (SeaweedFS, local)",
+        "S3 sync_to_local (SeaweedFS, local)",
+    ], run.stdout
+    assert "| 8 frames |" in rows[3] and "1.00x" in rows[1]
