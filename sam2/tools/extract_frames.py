@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="output folder or s3:// prefix")
     parser.add_argument("--fps", type=float, default=None, help="resample to this many frames per second")
     parser.add_argument("--workers", type=int, default=None, help="threads (default: CPU count)")
-    parser.add_argument("--quality", type=int, default=DEFAULT_JPEG_QUALITY, help="JPEG quality 1-100")
+    parser.add_argument(
+        "--quality",
+        type=int,
+        default=DEFAULT_JPEG_QUALITY,
+        help=f"JPEG quality 1-100 (default: {DEFAULT_JPEG_QUALITY}), chroma 4:2:0",
+    )
     parser.add_argument("--work_dir", default=None, help="local staging for s3:// input/output and archives")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
