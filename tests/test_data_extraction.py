@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
@@ -513,3 +514,50 @@ def test_extraction_benchmark_runs_and_prints_its_table() -> None:
         "S3 sync_to_local (SeaweedFS, local)",
     ], run.stdout
     assert "| 8 frames |" in rows[3] and "1.00x" in rows[1]
+
+
+def with_display_matrix(video: Path, a: float, b: float, c: float, d: float) -> Path:
+    """``video`` (an MP4) with its track header's display matrix set to [[a, b], [c, d]], as a phone writes
+    it for portrait video."""
+    data = bytearray(video.read_bytes())
+    box = data.find(b"tkhd") - 4
+    assert data[box + 8] == 0, "expected a version-0 track header"
+    matrix = [round(a * 65536), round(b * 65536), 0, round(c * 65536), round(d * 65536), 0, 0, 0, 1 << 30]
+    data[box + 48 : box + 84] = struct.pack(">9i", *matrix)
+    video.write_bytes(bytes(data))
+    return video
+
+
+@pytest.mark.parametrize(
+    ("matrix", "turns"),
+    [
+        ((0, 1, -1, 0), -1),  # the usual portrait phone video: shown turned a quarter clockwise
+        ((0, -1, 1, 0), 1),
+        ((-1, 0, 0, -1), 2),
+    ],
+)
+def test_rotated_phone_video_is_extracted_upright(tmp_path: Path, matrix, turns: int) -> None:
+    video = with_display_matrix(make_colour_video(tmp_path / "phone.mp4", "yuv420p"), *matrix)
+    result = extract_dataset(video, tmp_path / "out", workers=1)
+    with av.open(str(video)) as container:
+        stored = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    upright = np.rot90(stored, turns).astype(np.int16)  # what a player shows
+    with Image.open(tmp_path / "out" / IMAGES_DIR / "phone" / "00000.jpg") as image:
+        ours = np.asarray(image.convert("RGB"), dtype=np.int16)
+    assert ours.shape == upright.shape
+    assert np.abs(ours - upright).mean() < 3.0
+    record = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["videos"]["phone"]
+    assert (record["height"], record["width"]) == upright.shape[:2], record
+    assert result.num_frames == 3
+
+
+@pytest.mark.parametrize(
+    ("matrix", "message"),
+    [((-1, 0, 0, 1), "mirrors the picture"), ((0.7071, 0.7071, -0.7071, 0.7071), "by -45.0 degrees")],
+)
+def test_display_matrix_that_cannot_be_applied_is_named(tmp_path: Path, matrix, message: str) -> None:
+    video = with_display_matrix(make_colour_video(tmp_path / "odd.mp4", "yuv420p"), *matrix)
+    with pytest.raises(DataPrepError, match=re.escape(message)) as err:
+        extract_dataset(video, tmp_path / "out", workers=1)
+    assert str(video) in str(err.value)
+    assert not (tmp_path / "out" / IMAGES_DIR / "odd").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -169,18 +170,53 @@ def _jfif_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarr
     )
 
 
-def _encode_jpeg(frame: av.VideoFrame, dest: Path, quality: int) -> str:
-    """One frame to a baseline JPEG (4:2:0, the same libjpeg-turbo quality scale as Pillow's); returns
-    the file's SHA-256, taken from the bytes in memory so that the manifest need not read them back.
+def upright_quarter_turns(frame: av.VideoFrame, video: Path) -> int:
+    """Counter-clockwise quarter turns (``np.rot90``'s ``k``) that show ``frame`` upright.
+
+    Phones store portrait video as landscape pixels plus a display matrix (ISO/IEC 14496-12 ``tkhd``),
+    which players and the ``ffmpeg`` command line apply; frames saved without it are sideways, and so
+    disagree with annotations drawn on the video as it plays.
+
+    Raises:
+        DataPrepError: the matrix mirrors the picture or turns it by other than a multiple of 90 degrees.
+    """
+    side_data = frame.side_data.get("DISPLAYMATRIX")
+    if side_data is None:
+        return 0
+    # a, b, c, d of the row-major 3x3 matrix, 16.16 fixed point in native byte order
+    a, b, _, c, d = (float(v) / 65536 for v in np.frombuffer(bytes(side_data), dtype=np.int32)[:5])
+    if a * d - b * c <= 0:
+        raise DataPrepError(
+            f"{video}: its display matrix mirrors the picture, which extraction does not apply. Re-encode it "
+            "upright first, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4` (ffmpeg applies the matrix)"
+        )
+    degrees = -math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))
+    turns = round(degrees / 90)
+    if abs(degrees - 90 * turns) > 1.0:
+        raise DataPrepError(
+            f"{video}: its display matrix turns the picture by {degrees:.1f} degrees; only multiples of 90 "
+            "are supported. Re-encode it upright first, e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`"
+        )
+    return turns % 4
+
+
+def _encode_jpeg(frame: av.VideoFrame, dest: Path, quality: int, quarter_turns: int = 0) -> str:
+    """One frame, turned by ``quarter_turns`` (see :func:`upright_quarter_turns`), to a baseline JPEG
+    (4:2:0, the same libjpeg-turbo quality scale as Pillow's); returns the file's SHA-256, taken from the
+    bytes in memory so that the manifest need not read them back.
 
     simplejpeg rather than Pillow: Pillow keeps the GIL while it encodes, so encoder threads ran one at a
     time (0.95x on 2 threads); simplejpeg releases it and skips Pillow's image object (1.4x faster alone).
     """
     planes = _jfif_planes(frame)
     if planes is not None:
+        if quarter_turns:
+            planes = tuple(np.ascontiguousarray(np.rot90(p, quarter_turns)) for p in planes)
         data = simplejpeg.encode_jpeg_yuv_planes(*planes, quality=quality)
     else:
         rgb = frame.to_ndarray(format="rgb24")
+        if quarter_turns:
+            rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))
         data = simplejpeg.encode_jpeg(rgb, quality=quality, colorspace="RGB", colorsubsampling="420")
     dest.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
@@ -193,7 +229,8 @@ def decode_video_to_frames(
     encode: ThreadPoolExecutor,
     max_pending: int = 8,
 ) -> dict[str, str]:
-    """Decode ``video`` into ``frames_dir/00000.jpg ...`` (every frame, or resampled to ``settings.fps``).
+    """Decode ``video`` into ``frames_dir/00000.jpg ...`` (every frame, or resampled to ``settings.fps``),
+    upright as players show it (see :func:`upright_quarter_turns`).
 
     JPEG encoding runs on ``encode``; at most ``max_pending`` frames wait in memory. Returns the SHA-256
     of each frame file written, by file name.
@@ -222,9 +259,12 @@ def decode_video_to_frames(
         digests: dict[str, str] = {}
         decoded = kept = 0
         last_bucket = -1
+        quarter_turns = 0
         try:
             for frame in container.decode(stream):
                 decoded += 1
+                if decoded == 1:
+                    quarter_turns = upright_quarter_turns(frame, video)
                 if settings.fps is not None:
                     seconds = (
                         frame.time
@@ -237,7 +277,12 @@ def decode_video_to_frames(
                     last_bucket = bucket
                 name = frame_name(kept)
                 pending.append(
-                    (name, encode.submit(_encode_jpeg, frame, frames_dir / name, settings.jpeg_quality))
+                    (
+                        name,
+                        encode.submit(
+                            _encode_jpeg, frame, frames_dir / name, settings.jpeg_quality, quarter_turns
+                        ),
+                    )
                 )
                 kept += 1
                 while len(pending) >= max_pending:
