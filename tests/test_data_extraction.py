@@ -28,23 +28,53 @@ from sam2.data.manifest import manifest_from_disk
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_video(
-    path: Path, num_frames: int, codec: str = "libx264", size=(96, 64), rate: int = 10, **options
+def encode_video(
+    path: Path,
+    images: list[np.ndarray],
+    codec: str = "libx264",
+    rate: int = 10,
+    pix_fmt: str = "yuv420p",
+    colorspace: int | None = None,
+    **options,
 ) -> Path:
-    """Encode a moving-gradient video with PyAV; returns its path."""
-    width, height = size
+    """Encode RGB ``images`` with PyAV in ``pix_fmt``, with an optional colour-space tag; returns ``path``."""
+    height, width = images[0].shape[:2]
     container = av.open(str(path), "w", options=options)
     stream = container.add_stream(codec, rate=rate)
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-    xx = np.arange(width)[None, :, None]
-    for index in range(num_frames):
-        image = np.broadcast_to((xx + index * 7) % 255, (height, width, 3)).astype(np.uint8)
+    stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+    if colorspace is not None:
+        stream.codec_context.colorspace = colorspace
+    for image in images:
         for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
             container.mux(packet)
     for packet in stream.encode():
         container.mux(packet)
     container.close()
     return path
+
+
+def make_video(
+    path: Path, num_frames: int, codec: str = "libx264", size=(96, 64), rate: int = 10, **options
+) -> Path:
+    """Encode a moving-gradient video with PyAV; returns its path."""
+    width, height = size
+    xx = np.arange(width)[None, :, None]
+    images = [
+        np.broadcast_to((xx + index * 7) % 255, (height, width, 3)).astype(np.uint8)
+        for index in range(num_frames)
+    ]
+    return encode_video(path, images, codec, rate, **options)
+
+
+def first_frame_rgb(video: Path) -> np.ndarray:
+    """FFmpeg's own RGB decode of ``video``'s first frame, as int16 for differences."""
+    with av.open(str(video)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24").astype(np.int16)
+
+
+def jpeg_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 def decoded_count(path: Path) -> int:
@@ -407,24 +437,13 @@ def make_colour_video(
 ) -> Path:
     """Three frames of saturated colour patches over a ramp, in ``pix_fmt`` with optional colour tags."""
     width, height = size
-    container = av.open(str(path), "w")
-    stream = container.add_stream(codec, rate=10)
-    stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-    if colorspace is not None:
-        stream.codec_context.colorspace = colorspace
     image = np.zeros((height, width, 3), np.uint8)
     image[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]  # red ramp, full range
     image[: height // 2, : width // 2] = (230, 40, 30)
     image[: height // 2, width // 2 :] = (20, 190, 240)
     image[height // 2 :, : width // 3] = (250, 250, 250)
     image[height // 2 :, width // 3 : width // 2] = (5, 5, 5)
-    for _ in range(3):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+    return encode_video(path, [image] * 3, codec, pix_fmt=pix_fmt, colorspace=colorspace)
 
 
 @pytest.mark.parametrize(
@@ -458,10 +477,8 @@ def test_extracted_colours_are_the_ones_ffmpeg_decodes(
     extract_dataset(video, tmp_path / "out", workers=1)
     assert calls == ({"planes": 3, "rgb": 0} if direct else {"planes": 0, "rgb": 3})
 
-    with av.open(str(video)) as container:
-        reference = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(np.int16)
-    with Image.open(tmp_path / "out" / IMAGES_DIR / "c" / "00000.jpg") as image:
-        ours = np.asarray(image.convert("RGB"), dtype=np.int16)
+    reference = first_frame_rgb(video)
+    ours = jpeg_rgb(tmp_path / "out" / IMAGES_DIR / "c" / "00000.jpg")
     assert ours.shape == reference.shape
     assert np.abs(ours - reference).mean() < 3.0  # JPEG noise at quality 90, sharp colour edges included
     height, width = reference.shape[:2]
@@ -539,11 +556,8 @@ def with_display_matrix(video: Path, a: float, b: float, c: float, d: float) -> 
 def test_rotated_phone_video_is_extracted_upright(tmp_path: Path, matrix, turns: int) -> None:
     video = with_display_matrix(make_colour_video(tmp_path / "phone.mp4", "yuv420p"), *matrix)
     result = extract_dataset(video, tmp_path / "out", workers=1)
-    with av.open(str(video)) as container:
-        stored = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    upright = np.rot90(stored, turns).astype(np.int16)  # what a player shows
-    with Image.open(tmp_path / "out" / IMAGES_DIR / "phone" / "00000.jpg") as image:
-        ours = np.asarray(image.convert("RGB"), dtype=np.int16)
+    upright = np.rot90(first_frame_rgb(video), turns)  # what a player shows
+    ours = jpeg_rgb(tmp_path / "out" / IMAGES_DIR / "phone" / "00000.jpg")
     assert ours.shape == upright.shape
     assert np.abs(ours - upright).mean() < 3.0
     record = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["videos"]["phone"]
