@@ -1,14 +1,15 @@
 """Pipeline step 2: check every video; bad ones are reported by name and excluded (or the step fails)."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Markdown, Output
+from kfp.dsl import Dataset, Markdown, Output
 
 from components.images import component_image
 
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
 def validate_dataset(
-    frames: Input[Dataset],
+    dataset_name: str,
+    data_bucket: str,
     dataset_version: str,
     validated: Output[Dataset],
     report: Output[Markdown],
@@ -17,6 +18,10 @@ def validate_dataset(
     s3_endpoint_url: str = "",
 ) -> int:
     """Validate the published data set; publish validation_report.json and valid_videos.txt next to it.
+
+    The data set is named by strings (where extract_frames publishes version `dataset_version`), not by
+    extract's output artifact: KFP's cache key holds an input artifact's id, new every run, but a
+    parameter's value, so keyed on the content-hashed version a rerun on the same data is a cache hit.
 
     Returns the number of good videos. Fails with the per-video summary when `on_bad` is "fail" and a
     video is bad, or when no good video is left.
@@ -27,7 +32,7 @@ def validate_dataset(
 
     configure(s3_endpoint_url)
     store = ObjectStore()
-    data_uri = frames.metadata["uri"]
+    data_uri = f"s3://{data_bucket}/datasets/{dataset_name}/{dataset_version}"  # as extract_frames publishes
     work = work_dir("validate")
     store.sync_to_local(data_uri, work / "data")
     result = validation.validate_dataset(work / "data", num_frames=num_frames)
@@ -37,8 +42,11 @@ def validate_dataset(
     store.upload_folder(out_dir, out_uri)
 
     validated.metadata.update(
-        dict(frames.metadata)
-        | {
+        {
+            "uri": data_uri,
+            "dataset_name": dataset_name,
+            "version": dataset_version,
+            "num_videos": len(result.good) + len(result.bad),
             "validation_uri": out_uri,
             "valid_list_uri": f"{out_uri}/{valid_list.name}",
             "num_good": len(result.good),

@@ -95,7 +95,8 @@ def sam2_finetune(
     version = extract.outputs["Output"]
 
     validate = validate_dataset(
-        frames=extract.outputs["frames"],
+        dataset_name=dataset_name,
+        data_bucket=data_bucket,
         dataset_version=version,
         num_frames=validate_num_frames,
         on_bad=on_bad,

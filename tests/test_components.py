@@ -27,7 +27,7 @@ def data_steps(bucket: str) -> str:
         source_uri="demo:", dataset_name="demo", data_bucket=bucket, demo_videos=4, demo_frames=5
     )
     validate = validate_dataset(
-        frames=extract.outputs["frames"], dataset_version=extract.outputs["Output"], num_frames=2
+        dataset_name="demo", data_bucket=bucket, dataset_version=extract.outputs["Output"], num_frames=2
     )
     split = split_dataset(
         validated=validate.outputs["validated"], dataset_version=extract.outputs["Output"], val_fraction=0.25
