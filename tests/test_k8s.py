@@ -122,7 +122,7 @@ def test_pytorchjob_operational_settings():
     assert job["spec"]["runPolicy"]["ttlSecondsAfterFinished"] > 0
     assert job["spec"]["runPolicy"]["backoffLimit"] >= 1
     for role, replica in job["spec"]["pytorchReplicaSpecs"].items():
-        assert replica["restartPolicy"] == "OnFailure", role
+        assert replica["restartPolicy"] == "ExitCode", role
     for template in _pod_specs(job):
         assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
         (container,) = template["spec"]["containers"]

@@ -95,6 +95,67 @@ def test_rendering_for_n_nodes_is_schema_and_webhook_valid(nodes, gpus):
         assert c["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
 
 
+def _master_pod(job: dict) -> dict:
+    return job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+
+
+@pytest.mark.parametrize(
+    "gpus, cpu, memory, shm",
+    [(1, "8", "64Gi", "16Gi"), (4, "32", "256Gi", "64Gi"), (8, "64", "512Gi", "128Gi")],
+)
+def test_resources_scale_with_the_gpus_of_a_node(gpus, cpu, memory, shm):
+    """Every pod asked 8 CPU / 48 Gi whatever its GPUs: with 4 GPUs, 40 DataLoader workers on 8 CPUs."""
+    job = render_pytorchjob(PyTorchJobSpec(name="j", image="i:1", args=[], num_nodes=2, gpus_per_node=gpus))
+    _validate_against_crd(job)
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        res = pod["containers"][0]["resources"]
+        assert res["requests"] | {"ephemeral-storage": None} == {
+            "cpu": cpu,
+            "memory": memory,
+            "nvidia.com/gpu": str(gpus),
+            "ephemeral-storage": None,
+        }
+        assert res["limits"] == {"cpu": cpu, "memory": memory, "nvidia.com/gpu": str(gpus)}
+        (shm_volume,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
+        assert shm_volume["emptyDir"] == {"medium": "Memory", "sizeLimit": shm}
+
+
+def test_per_gpu_settings_and_fractional_quantities():
+    job = render_pytorchjob(
+        PyTorchJobSpec(
+            name="j", image="i:1", args=[], gpus_per_node=3, cpu_per_gpu="1500m", memory_per_gpu="1.5Gi"
+        )
+    )
+    res = _master_pod(job)["containers"][0]["resources"]["requests"]
+    assert (res["cpu"], res["memory"]) == ("4500m", "4.5Gi")
+    with pytest.raises(ValueError, match="'lots' is not a Kubernetes quantity"):
+        render_pytorchjob(PyTorchJobSpec(name="j", image="i:1", args=[], cpu_per_gpu="lots"))
+
+
+def test_scratch_bytes_size_the_scratch_volume_and_the_ephemeral_storage_request():
+    from sam2.launch.pytorchjob import SCRATCH_HEADROOM_BYTES
+
+    unbounded = _master_pod(render_pytorchjob(PyTorchJobSpec(name="j", image="i:1", args=[])))
+    assert {v["name"]: v for v in unbounded["volumes"]}["scratch"]["emptyDir"] == {}
+    dataset = 100 * 2**30
+    pod = _master_pod(
+        render_pytorchjob(PyTorchJobSpec(name="j", image="i:1", args=[], scratch_bytes=dataset))
+    )
+    scratch = {v["name"]: v for v in pod["volumes"]}["scratch"]["emptyDir"]
+    expected_mib = (dataset * 11 // 10 + SCRATCH_HEADROOM_BYTES) // 2**20  # both whole MiB here
+    assert scratch == {"sizeLimit": f"{expected_mib}Mi"}
+    request = pod["containers"][0]["resources"]["requests"]["ephemeral-storage"]
+    assert request == f"{expected_mib + 8 * 1024}Mi", "scratch plus the template's /tmp and $HOME"
+    assert "ephemeral-storage" not in pod["containers"][0]["resources"]["limits"]
+
+
+def test_the_launcher_passes_the_requests_scratch_bytes():
+    launcher = PyTorchJobLauncher(ClusterSettings(namespace="n", image="i:1"), object(), object())
+    pod = _master_pod(launcher.render(_request(scratch_bytes=2**30)))
+    assert {v["name"]: v for v in pod["volumes"]}["scratch"]["emptyDir"]["sizeLimit"].endswith("Mi")
+
+
 def test_cpu_rendering_requests_no_gpu():
     job = render_pytorchjob(
         PyTorchJobSpec(

@@ -101,6 +101,7 @@ class PyTorchJobLauncher:
             env=env,
             s3_secret_name=self.settings.s3_secret_name,
             labels={"sam2-kubeflow/run-id": job_name_for(request.run_id, prefix="run")},
+            scratch_bytes=request.scratch_bytes,
         )
         return render_pytorchjob(spec)
 

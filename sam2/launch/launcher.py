@@ -40,6 +40,9 @@ class TrainingRequest:
     init_checkpoint_uri: str | None = None
     overrides: tuple[str, ...] = ()
     mirror_interval_s: float = 300.0
+    # The data set's size in bytes (from its manifest): a PyTorchJob sizes its scratch volume and
+    # ephemeral-storage request from it (sam2.launch.pytorchjob.scratch_size_bytes); None: unbounded.
+    scratch_bytes: int | None = None
 
     def node_args(self) -> list[str]:
         """Arguments of `python -m sam2.launch.training_node` for this request (the same on every node)."""

@@ -8,8 +8,10 @@ in; they cannot drift apart.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from importlib import resources
 from typing import Any
 
@@ -19,6 +21,21 @@ TEMPLATE_RESOURCE = "pytorchjob.yaml"
 CONTAINER_NAME = "pytorch"
 GPU_RESOURCE = "nvidia.com/gpu"
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+
+# Per GPU (or per CPU training process): what one training process and its DataLoader workers need. The
+# template's values are these for one GPU.
+DEFAULT_CPU_PER_GPU = "8"
+DEFAULT_MEMORY_PER_GPU = "64Gi"
+DEFAULT_SHM_PER_GPU = "16Gi"
+# The scratch volume holds the data set plus the run's checkpoints (the newest, a staging copy, the initial
+# weights: a few GiB for Hiera-L with optimizer state) and TensorBoard logs.
+SCRATCH_HEADROOM_BYTES = 16 * 2**30
+SCHEDULERS = ("none", "volcano", "kueue")
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# The operator's gang scheduling (--gang-scheduler-name=volcano) creates a PodGroup from
+# runPolicy.schedulingPolicy and sets this scheduler on pods that name none (pkg/controller.v1/common/pod.go).
+VOLCANO_SCHEDULER = "volcano"
 
 
 @dataclass(frozen=True)
@@ -26,7 +43,13 @@ class PyTorchJobSpec:
     """What differs between two training jobs; everything else comes from the template.
 
     `gpus_per_node` is also the number of training processes per node (`nprocPerNode`); with 0 the pods
-    request no GPU and `cpu_procs_per_node` processes train on the CPU (gloo).
+    request no GPU and `cpu_procs_per_node` processes train on the CPU (gloo). CPU, memory and /dev/shm
+    are per training process and scale with their number; `cpu`/`memory` override the whole pod's.
+    `scratch_bytes` (the data set's size) sizes the scratch emptyDir (`sizeLimit`, plus
+    `SCRATCH_HEADROOM_BYTES` for checkpoints) and its ephemeral-storage request; None leaves it unbounded.
+    `owner` is an ownerReference (the step's pod), so deleting the run garbage-collects the job.
+    `scheduler`: "none", "volcano" (gang: schedulingPolicy with minAvailable = all replicas, `queue`,
+    `priority_class`) or "kueue" (the `queue` label; created suspended, Kueue admits it whole).
     """
 
     name: str
@@ -43,6 +66,41 @@ class PyTorchJobSpec:
     ttl_seconds_after_finished: int | None = None
     backoff_limit: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    cpu_per_gpu: str = DEFAULT_CPU_PER_GPU
+    memory_per_gpu: str = DEFAULT_MEMORY_PER_GPU
+    shm_per_gpu: str = DEFAULT_SHM_PER_GPU
+    scratch_bytes: int | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    priority_class: str | None = None
+    active_deadline_seconds: int | None = None
+    owner: dict[str, Any] | None = None
+    scheduler: str = "none"
+    queue: str | None = None
+    service_account: str | None = None
+
+
+def scale_quantity(quantity: str, factor: int) -> str:
+    """`quantity` (a Kubernetes quantity: "8", "500m", "64Gi") times `factor`, in the same unit.
+
+    Raises ValueError naming the quantity when it is not a plain number with an optional unit.
+    """
+    match = _QUANTITY.match(str(quantity).strip())
+    if not match:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity such as 8, 500m or 64Gi")
+    number = Decimal(match.group(1)) * factor
+    text = format(number.normalize(), "f") if number != number.to_integral() else str(int(number))
+    return text + (match.group(2) or "")
+
+
+def _mebibytes(num_bytes: int) -> str:
+    return f"{math.ceil(num_bytes / 2**20)}Mi"
+
+
+def _quantity_bytes(quantity: str) -> int:
+    from kubernetes.utils import parse_quantity
+
+    return int(parse_quantity(quantity))
 
 
 def load_template() -> dict[str, Any]:
@@ -77,11 +135,19 @@ def render_pytorchjob(spec: PyTorchJobSpec) -> dict[str, Any]:
             f"gpus_per_node must be >= 0 and cpu_procs_per_node >= 1, got {spec.gpus_per_node} / "
             f"{spec.cpu_procs_per_node}"
         )
+    if spec.scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {spec.scheduler!r}")
+    if spec.scheduler == "kueue" and not spec.queue:
+        raise ValueError("scheduler=kueue needs a queue: the name of a Kueue LocalQueue in the namespace")
+    if spec.scratch_bytes is not None and spec.scratch_bytes < 0:
+        raise ValueError(f"scratch_bytes must be >= 0, got {spec.scratch_bytes}")
     job = load_template()
     job["metadata"]["name"] = spec.name
     if spec.namespace:
         job["metadata"]["namespace"] = spec.namespace
     job["metadata"].setdefault("labels", {}).update(spec.labels)
+    if spec.owner is not None:
+        job["metadata"]["ownerReferences"] = [dict(spec.owner)]
 
     procs = spec.gpus_per_node if spec.gpus_per_node > 0 else spec.cpu_procs_per_node
     job["spec"]["nprocPerNode"] = str(procs)
@@ -90,6 +156,22 @@ def render_pytorchjob(spec: PyTorchJobSpec) -> dict[str, Any]:
         run_policy["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     if spec.backoff_limit is not None:
         run_policy["backoffLimit"] = spec.backoff_limit
+    if spec.active_deadline_seconds is not None:
+        if spec.active_deadline_seconds < 1:
+            raise ValueError(f"active_deadline_seconds must be >= 1, got {spec.active_deadline_seconds}")
+        run_policy["activeDeadlineSeconds"] = int(spec.active_deadline_seconds)
+    if spec.scheduler == "volcano":
+        policy: dict[str, Any] = {"minAvailable": spec.num_nodes}
+        if spec.queue:
+            policy["queue"] = spec.queue
+        if spec.priority_class:
+            policy["priorityClass"] = spec.priority_class
+        run_policy["schedulingPolicy"] = policy
+    elif spec.scheduler == "kueue":
+        # Kueue's webhook suspends a labelled job anyway; creating it suspended means the operator never
+        # starts pods before Kueue admitted the whole job (Kueue docs, tasks/run/kubeflow/pytorchjobs.md).
+        job["metadata"]["labels"][KUEUE_QUEUE_LABEL] = spec.queue
+        run_policy["suspend"] = True
 
     replicas = job["spec"]["pytorchReplicaSpecs"]
     worker_template = replicas.get("Worker") or copy.deepcopy(replicas["Master"])
@@ -101,6 +183,7 @@ def render_pytorchjob(spec: PyTorchJobSpec) -> dict[str, Any]:
         replicas.pop("Worker", None)
 
     for replica in replicas.values():
+        _fill_pod(replica["template"]["spec"], spec)
         _fill_container(_pytorch_container(replica), spec)
 
     problems = admission_problems(job)
@@ -116,9 +199,40 @@ def _pytorch_container(replica: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"template replica has no container named {CONTAINER_NAME!r}")
 
 
+def _procs(spec: PyTorchJobSpec) -> int:
+    return spec.gpus_per_node if spec.gpus_per_node > 0 else spec.cpu_procs_per_node
+
+
+def _fill_pod(pod: dict[str, Any], spec: PyTorchJobSpec) -> None:
+    """Placement, account, and the sizes of the shared-memory and scratch volumes."""
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = [dict(t) for t in spec.tolerations]
+    if spec.priority_class:
+        pod["priorityClassName"] = spec.priority_class
+    if spec.service_account:
+        pod["serviceAccountName"] = spec.service_account
+    if spec.scheduler == "volcano":
+        pod["schedulerName"] = VOLCANO_SCHEDULER
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    if "dshm" in volumes:
+        volumes["dshm"]["emptyDir"]["sizeLimit"] = scale_quantity(spec.shm_per_gpu, _procs(spec))
+    if spec.scratch_bytes is not None and "scratch" in volumes:
+        volumes["scratch"]["emptyDir"] = {"sizeLimit": _mebibytes(scratch_size_bytes(spec.scratch_bytes))}
+
+
+def scratch_size_bytes(dataset_bytes: int) -> int:
+    """The scratch volume for a data set of `dataset_bytes`: the data, 10% slack, the checkpoints' room."""
+    return -(-dataset_bytes * 11 // 10) + SCRATCH_HEADROOM_BYTES
+
+
 def _fill_container(container: dict[str, Any], spec: PyTorchJobSpec) -> None:
     container["image"] = spec.image
     container["args"] = list(spec.args)
+    for item in container.get("env", []):
+        if item["name"] == "PET_RDZV_ID":
+            item["value"] = spec.name  # one rendezvous per job
 
     env = container.setdefault("env", [])
     by_name = {item["name"]: item for item in env}
@@ -143,11 +257,16 @@ def _fill_container(container: dict[str, Any], spec: PyTorchJobSpec) -> None:
     else:
         requests.pop(GPU_RESOURCE, None)
         limits.pop(GPU_RESOURCE, None)
-    if spec.cpu:
-        requests["cpu"] = spec.cpu
-    if spec.memory:
-        requests["memory"] = spec.memory
-        limits["memory"] = spec.memory
+    procs = _procs(spec)
+    cpu = spec.cpu or scale_quantity(spec.cpu_per_gpu, procs)
+    memory = spec.memory or scale_quantity(spec.memory_per_gpu, procs)
+    # Requests equal limits (Guaranteed QoS): a training pod is neither throttled below what the
+    # scheduler reserved nor killed first under node memory pressure.
+    requests["cpu"] = limits["cpu"] = cpu
+    requests["memory"] = limits["memory"] = memory
+    if spec.scratch_bytes is not None:
+        base = _quantity_bytes(requests.get("ephemeral-storage", "0"))
+        requests["ephemeral-storage"] = _mebibytes(base + scratch_size_bytes(spec.scratch_bytes))
 
 
 def admission_problems(job: dict[str, Any]) -> list[str]:
