@@ -10,6 +10,11 @@ safe:
   uploads every file, and only then writes a new marker listing each file with its size and checksum.
   Readers (:meth:`ObjectStore.download_folder`, :meth:`ObjectStore.sync_to_local`) refuse a prefix without
   a marker and fetch exactly the files it lists, so nobody sees half a data set.
+- Selective reads: :meth:`ObjectStore.sync_to_local` takes ``include`` (relative files or folders, e.g.
+  ``JPEGImages/<video>``), so a step fetches only the videos and parts it reads, still checked against the
+  marker.
+- Every store counts what it moves (:attr:`ObjectStore.counters`: bytes and objects downloaded and
+  uploaded), so a step can report, and a test or benchmark can check, how much crossed the network.
 - Errors say what went wrong in user terms: a rejected credential (:class:`StorageAuthError`), an endpoint
   that cannot be reached or stops answering (:class:`StorageUnreachableError`, naming the endpoint),
   a missing object (:class:`StorageNotFoundError`), a checksum mismatch (:class:`StorageIntegrityError`),
@@ -39,6 +44,7 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -217,6 +223,58 @@ class TransferResult:
     seconds: float
 
 
+class TransferCounters:
+    """Bytes and objects one store downloaded and uploaded (object bodies; thread-safe).
+
+    Listings, stat calls and the marker reads of a folder sync are requests, not data, and are not
+    counted as objects unless their body is read (:meth:`ObjectStore.read_bytes` counts).
+    """
+
+    FIELDS = ("bytes_downloaded", "objects_downloaded", "bytes_uploaded", "objects_uploaded")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(self.FIELDS, 0)
+
+    def add_download(self, size: int) -> None:
+        with self._lock:
+            self._values["bytes_downloaded"] += size
+            self._values["objects_downloaded"] += 1
+
+    def add_upload(self, size: int) -> None:
+        with self._lock:
+            self._values["bytes_uploaded"] += size
+            self._values["objects_uploaded"] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """The four counts as a dict (a copy)."""
+        with self._lock:
+            return dict(self._values)
+
+    def reset(self) -> dict[str, int]:
+        """Zero the counts; returns what they were."""
+        with self._lock:
+            before, self._values = self._values, dict.fromkeys(self.FIELDS, 0)
+        return before
+
+    def __repr__(self) -> str:
+        return f"TransferCounters({self.snapshot()})"
+
+
+def _selector(include: Collection[str] | None) -> Callable[[str], bool]:
+    """A predicate on relative paths: True for a path named in ``include`` or inside a folder named there
+    (``None``: everything)."""
+    if include is None:
+        return lambda rel: True
+    wanted = {item.strip("/") for item in include if item.strip("/")}
+
+    def selected(rel: str) -> bool:
+        parts = rel.split("/")
+        return any("/".join(parts[:depth]) in wanted for depth in range(1, len(parts) + 1))
+
+    return selected
+
+
 def sha256_of_file(path: Path) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -262,6 +320,7 @@ class ObjectStore:
         self.workers = max(1, workers)
         self.retries = max(0, retries)
         self.backoff_s = backoff_s
+        self.counters = TransferCounters()
         parts = urlsplit(self.settings.endpoint_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(
@@ -389,6 +448,7 @@ class ObjectStore:
                 loc.bucket, loc.key, io.BytesIO(data), len(data), content_type=content_type, metadata=meta
             ),
         )
+        self.counters.add_upload(len(data))
 
     def read_bytes(self, uri: str) -> bytes:
         """The bytes stored at ``uri``, checked against the recorded checksum when there is one."""
@@ -403,6 +463,7 @@ class ObjectStore:
                 response.release_conn()
 
         data, expected = self._call(f"downloading {uri}", fetch)
+        self.counters.add_download(len(data))
         if expected and hashlib.sha256(data).hexdigest() != expected:
             raise StorageIntegrityError(
                 f"{uri}: downloaded bytes do not match the stored SHA-256; retry the read"
@@ -425,6 +486,7 @@ class ObjectStore:
                 loc.bucket, loc.key, str(path), metadata={CHECKSUM_META_KEY: digest}
             ),
         )
+        self.counters.add_upload(path.stat().st_size)
         return digest
 
     def download_file(self, uri: str, local_path: str | Path, expected_sha256: str | None = None) -> int:
@@ -463,7 +525,9 @@ class ObjectStore:
                 response.close()
                 response.release_conn()
 
-        return self._call(f"downloading {uri}", fetch)
+        size = self._call(f"downloading {uri}", fetch)
+        self.counters.add_download(size)
+        return size
 
     def delete_prefix(self, uri: str) -> int:
         """Delete every object under the folder ``uri`` (marker first); returns how many were deleted."""
@@ -595,7 +659,14 @@ class ObjectStore:
             return None
         return (stat.metadata or {}).get(f"x-amz-meta-{CHECKSUM_META_KEY}")
 
-    def sync_to_local(self, uri: str, local_dir: str | Path, require_marker: bool = True) -> TransferResult:
+    def sync_to_local(
+        self,
+        uri: str,
+        local_dir: str | Path,
+        require_marker: bool = True,
+        include: Collection[str] | None = None,
+        marker: dict | None = None,
+    ) -> TransferResult:
         """Make ``local_dir`` hold the published folder ``uri``: fetch files missing or different.
 
         Only the files listed in the marker are fetched, each checked against the marker's checksum and
@@ -604,24 +675,32 @@ class ObjectStore:
         the bucket by other tools: without a marker every object under ``uri`` is fetched (checked
         against its stored checksum when it has one) and no local marker is written.
 
+        ``include``: fetch only these relative files and folders (e.g. ``["manifest.json",
+        "Annotations/v1"]``); names that match nothing are skipped, the caller checks what it needs. A
+        selective sync writes no local marker (the folder is not the whole published set). ``marker``:
+        the folder's marker when the caller has read it already (saves a request).
+
         Raises:
             IncompletePublishError: ``uri`` has no marker and ``require_marker`` is set (nothing is
                 downloaded).
         """
         start = time.perf_counter()
         root = Path(local_dir)
-        try:
-            marker: dict | None = self.read_marker(uri)
-        except IncompletePublishError:
-            if require_marker:
-                raise
-            marker = None
+        if marker is None:
+            try:
+                marker = self.read_marker(uri)
+            except IncompletePublishError:
+                if require_marker:
+                    raise
         if marker is not None:
             wanted = {rel: (info["size"], info["sha256"]) for rel, info in marker["files"].items()}
         else:
             wanted = {rel: (size, None) for rel, size in self.list_objects(uri).items()}
             if not wanted:
                 raise StorageNotFoundError(f"{uri}: no objects under this prefix")
+        if include is not None:
+            selected = _selector(include)
+            wanted = {rel: value for rel, value in wanted.items() if selected(rel)}
         loc = parse_s3_uri(uri)
         jobs: list[Callable[[], int]] = []
         total = 0
@@ -642,11 +721,19 @@ class ObjectStore:
         if jobs and root.joinpath(MARKER_NAME).exists():
             root.joinpath(MARKER_NAME).unlink()
         moved = self._run_parallel(jobs, f"download {uri}", total)
-        if marker is not None:
+        if marker is not None and include is None:
             atomic_write_bytes(
                 root / MARKER_NAME, json.dumps(marker, indent=1, sort_keys=True).encode(), temp_suffix=".part"
             )
-        logger.info("synced %s to %s: %d files fetched, %d unchanged", uri, root, len(jobs), skipped)
+        logger.info(
+            "synced %s%s to %s: %d files fetched (%.1f MB), %d unchanged",
+            uri,
+            "" if include is None else f" ({len(wanted)} selected files)",
+            root,
+            len(jobs),
+            moved / 1e6,
+            skipped,
+        )
         return TransferResult(uri, root, len(jobs), skipped, moved, time.perf_counter() - start)
 
     def download_folder(self, uri: str, local_dir: str | Path) -> TransferResult:

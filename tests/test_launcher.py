@@ -542,7 +542,9 @@ def test_local_launcher_trains_on_two_nodes_and_publishes_checkpoints(
     assert any(not torch.equal(state["model"][k], init[k]) for k in init), "training changed no weight"
     # Both nodes really joined one job: each node's scratch saw the data, and the world size was 2.
     for rank in (0, 1):
-        assert (tmp_path / "scratch" / "r1" / f"node{rank}" / "data" / "splits" / "train.txt").is_file()
+        node = tmp_path / "scratch" / "r1" / f"node{rank}"
+        assert (node / "train_list.txt").read_text() == "v0\nv1\n"
+        assert (node / "data" / "JPEGImages" / "v1" / "00003.jpg").is_file()
     cfg = (tmp_path / "scratch" / "r1" / "node0" / "experiment" / "config_resolved.yaml").read_text()
     assert "num_nodes: 2" in cfg
 

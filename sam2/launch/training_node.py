@@ -3,7 +3,12 @@
 Every pod of the PyTorchJob runs `python -m sam2.launch.training_node ...`, and so does every "node" of
 the local launcher, so the cluster and the laptop share one code path:
 
-1. the data set (a published `s3://` folder, or a local folder) is synced to the node's scratch disk;
+1. the train videos of the data set (a published `s3://` folder, or a local folder) are staged on the
+   node's scratch disk, frames and masks of the videos in the train list and nothing else, each file
+   checked against the marker and each video against the manifest (`sam2.data.staging`). Staging holds a
+   lock in the data folder, so processes sharing it (the local ranks of a node, or every node on a
+   ReadWriteMany volume named by `SAM2_SHARED_DATA_DIR`) download once and the others wait; stamped
+   videos are skipped after a restart, so an interrupted staging resumes;
 2. the run's published checkpoints are synced back into the experiment folder, so a restarted pod (the
    job's restartPolicy is OnFailure) resumes from the newest checkpoint: the trainer auto-resumes from
    `<experiment_log_dir>/checkpoints/checkpoint.pt`;
@@ -31,7 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sam2.storage import ObjectStore, is_s3_uri
+from sam2.data.staging import StagingError, stage_videos
+from sam2.storage import ObjectStore, is_s3_uri, parse_s3_uri
 from sam2.utils.redaction import redact_command
 
 logger = logging.getLogger(__name__)
@@ -40,6 +46,8 @@ TRAIN_MODULE = "sam2.training.train"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 INIT_CHECKPOINT_OVERRIDE = "trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path"
+SHARED_DATA_ENV = "SAM2_SHARED_DATA_DIR"
+"""Mount path of a ReadWriteMany volume holding data set copies (k8s/shared-data-pvc.yaml); unset: none."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,57 @@ class _CheckpointMirror(threading.Thread):
                 logger.warning("checkpoint mirror to %s failed (%s); retrying later", self.target.uri, exc)
 
 
+def _stage_train_data(
+    dataset_uri: str,
+    train_list: str,
+    scratch_dir: Path,
+    store: ObjectStore | None,
+    topology: NodeTopology,
+    env: dict[str, str] | None,
+) -> Path:
+    """Put the train list at `scratch_dir`/train_list.txt and the train videos in the data folder it
+    returns: `scratch_dir`/data, or the shared volume's copy of this data set version. `store`: set
+    whenever a URI is `s3://`."""
+    file_list = scratch_dir / "train_list.txt"
+    remote_data = is_s3_uri(dataset_uri)
+    if is_s3_uri(train_list) or remote_data:
+        assert store is not None
+        list_uri = train_list if is_s3_uri(train_list) else f"{dataset_uri.rstrip('/')}/{train_list}"
+        store.download_file(list_uri, file_list)
+    if not remote_data:  # a local data set folder: copied whole, as before
+        data_dir = scratch_dir / "data"
+        logger.info("node %d/%d: copying data set %s", topology.node_rank, topology.num_nodes, dataset_uri)
+        _Location(dataset_uri, None).fetch(data_dir, required=True)
+        if not is_s3_uri(train_list):
+            src = Path(train_list) if Path(train_list).is_absolute() else data_dir / train_list
+            if not src.is_file():
+                raise FileNotFoundError(
+                    f"training video list {src} does not exist; run the split step first "
+                    f"(python -m sam2.tools.split_dataset) or pass --train-list"
+                )
+            shutil.copyfile(src, file_list)
+        return data_dir
+    shared = (env or os.environ).get(SHARED_DATA_ENV, "").strip()
+    if shared:
+        loc = parse_s3_uri(dataset_uri)
+        data_dir = Path(shared) / loc.bucket / loc.key.strip("/")
+    else:
+        data_dir = scratch_dir / "data"
+    videos = [line.strip() for line in file_list.read_text().splitlines() if line.strip()]
+    if not videos:
+        raise ValueError(f"training video list {train_list} is empty")
+    logger.info(
+        "node %d/%d: staging %d train videos of %s into %s",
+        topology.node_rank,
+        topology.num_nodes,
+        len(videos),
+        dataset_uri,
+        data_dir,
+    )
+    stage_videos(store, dataset_uri, data_dir, videos)
+    return data_dir
+
+
 def run_node(
     config: str,
     dataset_uri: str,
@@ -201,22 +260,15 @@ def run_node(
     needs_s3 = any(is_s3_uri(u) for u in (dataset_uri, run_uri, train_list, init_checkpoint_uri or ""))
     store = ObjectStore() if needs_s3 else None
     scratch_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = scratch_dir / "data"
     exp_dir = scratch_dir / "experiment"
     run = _Location(run_uri, store if is_s3_uri(run_uri) else None)
 
-    logger.info("node %d/%d: fetching data set %s", topology.node_rank, topology.num_nodes, dataset_uri)
-    _Location(dataset_uri, store if is_s3_uri(dataset_uri) else None).fetch(data_dir, required=True)
+    data_dir = _stage_train_data(dataset_uri, train_list, scratch_dir, store, topology, env)
+    file_list = scratch_dir / "train_list.txt"
     resumed = run.child(CHECKPOINTS).fetch(exp_dir / CHECKPOINTS, required=False)
     if resumed:
         logger.info("resuming from the newest checkpoint published under %s", run.child(CHECKPOINTS).uri)
 
-    if is_s3_uri(train_list):
-        assert store is not None
-        file_list = scratch_dir / "train_list.txt"
-        store.download_file(train_list, file_list)
-    else:
-        file_list = data_dir / train_list  # an absolute path stays as it is
     all_overrides = [
         f"launcher.experiment_log_dir={exp_dir}",
         *dataset_overrides(data_dir, file_list),
@@ -283,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except subprocess.CalledProcessError as exc:
         logger.error("training exited with status %d", exc.returncode)
         return exc.returncode or 1
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, StagingError) as exc:
         logger.error("%s", exc)
         return 2
     return 0
