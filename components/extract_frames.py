@@ -27,7 +27,7 @@ def extract_frames(
     """
     import logging
 
-    from components.runtime import configure, work_dir, write_pointer
+    from components.runtime import configure, log_transfers, work_dir, write_pointer
     from sam2.data.demo import generate_demo_dataset
     from sam2.data.frame_extraction import extract_dataset
     from sam2.data.layout import STATE_DIR
@@ -57,4 +57,5 @@ def extract_frames(
         }
     )
     write_pointer(frames.path, dict(frames.metadata))
+    log_transfers(store, "extract_frames")
     return result.version

@@ -15,16 +15,24 @@ def split_dataset(
     seed: int = 0,
     s3_endpoint_url: str = "",
 ) -> str:
-    """Write train.txt / val.txt under <data set>/splits/seed<seed>-val<fraction>/; returns its URI."""
-    from components.runtime import configure, work_dir, write_pointer
+    """Write train.txt / val.txt under <data set>/splits/seed<seed>-val<fraction>/; returns its URI.
+
+    Reads only the annotations and the manifest (no frame). `splits` carries `train_bytes`, what the
+    train videos take on disk (from the marker's sizes): the training job sizes its scratch with it.
+    """
+    import json
+
+    from components.runtime import configure, log_transfers, work_dir, write_pointer
     from sam2.data.splitting import split_dataset as split_videos_on_disk
+    from sam2.data.staging import selection_bytes
     from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url)
     store = ObjectStore()
     data_uri = validated.metadata["uri"]
     work = work_dir("split")
-    store.sync_to_local(data_uri, work / "data")
+    marker = store.read_marker(data_uri)
+    store.sync_to_local(data_uri, work / "data", include=["Annotations", "manifest.json"], marker=marker)
     valid_list = work / "valid_videos.txt"
     store.download_file(validated.metadata["valid_list_uri"], valid_list)
     result = split_videos_on_disk(
@@ -36,6 +44,8 @@ def split_dataset(
     )
     out_uri = f"{data_uri}/splits/seed{seed}-val{val_fraction:g}"
     store.upload_folder(work / "splits", out_uri)
+    manifest_path = work / "data" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     splits.metadata.update(
         dict(validated.metadata)
         | {
@@ -44,7 +54,9 @@ def split_dataset(
             "val_list_uri": f"{out_uri}/{result.val_file.name}",
             "num_train": len(result.train),
             "num_val": len(result.val),
+            "train_bytes": selection_bytes(marker, manifest, result.train),
         }
     )
     write_pointer(splits.path, dict(splits.metadata))
+    log_transfers(store, "split")
     return out_uri

@@ -69,6 +69,7 @@ def train_model(
         use_gpus=use_gpus,
         init_checkpoint_uri=init_checkpoint_uri,
         overrides=tuple(overrides),
+        scratch_bytes=splits.metadata.get("train_bytes"),  # the train videos' size, from the split step
     )
     if launcher == "local":
         job_launcher = LocalTorchrunLauncher(work_dir("train"), timeout_s=timeout_hours * 3600)

@@ -26,7 +26,7 @@ def validate_dataset(
     Returns the number of good videos. Fails with the per-video summary when `on_bad` is "fail" and a
     video is bad, or when no good video is left.
     """
-    from components.runtime import configure, work_dir, write_pointer
+    from components.runtime import configure, dataset_dir, log_transfers, work_dir, write_pointer
     from sam2.data import validation
     from sam2.storage import ObjectStore
 
@@ -34,8 +34,11 @@ def validate_dataset(
     store = ObjectStore()
     data_uri = f"s3://{data_bucket}/datasets/{dataset_name}/{dataset_version}"  # as extract_frames publishes
     work = work_dir("validate")
-    store.sync_to_local(data_uri, work / "data")
-    result = validation.validate_dataset(work / "data", num_frames=num_frames)
+    # Every frame is read (decoded) once, so the whole set is fetched once; on a shared volume the copy
+    # there is checked and completed instead.
+    data = dataset_dir(data_uri, work)
+    store.sync_to_local(data_uri, data)
+    result = validation.validate_dataset(data, num_frames=num_frames)
     out_dir = work / "validation"
     valid_list = validation.write_report(result, out_dir, on_bad=on_bad)
     out_uri = f"{data_uri}/validation/frames{num_frames}-{on_bad}"
@@ -64,4 +67,5 @@ def validate_dataset(
     lines += [f"- **{video}**: {'; '.join(problems)}" for video, problems in sorted(result.bad.items())]
     with open(report.path, "w") as handle:
         handle.write("\n".join(lines) + "\n\n```\n" + result.summary() + "\n```\n")
+    log_transfers(store, "validate")
     return len(result.good)

@@ -211,3 +211,31 @@ def test_cpu_budget_follows_the_cgroup_quota(tmp_path):
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
     assert _cgroup_cpu_quota(v1) == 4.0
     assert 1 <= cpu_budget() <= len(os.sched_getaffinity(0))
+
+
+def test_split_step_reads_annotations_and_manifest_only(s3_env, s3_store, s3_bucket, tmp_path, monkeypatch):
+    from kfp import dsl
+
+    from components.split import split_dataset
+
+    uri = publish_dataset(s3_store, s3_bucket, tmp_path / "src")
+    valid = tmp_path / "valid"
+    valid.mkdir()
+    (valid / "valid_videos.txt").write_text("".join(f"{v}\n" for v in TRAIN + VAL))
+    s3_store.upload_folder(valid, f"{uri}/validation/x")
+    monkeypatch.setenv("SAM2_SCRATCH", str(tmp_path / "scratch"))
+    validated = dsl.Dataset(
+        name="validated",
+        uri="unused",
+        metadata={"uri": uri, "valid_list_uri": f"{uri}/validation/x/valid_videos.txt"},
+    )
+    splits = dsl.Dataset(name="splits", uri=str(tmp_path / "out" / "splits"))
+    split_dataset.python_func(validated=validated, dataset_version="v1", splits=splits, val_fraction=0.34)
+    (work,) = (tmp_path / "scratch").glob("sam2-split-*")
+    fetched = {p.relative_to(work / "data").parts for p in (work / "data").rglob("*") if p.is_file()}
+    assert {parts[0] for parts in fetched} == {"Annotations", "manifest.json"}  # no frame
+    assert {parts[1] for parts in fetched if parts[0] == "Annotations"} == set(TRAIN + VAL)
+    marker = s3_store.read_marker(uri)
+    manifest = json.loads(s3_store.read_bytes(f"{uri}/manifest.json"))
+    train = s3_store.read_bytes(splits.metadata["train_list_uri"]).decode().split()
+    assert len(train) == 4 and splits.metadata["train_bytes"] == selection_bytes(marker, manifest, train)
