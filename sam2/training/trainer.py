@@ -35,6 +35,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from sam2.training.lora import (
+    LoRASettings,
+    adapter_state_dict,
+    add_lora_adapters,
+    load_adapter_state_dict,
+    merged_state_dict,
+)
 from sam2.training.loss_fns import CORE_LOSS_KEY
 from sam2.training.optimizer import GradientClipper, build_optimizer_from_config
 from sam2.training.utils.checkpoint_utils import local_copy, save_checkpoint_atomic
@@ -52,6 +59,8 @@ logger = logging.getLogger(__name__)
 MODES = ("train", "train_only", "val")
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_CHECKPOINT_NAME = "checkpoint_best.pt"
+# LoRA runs: the final adapters folded into the base, a plain checkpoint build_sam2 loads strictly.
+MERGED_CHECKPOINT_NAME = "checkpoint_merged.pt"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -111,6 +120,9 @@ class Trainer:
     val_epoch_freq: epochs between validations in mode "train" (>= 1; the last epoch is always validated);
         "never" is mode "train_only". Raises ValueError naming the key for 0 or less.
     accelerator: "cuda" (bf16 autocast when optim.amp.enabled, nccl) or "cpu" (fp32, gloo).
+    lora: the `trainer.lora` block (sam2.training.lora.LoRASettings); rank > 0 trains LoRA adapters on
+        the frozen initial weights: checkpoints then hold the adapters alone, and the end of training
+        also writes MERGED_CHECKPOINT_NAME (adapters merged into a plain checkpoint).
     """
 
     def __init__(
@@ -128,6 +140,7 @@ class Trainer:
         distributed: DictConfig | None = None,
         optim: DictConfig | None = None,
         loss: DictConfig | None = None,
+        lora: DictConfig | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"trainer.mode must be one of {MODES}, got {mode!r}")
@@ -166,6 +179,12 @@ class Trainer:
         self.save_dir = Path(checkpoint.save_dir)
         self.save_freq = int(checkpoint.get("save_freq", 0) or 0)
         self.save_every_n_steps = int(checkpoint.get("save_every_n_steps", 0) or 0)
+        # LoRA: the frozen base is loaded before the adapters wrap (and rename) the layers they adapt,
+        # and before the optimizer, which then holds the adapters alone.
+        self.lora = LoRASettings.from_config(_as_container(lora))
+        if self.lora is not None:
+            self._initialize_weights()
+            add_lora_adapters(self.model, self.lora)
 
         self.train_data = instantiate(data.train, _convert_="all") if data.get("train") is not None else None
         # Validation data is only built where it is used (train_only never touches the val list).
@@ -201,7 +220,7 @@ class Trainer:
         self.steps = 0
         self.batches_done_in_epoch = 0  # > 0 only in a checkpoint written mid-epoch
         self.loss_state: dict[str, float | None] = {"last_train_loss": None, "best_val_jf": None}
-        if not self._resume():
+        if not self._resume() and self.lora is None:
             self._initialize_weights()
 
         # Wrapped after loading: DDP's initial broadcast then spreads rank 0's loaded weights.
@@ -253,7 +272,10 @@ class Trainer:
             point, state = self._rank0_resume_state(point, state)
         if point is None or state is None:
             return False
-        self.model.load_state_dict(state["model"], strict=True)
+        if self.lora is not None:
+            load_adapter_state_dict(self.model, state["model"], source=point.source)
+        else:
+            self.model.load_state_dict(state["model"], strict=True)
         if self.optim is not None and "optimizer" in state:
             self.optim.load_state_dict(state["optimizer"])
         if "scaler" in state:
@@ -322,8 +344,10 @@ class Trainer:
         return point, state
 
     def _checkpoint_state(self) -> dict[str, Any]:
+        extra = {} if self.lora is None else {"lora": self.lora.to_dict()}
         return {
-            "model": self.model.state_dict(),
+            **extra,
+            "model": self.model.state_dict() if self.lora is None else adapter_state_dict(self.model),
             "optimizer": self.optim.state_dict() if self.optim is not None else None,
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
@@ -338,6 +362,18 @@ class Trainer:
             return None
         path = save_checkpoint_atomic(self._checkpoint_state(), self.save_dir / name)
         logger.info("saved checkpoint %s (epoch %d, step %d)", path, self.epoch, self.steps)
+        return path
+
+    def save_merged_checkpoint(self) -> Path | None:
+        """LoRA runs: write the adapters merged into the base weights as {"model": plain state dict}
+        (rank 0); returns the path there, None on other ranks or without LoRA."""
+        if self.lora is None or not self.ctx.is_main:
+            return None
+        path = save_checkpoint_atomic(
+            {"model": merged_state_dict(self.model), "merged_lora": self.lora.to_dict(), "epoch": self.epoch},
+            self.save_dir / MERGED_CHECKPOINT_NAME,
+        )
+        logger.info("saved the LoRA adapters merged into the base weights: %s", path)
         return path
 
     # ------------------------------------------------------------------------------------------------------
@@ -393,6 +429,7 @@ class Trainer:
             if self.save_freq > 0 and self.epoch % self.save_freq == 0:
                 self.save_checkpoint(f"checkpoint_{self.epoch - 1}.pt")
             barrier()
+        self.save_merged_checkpoint()
         return metrics
 
     def _seed_epoch(self, epoch: int) -> None:
