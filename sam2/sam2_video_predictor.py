@@ -3,8 +3,9 @@ propagate them through the video (forward or in reverse) with SAM 2's memory.
 
 The session state is a plain dict with the official keys (`num_frames`, `video_height`, `video_width`,
 `obj_ids`, `output_dict_per_obj`, ...), so scripts written for the official predictor run unchanged.
-Unlike the official predictor, memory features are stored in the model's dtype: fp32 stays fp32 on every
-pass (the official one stores bf16 and, on the CPU, fails when it tracks over frames a second time).
+Memory features are stored in `memory_dtype` (bf16 by default, as the official predictor stores them) and
+read back in the compute dtype, so a second pass, a reverse pass and corrections also work on the CPU;
+`memory_dtype: float32` in the model config keeps them in full precision.
 """
 
 from __future__ import annotations
@@ -703,7 +704,7 @@ class SAM2VideoPredictor(SAM2Base):
         storage = inference_state["storage_device"]
         memory = out["maskmem_features"]
         if memory is not None:
-            memory = memory.to(storage, non_blocking=True)
+            memory = memory.to(self.memory_dtype).to(storage, non_blocking=True)
         logits = out["pred_masks"]
         if self.fill_hole_area > 0:
             logits = fill_holes_in_mask_scores(logits, self.fill_hole_area)
@@ -734,7 +735,7 @@ class SAM2VideoPredictor(SAM2Base):
             object_score_logits=object_score_logits,
             is_mask_from_pts=is_mask_from_pts,
         )
-        memory = memory.to(inference_state["storage_device"], non_blocking=True)
+        memory = memory.to(self.memory_dtype).to(inference_state["storage_device"], non_blocking=True)
         return memory, self._get_maskmem_pos_enc(inference_state, {"maskmem_pos_enc": pos})
 
     def _get_maskmem_pos_enc(

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from sam2_oracle import oracle_checkpoint, own_checkpoint, require_oracle, run_oracle
 
@@ -80,10 +81,102 @@ def official_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _object_present(oracle_checkpoint(CONFIG), out)
 
 
-def _build(checkpoint: Path):
+def _stirred(source: Path, out: Path, seed: int = 0) -> Path:
+    """`source` with every tensor moved by Gaussian noise of its own standard deviation: weights far from
+    any initial values, where a small precision difference in the memories grows the most."""
+    state = torch.load(source, map_location="cpu", weights_only=True)["model"]
+    gen = torch.Generator().manual_seed(seed)
+    for value in state.values():
+        if value.is_floating_point() and value.numel() > 1:
+            value.add_(value.std() * torch.randn(value.shape, generator=gen, dtype=value.dtype))
+    torch.save({"model": state}, out)
+    return out
+
+
+TRAIN_CONFIG = "configs/sam2.1_training/sam2.1_hiera_t_MOSE_finetune.yaml"
+TRAIN_STEPS = 3
+TRAIN_FRAMES = 4
+
+
+def _trained(source: Path, out: Path, video_dir: Path) -> Path:
+    """`source` after TRAIN_STEPS steps of our training code (SAM2Train with the MOSE recipe's prompt
+    simulation and loss, AdamW at lr 1e-4, no augmentation) on the first frames of the test video, with
+    the disk and the square as the two objects: weights that training has moved, as a fine-tuned
+    checkpoint's are."""
+    from hydra.utils import instantiate
+
+    from sam2.training.train import compose_training_config
+    from sam2.training.utils.data_utils import BatchedVideoDatapoint, BatchedVideoMetaData
+
+    cfg = compose_training_config(
+        TRAIN_CONFIG, ["trainer.accelerator=cpu", f"scratch.resolution={IMAGE_SIZE}"]
+    )
+    torch.manual_seed(0)
+    model = instantiate(cfg.trainer.model, _convert_="all")
+    model.load_state_dict(torch.load(source, map_location="cpu", weights_only=True)["model"], strict=True)
+    model.train()
+    loss_fn = instantiate(cfg.trainer.loss.all)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    frames, masks = [], []
+    yy, xx = np.mgrid[0:FRAME_H, 0:FRAME_W]
+    for t in range(TRAIN_FRAMES):
+        rgb = np.asarray(Image.open(video_dir / f"{t:05d}.jpg").convert("RGB"), np.float32) / 255.0
+        img = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+        frames.append(((F.interpolate(img, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear") - mean) / std)[0])
+        square = (abs(xx - 95 + 3 * t) < 12) & (abs(yy - 30) < 12)
+        both = torch.from_numpy(np.stack([_disk(t), square])).float()[:, None]
+        masks.append(F.interpolate(both, size=(IMAGE_SIZE, IMAGE_SIZE), mode="nearest")[:, 0] > 0.5)
+    batch = BatchedVideoDatapoint(
+        img_batch=torch.stack(frames)[:, None],
+        obj_to_frame_idx=torch.tensor([[[t, 0], [t, 0]] for t in range(TRAIN_FRAMES)], dtype=torch.int32),
+        masks=torch.stack(masks),
+        metadata=BatchedVideoMetaData(
+            unique_objects_identifier=torch.tensor(
+                [[[0, 1, t], [0, 2, t]] for t in range(TRAIN_FRAMES)], dtype=torch.long
+            ),
+            frame_orig_size=torch.tensor([[[FRAME_H, FRAME_W]] * 2] * TRAIN_FRAMES, dtype=torch.long),
+        ),
+        dict_key="all",
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    for step in range(TRAIN_STEPS):
+        model.reseed_prompts(step)
+        loss = loss_fn(model(batch), batch.masks)["core_loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.save({"model": model.state_dict()}, out)
+    return out
+
+
+WEIGHT_SETS = ("fixture", "stirred", "trained")
+
+
+@pytest.fixture(scope="module")
+def weight_sets(
+    tmp_path_factory: pytest.TempPathFactory, official_checkpoint: Path, video
+) -> dict[str, Path]:
+    """The comparison's weights: the official package's checkpoint (the fixture), the same stirred, and
+    the same trained for a few steps."""
+    folder = tmp_path_factory.mktemp("weight_sets")
+    # Seed 2: the click-prompted object is mixed-sign on its prompted frames (seeds 0, 1: all foreground).
+    stirred = _stirred(oracle_checkpoint(CONFIG), folder / "stirred_raw.pt", seed=2)
+    return {
+        "fixture": official_checkpoint,
+        "stirred": _object_present(stirred, folder / "stirred.pt"),
+        "trained": _trained(official_checkpoint, folder / "trained.pt", video[0]),
+    }
+
+
+def _build(checkpoint: Path, *extra_overrides: str):
     torch.manual_seed(0)
     return build_sam2_video_predictor(
-        CONFIG, checkpoint, device="cpu", apply_postprocessing=False, hydra_overrides_extra=OVERRIDES
+        CONFIG,
+        checkpoint,
+        device="cpu",
+        apply_postprocessing=False,
+        hydra_overrides_extra=[*OVERRIDES, *extra_overrides],
     )
 
 
@@ -99,7 +192,8 @@ def _session(predictor, video_dir: str, mask, late_mask, click, late_click, firs
     """The prompt-track-prompt-track session both packages run (this function's source is also the
     oracle's script): a mask (object 1) and a click (object 2) on frame 0, a first pass up to frame
     `first_pass_last`, a click (object 2) and a mask (object 1) on the frame after it, then a second pass
-    over the whole video, whose history now holds two conditioning frames per object."""
+    over the whole video, whose history now holds two conditioning frames per object, and a reverse pass
+    from frame `first_pass_last` back to the start."""
     st = predictor.init_state(video_dir)
     out = {
         "prompt_mask": predictor.add_new_mask(st, 0, 1, mask)[2],
@@ -113,6 +207,10 @@ def _session(predictor, video_dir: str, mask, late_mask, click, late_click, firs
     out["late_click"] = predictor.add_new_points_or_box(st, late, 2, points=[late_click], labels=[1])[2]
     out["late_mask"] = predictor.add_new_mask(st, late, 1, late_mask)[2]
     out["track2"] = {f: m.clone() for f, _, m in predictor.propagate_in_video(st)}
+    out["reverse"] = {
+        f: m.clone()
+        for f, _, m in predictor.propagate_in_video(st, start_frame_idx=first_pass_last, reverse=True)
+    }
     out["state"] = st
     return out
 
@@ -181,14 +279,43 @@ def _session_prompts(video_dir: Path, mask) -> dict:
     )
 
 
-def test_tracks_like_the_official_predictor(official_checkpoint: Path, video) -> None:
+PASSES = {  # pass key -> the frames it returns, in order
+    "track": list(range(FIRST_PASS_LAST + 1)),
+    "track2": list(range(NUM_FRAMES)),
+    "reverse": list(range(FIRST_PASS_LAST, -1, -1)),
+}
+
+
+def _official_session(checkpoint: Path, session: dict) -> dict:
+    return run_oracle(
+        _SESSION_SCRIPT,
+        {"config": CONFIG, "ckpt": str(checkpoint), "overrides": OVERRIDES, "session": session},
+    )
+
+
+def tracked_frame_figures(ours: dict, ref: dict) -> dict[str, tuple[list[float], list[float]]]:
+    """Per tracked frame ("<pass> frame <i>"): per-object mean relative differences and sign agreements."""
+    return {
+        f"{pass_key} frame {f}": (
+            _mean_rel(ours[pass_key][f], ref[pass_key][f]),
+            _sign_agreement(ours[pass_key][f], ref[pass_key][f]),
+        )
+        for pass_key, frames in PASSES.items()
+        for f in frames
+        if f not in (0, LATE_FRAME)
+    }
+
+
+@pytest.mark.parametrize("weights", WEIGHT_SETS)
+def test_tracks_like_the_official_predictor(weights: str, weight_sets: dict[str, Path], video) -> None:
+    """Every frame of both forward passes and the reverse pass on the official checkpoint, the same
+    stirred and the same trained: prompted frames within 1e-4, tracked frames within the official's own
+    float noise (memories stored in bf16 on both sides)."""
+    checkpoint = weight_sets[weights]
     video_dir, mask = video
     session = _session_prompts(video_dir, mask)
-    ref = run_oracle(
-        _SESSION_SCRIPT,
-        {"config": CONFIG, "ckpt": str(official_checkpoint), "overrides": OVERRIDES, "session": session},
-    )
-    ours = _session(_build(official_checkpoint), **session)
+    ref = _official_session(checkpoint, session)
+    ours = _session(_build(checkpoint), **session)
 
     # Prompted frames: each object's logits (mask prompt; click with multimask output, best IoU; the
     # objects not prompted yet on that frame, -1024) within 1e-4 of the official ones.
@@ -197,12 +324,10 @@ def test_tracks_like_the_official_predictor(official_checkpoint: Path, video) ->
     _assert_mixed_sign(ours["prompt_points"], "prompted frame 0")
     _assert_mixed_sign(ours["late_mask"], f"prompted frame {LATE_FRAME}")
 
-    # Tracked frames: the official stores memories in bf16, ours in fp32; both must agree closely.
-    assert list(ours["track"]) == list(ref["track"]) == list(range(FIRST_PASS_LAST + 1))
-    assert list(ours["track2"]) == list(ref["track2"]) == list(range(NUM_FRAMES))
-    for pass_key, frames in (("track", ours["track"]), ("track2", ours["track2"])):
+    for pass_key, frames in PASSES.items():
+        assert list(ours[pass_key]) == list(ref[pass_key]) == frames, pass_key
         for frame_idx in frames:
-            what = f"{pass_key} frame {frame_idx}"
+            what = f"{weights}: {pass_key} frame {frame_idx}"
             if frame_idx in (0, LATE_FRAME):
                 _assert_prompted_frame_matches(ours[pass_key][frame_idx], ref[pass_key][frame_idx], what)
             else:
@@ -218,9 +343,32 @@ def test_tracks_like_the_official_predictor(official_checkpoint: Path, video) ->
         ]
         assert max(moved) > TRACKED_TOLERANCE, f"object {obj_idx + 1}: second pass moved only {moved}"
 
-    # Memories stay in the model's dtype.
+    # Memories are stored in bf16, as the official predictor stores them.
     committed = ours["state"]["output_dict_per_obj"][0]["non_cond_frame_outputs"]
-    assert all(out["maskmem_features"].dtype == torch.float32 for out in committed.values())
+    assert committed and all(out["maskmem_features"].dtype == torch.bfloat16 for out in committed.values())
+
+
+def test_memory_dtype_float32_keeps_full_precision_memories(tmp_path: Path, predictor, video) -> None:
+    """`memory_dtype: float32` in the model config stores fp32 memories and tracks differently from the
+    bf16 default (by the bf16 rounding); a value that is not a dtype names the setting."""
+    video_dir, mask = video
+    checkpoint = tmp_path / "own.pt"
+    torch.save({"model": predictor.state_dict()}, checkpoint)
+    full = _build(checkpoint, "++model.memory_dtype=float32")
+    assert full.memory_dtype == torch.float32 and predictor.memory_dtype == torch.bfloat16
+    tracked = {}
+    for name, model in (("bf16", predictor), ("fp32", full)):
+        st = model.init_state(str(video_dir))
+        model.add_new_mask(st, 0, 1, mask)
+        tracked[name] = torch.stack([m for _, _, m in model.propagate_in_video(st, max_frame_num_to_track=2)])
+        stored = st["output_dict_per_obj"][0]["non_cond_frame_outputs"]
+        expected = torch.bfloat16 if name == "bf16" else torch.float32
+        assert stored and all(out["maskmem_features"].dtype == expected for out in stored.values())
+    assert torch.equal(tracked["bf16"][0], tracked["fp32"][0])  # the prompted frame: no memory read
+    assert not torch.equal(tracked["bf16"][1:], tracked["fp32"][1:])
+    # Hydra wraps the constructor's ValueError; its message names the setting and the accepted values.
+    with pytest.raises(Exception, match=r"model.memory_dtype='int8': use one of \['bfloat16'"):
+        _build(checkpoint, "++model.memory_dtype=int8")
 
 
 # Compiled (inductor, fp32 on the CPU) against eager: the kernels fuse and reorder reductions, nothing else.
@@ -287,7 +435,7 @@ def test_reverse_then_forward_after_a_new_click(predictor, video) -> None:
     assert again == [3, 2, 1, 0]
     stored = st["output_dict_per_obj"][0]["non_cond_frame_outputs"]
     assert all(out["maskmem_features"].device.type == "cpu" for out in stored.values())
-    assert all(out["maskmem_features"].dtype == torch.float32 for out in stored.values())
+    assert all(out["maskmem_features"].dtype == torch.bfloat16 for out in stored.values())
 
     # Removing the only object empties the session; a new one can start.
     assert predictor.remove_object(st, 7)[0] == []

@@ -33,6 +33,19 @@ MASK_AS_OUTPUT_BIAS = -10.0
 FrameOutput = dict[str, Any]
 
 
+_MEMORY_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def _parse_memory_dtype(value: str | torch.dtype) -> torch.dtype:
+    """`model.memory_dtype` as a torch dtype; raises ValueError naming the setting for anything else."""
+    if isinstance(value, torch.dtype) and value in _MEMORY_DTYPES.values():
+        return value
+    name = str(value).removeprefix("torch.")
+    if name not in _MEMORY_DTYPES:
+        raise ValueError(f"model.memory_dtype={value!r}: use one of {sorted(_MEMORY_DTYPES)}")
+    return _MEMORY_DTYPES[name]
+
+
 class SAM2Base(nn.Module):
     """SAM 2 model: segment with prompts on one frame, track with a memory of earlier frames.
 
@@ -57,6 +70,10 @@ class SAM2Base(nn.Module):
     - memory_temporal_stride_for_eval: take every r-th past frame into memory in eval.
     - non_overlap_masks_for_mem_enc: keep only the top-scoring object per pixel before memory encoding.
     - compile_image_encoder: `torch.compile` the image encoder's forward.
+    - memory_dtype: dtype in which the video predictor stores each frame's memory features ("bfloat16",
+      as the official predictor does on every device; "float32" keeps full precision). Memories are cast
+      back to the compute dtype where memory attention reads them, so every pass works on the CPU too.
+      Training keeps memories in the compute dtype, as the official training code does.
     """
 
     def __init__(
@@ -96,8 +113,10 @@ class SAM2Base(nn.Module):
         no_obj_embed_spatial: bool = False,
         sam_mask_decoder_extra_args: dict[str, Any] | None = None,
         compile_image_encoder: bool = False,
+        memory_dtype: str | torch.dtype = "bfloat16",
     ) -> None:
         super().__init__()
+        self.memory_dtype = _parse_memory_dtype(memory_dtype)
         if proj_tpos_enc_in_obj_ptrs and not add_tpos_enc_to_obj_ptrs:
             raise ValueError("proj_tpos_enc_in_obj_ptrs=True needs add_tpos_enc_to_obj_ptrs=True")
         if fixed_no_obj_ptr and not (pred_obj_scores and use_obj_ptrs_in_encoder):
@@ -466,6 +485,9 @@ class SAM2Base(nn.Module):
             memory, memory_pos, num_obj_ptr_tokens = self._gather_memory(
                 frame_idx, output_dict, num_frames, track_in_reverse, batch, device
             )
+            # Stored memories may be bf16 (memory_dtype); attention reads them in the features' dtype
+            # (on fp32 this equals the official torch.cat promotion with its fp32 object pointers).
+            memory = memory.to(current_vision_feats[-1].dtype)
 
         fused = self.memory_attention(
             curr=current_vision_feats,
