@@ -1,4 +1,5 @@
-"""Pipeline step 6: J, F and J&F per object, per video and overall -> Metrics, metrics.json, a report."""
+"""Pipeline step 6: J, F and J&F of every scored model (new, champion, baseline) on the same val videos
+-> Metrics, metrics.json, the comparison promotion decides on, and a report."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
@@ -13,56 +14,95 @@ def evaluate_predictions(
     model: Input[Model],
     metrics: Output[Metrics],
     report: Output[Markdown],
+    comparison: Output[Dataset],
     protocol: str = "sav",
     s3_endpoint_url: str = "",
 ) -> float:
-    """Score the predicted masks of the val videos; publish metrics.json and report.md in the run folder.
-
-    Returns the overall J&F in percent.
+    """Score the predicted masks of each model on the val videos; publish metrics.json (the new model's
+    scores, with every model's under "models") and report.md in the run folder; `comparison` holds the
+    scores promotion compares (see sam2.model_comparison). Returns the new model's J&F in percent.
     """
     import json
 
-    from components.runtime import configure, fetch_val_split, work_dir
+    from components.runtime import configure, cpu_budget, fetch_report_frames, fetch_val_split, work_dir
     from sam2.eval.evaluator import evaluate, read_video_list
-    from sam2.eval.report import write_report
+    from sam2.eval.report import write_comparison_report
+    from sam2.eval.training_curves import read_training_curves
+    from sam2.model_comparison import NEW, comparison_summary
     from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url)
     store = ObjectStore()
     work = work_dir("evaluate")
-    data, val_list = fetch_val_split(store, splits.metadata, work)
-    store.sync_to_local(predictions.metadata["uri"], work / "predictions")
+    # Masks only: scoring reads no frame; the overlays' few frames are fetched after scoring.
+    data, val_list = fetch_val_split(store, splits.metadata, work, parts=("Annotations",))
     videos = read_video_list(val_list)
-    result = evaluate(
-        data / "Annotations", work / "predictions", videos=videos, protocol=protocol, num_processes=1
-    )
-    scores = result.to_dict()
-    for key in ("J&F", "J", "F"):
-        metrics.log_metric(key, round(scores[key], 4))
-    metrics.log_metric("num_videos", len(scores["per_video"]))
+    entries = {m["key"]: m for m in predictions.metadata["models"]}
+    results, pred_roots = {}, {}
+    for key, entry in entries.items():
+        pred_roots[key] = work / "predictions" / key
+        store.sync_to_local(entry["uri"], pred_roots[key])
+        results[key] = evaluate(
+            data / "Annotations", pred_roots[key], videos=videos, protocol=protocol, num_processes=cpu_budget()
+        )
+    fetch_report_frames(store, splits.metadata["uri"], data, results[NEW])
+    curves = None
+    if model.metadata.get("tensorboard_uri"):
+        tb_dir = work / "tensorboard"
+        store.sync_to_local(model.metadata["tensorboard_uri"], tb_dir, require_marker=False)
+        curves = read_training_curves(tb_dir)
 
-    # EVAL's report: per-video table, bar chart and worst-frame overlays; the KFP copy embeds the images.
+    summary = comparison_summary(
+        {key: r.to_dict() for key, r in results.items()},
+        entries,
+        skipped=predictions.metadata.get("skipped", {}),
+        dataset_version=model.metadata.get("dataset_version", ""),
+        val_list_uri=splits.metadata["val_list_uri"],
+        videos=videos,
+        protocol=protocol,
+        curves=curves,
+    )
+    new_scores = results[NEW].to_dict()
+    for key in ("J&F", "J", "F"):
+        metrics.log_metric(key, round(new_scores[key], 4))
+        for other, scores in summary["models"].items():
+            if other != NEW:
+                metrics.log_metric(f"{other}_{key}", round(scores[key], 4))
+    metrics.log_metric("num_videos", len(new_scores["per_video"]))
+    with open(comparison.path, "w") as handle:
+        json.dump(summary, handle, indent=1)
+    comparison.metadata.update({k: summary[k] for k in ("dataset_version", "val_list_uri", "skipped")})
+
+    # The report: all models side by side, the per-video change, the new model's worst losses with
+    # overlays, and the training curves; the KFP copy embeds the images.
     report_dir = work / "report"
-    title = f"J&F of {model.metadata.get('uri')} on the val split of {splits.metadata['uri']}"
-    if model.metadata.get("init", "given") != "given":
-        title += f" (init: {model.metadata['init']})"
-    embedded = write_report(
-        result,
-        report_dir,
-        data / "Annotations",
-        work / "predictions",
-        data / "JPEGImages",
-        embed_images=True,
+    title = f"J&F on the val split of {splits.metadata['uri']}"
+    labels = {key: entry["label"] for key, entry in entries.items()}
+    notes = [
+        f"new: {model.metadata['uri']}"
+        + (f" (init: {model.metadata['init']})" if model.metadata.get("init", "given") != "given" else "")
+    ]
+    kwargs = dict(
+        gt_root=data / "Annotations",
+        pred_roots=pred_roots,
+        image_root=data / "JPEGImages",
+        labels=labels,
+        skipped=summary["skipped"],
+        curves=curves,
         title=title,
+        notes=notes,
     )
-    write_report(
-        result, report_dir, data / "Annotations", work / "predictions", data / "JPEGImages", title=title
-    )
+    embedded = write_comparison_report(results, report_dir, embed_images=True, **kwargs)
+    write_comparison_report(results, report_dir, **kwargs)
     with open(report.path, "w") as handle:
         handle.write(embedded)
 
     run_uri = model.metadata["run_uri"]
-    store.write_bytes(f"{run_uri}/metrics.json", json.dumps(scores, indent=2).encode(), "application/json")
+    payload = {**new_scores, "models": summary["models"], "skipped": summary["skipped"]}
+    store.write_bytes(f"{run_uri}/metrics.json", json.dumps(payload, indent=2).encode(), "application/json")
+    store.write_bytes(
+        f"{run_uri}/comparison.json", json.dumps(summary, indent=1).encode(), "application/json"
+    )
     store.upload_folder(report_dir, f"{run_uri}/report")
     store.write_bytes(f"{run_uri}/report.md", (report_dir / "report.md").read_bytes(), "text/markdown")
-    return float(scores["J&F"])
+    return float(new_scores["J&F"])

@@ -1,9 +1,9 @@
-"""Pipeline step 7: register the checkpoint in MLflow and decide champion or challenger (inside the step)."""
+"""Pipeline step 7: log the MLflow run, register the checkpoint, decide champion or challenger (inside the step)."""
 
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Input, Markdown, Metrics, Model, Output
+from kfp.dsl import Dataset, Input, Markdown, Model, Output
 
 from components.images import component_image
 
@@ -11,60 +11,118 @@ from components.images import component_image
 @dsl.component(base_image=component_image(), install_kfp_package=False)
 def promote_model(
     model: Input[Model],
-    metrics: Input[Metrics],
+    comparison: Input[Dataset],
     dataset_name: str,
     pipeline_run: str,
     decision_report: Output[Markdown],
     promotion_margin: float = 1.0,
+    allow_random_init: bool = False,
+    inference_args: str = "",
+    image: str = "",
     mlflow_tracking_uri: str = "",
     s3_endpoint_url: str = "",
-) -> NamedTuple("PromotionOutputs", decision=str, model_version=str, jf=float, run_uri=str, dataset_uri=str):
-    """Register a new version of model `sam2-<dataset_name>`; returns the decision ("champion" or
-    "challenger"), the registered version, its J&F, the run folder and the data set it was trained on.
+) -> NamedTuple(
+    "PromotionOutputs",
+    decision=str,
+    model_version=str,
+    jf=float,
+    run_uri=str,
+    dataset_uri=str,
+    comparison=str,
+):
+    """Log this pipeline run as an MLflow run (experiment `sam2-<dataset_name>`), register a new version of
+    model `sam2-<dataset_name>` linked to it and loadable with mlflow.pyfunc, and decide "champion" or
+    "challenger". Returns the decision, the registered version, its J&F, the run folder, the data set it
+    was trained on, and one line comparing it with the champion and the baseline.
 
-    The `champion` alias moves only when the new J&F beats the champion's by more than
-    `promotion_margin` (J&F points); concurrent runs are serialised (see sam2.registry).
+    The rule compares the new model with the champion as both were scored in this run (`comparison`,
+    from evaluate), by more than `promotion_margin` J&F points; if the champion could not be scored here
+    it falls back to the champion's registered J&F and says so. A model trained from random weights never
+    becomes champion unless `allow_random_init`. Concurrent runs are serialised (see sam2.registry).
     """
+    import json
     import os
+    import tempfile
     from collections import namedtuple
+    from pathlib import Path
 
     from components.runtime import configure
-    from sam2.registry import Candidate, MlflowModelRegistry
+    from sam2.promotion import promote_pipeline_run
+    from sam2.registry import code_version
+    from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url, mlflow_tracking_uri)
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise ValueError("no MLflow registry: set the mlflow_tracking_uri parameter or MLFLOW_TRACKING_URI")
-    scores = {k: float(metrics.metadata[k]) for k in ("J&F", "J", "F")}
-    candidate = Candidate(
-        dataset_name=dataset_name,
-        checkpoint_uri=model.metadata["uri"],
-        metrics=scores,
-        dataset_version=model.metadata["dataset_version"],
-        config=f"{model.metadata['training_config']} {model.metadata.get('training_overrides', '')}".strip(),
-        pipeline_run=pipeline_run,
-        extra_tags={"init": str(model.metadata.get("init", "")), "run_uri": model.metadata["run_uri"]},
-    )
-    result = MlflowModelRegistry(uri).register_and_promote(candidate, margin=promotion_margin)
-    previous = (
-        f"version {result.previous_champion_version} (J&F {result.previous_champion_score:.2f})"
-        if result.previous_champion_version
-        else "none"
-    )
+    with open(comparison.path) as handle:
+        scores = json.load(handle)
+    meta = dict(model.metadata)
+    run_uri = meta["run_uri"]
+    store = ObjectStore()
+    with tempfile.TemporaryDirectory(prefix="sam2-promote-inputs-") as tmp:
+        work = Path(tmp)
+        report_dir = metrics_json = None
+        if store.exists(f"{run_uri}/report.md"):
+            report_dir = work / "report"
+            store.sync_to_local(f"{run_uri}/report", report_dir, require_marker=False)
+        if store.exists(f"{run_uri}/metrics.json"):
+            metrics_json = work / "metrics.json"
+            store.download_file(f"{run_uri}/metrics.json", metrics_json)
+        args = inference_args.split()
+        overrides = args[args.index("--hydra_overrides") + 1 :] if "--hydra_overrides" in args else []
+        outcome = promote_pipeline_run(
+            uri,
+            dataset_name,
+            pipeline_run,
+            meta,
+            scores,
+            report_dir,
+            metrics_json,
+            margin=promotion_margin,
+            allow_random_init=allow_random_init,
+            extra_params={
+                "model_size": Path(meta.get("model_config", "")).stem.rsplit("_", 1)[-1],
+                "code_version": code_version(),
+                "image": image,
+                "inference_args": inference_args,
+                "promotion_margin": promotion_margin,
+                "allow_random_init": allow_random_init,
+                "pipeline_run": pipeline_run,
+            },
+            inference_overrides=overrides,
+        )
+    result = outcome.result
+    table = "\n".join(f"    {line}" for line in outcome.comparison_lines)
     with open(decision_report.path, "w") as handle:
         handle.write(
             f"# {result.decision.upper()}: {result.model_name} version {result.version}\n\n"
-            f"J&F {result.score:.2f}; previous champion: {previous}; margin {promotion_margin:.2f}.\n\n"
-            f"Source: `{candidate.checkpoint_uri}`\n"
+            f"Rule `{result.rule}`: {result.reason}.\n\n"
+            f"Scores on the same {len(scores.get('videos', []))} val videos of data set version "
+            f"{scores.get('dataset_version')} (this run):\n\n{table}\n\n"
+            f"MLflow run `{outcome.run_id}`; model `{outcome.model_uri}` "
+            f'(load: `mlflow.pyfunc.load_model("models:/{result.model_name}/{result.version}")`); '
+            f"checkpoint `{meta['uri']}`\n"
         )
     decision_report.metadata.update(
-        {"model_name": result.model_name, "version": result.version, "decision": result.decision}
+        {
+            "model_name": result.model_name,
+            "version": result.version,
+            "decision": result.decision,
+            "rule": result.rule,
+            "mlflow_run_id": outcome.run_id,
+        }
     )
-    outputs = namedtuple("PromotionOutputs", ["decision", "model_version", "jf", "run_uri", "dataset_uri"])
+    models = scores["models"]
+    summary = "; ".join(outcome.comparison_lines) + f"; decision by rule {result.rule}"
+    outputs = namedtuple(
+        "PromotionOutputs", ["decision", "model_version", "jf", "run_uri", "dataset_uri", "comparison"]
+    )
     return outputs(
         result.decision,
         f"{result.model_name}/{result.version}",
-        result.score,
-        model.metadata["run_uri"],
-        model.metadata["dataset_uri"],
+        float(models["new"]["J&F"]),
+        run_uri,
+        meta["dataset_uri"],
+        summary,
     )

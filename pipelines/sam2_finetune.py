@@ -15,7 +15,10 @@ Parameters (defaults are for a cluster; `python -m pipelines.run --dataset demo`
   nprocPerNode = gpus_per_node; 0 GPUs trains on the CPU). train_launcher: "pytorchjob" or "local".
 - training_overrides: extra Hydra overrides for the training config, space-separated.
 - inference_args: extra flags for `sam2.tools.vos_inference`, space-separated.
-- promotion_margin: J&F points a new model must beat the champion by to take the `champion` alias.
+- promotion_margin: J&F points a new model must beat the champion by to take the `champion` alias; both
+  are scored in this run on the same val videos (with the zero-shot baseline of the initial checkpoint).
+- allow_random_init: let a model trained from random weights (no init_checkpoint_uri) become champion;
+  by default such a version is registered but stays challenger.
 - mlflow_tracking_uri / s3_endpoint_url: where the registry and object storage are (not secret).
 - s3_secret_name: the Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (see k8s/pytorchjob.yaml);
   MLflow credentials, when the server needs them, come from the optional Secret `sam2-mlflow-credentials`.
@@ -29,6 +32,7 @@ from components.evaluate import evaluate_predictions
 from components.extract_frames import extract_frames
 from components.infer import infer_videos
 from components.promote import promote_model
+from components.resolve_models import resolve_reference_models
 from components.split import split_dataset
 from components.train import train_model
 from components.validate import validate_dataset
@@ -46,13 +50,15 @@ MLFLOW_SECRET_KEYS = {
 
 
 class PipelineOutputs(NamedTuple):
-    """What a run ends with: champion or challenger, the registered version, its J&F, where things are."""
+    """What a run ends with: champion or challenger, the registered version, its J&F, where things are,
+    and the new model's J&F beside the champion's and the baseline's on the same val videos."""
 
     decision: str
     model_version: str
     jf: float
     run_uri: str
     dataset_uri: str
+    comparison: str
 
 
 def _with_s3(task: dsl.PipelineTask, secret_name) -> dsl.PipelineTask:
@@ -81,6 +87,7 @@ def sam2_finetune(
     training_overrides: str = "",
     inference_args: str = "",
     promotion_margin: float = 1.0,
+    allow_random_init: bool = False,
     mlflow_tracking_uri: str = "http://mlflow:5000",
     s3_endpoint_url: str = "http://minio:9000",
     s3_secret_name: str = "sam2-s3-credentials",
@@ -128,9 +135,19 @@ def sam2_finetune(
         s3_secret_name=s3_secret_name,
     ).set_display_name("train")
 
+    # The champion and the zero-shot baseline, scored beside the new model on the same videos.
+    references = resolve_reference_models(
+        dataset_name=dataset_name,
+        model_size=model_size,
+        init_checkpoint_uri=init_checkpoint_uri,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        s3_endpoint_url=s3_endpoint_url,
+    ).set_display_name("resolve reference models")
+
     infer = infer_videos(
         model=train.outputs["model"],
         splits=split.outputs["splits"],
+        references=references.outputs["references"],
         inference_args=inference_args,
         s3_endpoint_url=s3_endpoint_url,
     ).set_display_name("infer")
@@ -144,10 +161,13 @@ def sam2_finetune(
 
     promote = promote_model(
         model=train.outputs["model"],
-        metrics=evaluate.outputs["metrics"],
+        comparison=evaluate.outputs["comparison"],
         dataset_name=dataset_name,
         pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         promotion_margin=promotion_margin,
+        allow_random_init=allow_random_init,
+        inference_args=inference_args,
+        image=TRAINING_IMAGE,
         mlflow_tracking_uri=mlflow_tracking_uri,
         s3_endpoint_url=s3_endpoint_url,
     ).set_display_name("promote")
@@ -160,24 +180,28 @@ def sam2_finetune(
         task.set_caching_options(True)
     for task in (extract, validate, split):
         task.set_cpu_request("2").set_memory_request("4Gi").set_memory_limit("16Gi")
-    # Every run trains, evaluates and registers anew (the run id is an input of train anyway).
-    for task in (train, infer, evaluate, promote):
+    # Every run trains, evaluates and registers anew (the run id is an input of train anyway); the
+    # champion is looked up anew each run.
+    for task in (references, train, infer, evaluate, promote):
         task.set_caching_options(False)
     # The train step only creates and watches the PyTorchJob; the GPUs are the job's.
     train.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("8Gi")
     infer.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
     infer.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     evaluate.set_cpu_request("4").set_memory_request("4Gi").set_memory_limit("16Gi")
-    promote.set_cpu_request("500m").set_memory_request("512Mi").set_memory_limit("2Gi")
-    for task in (extract, validate, split, train, infer, evaluate, promote):
+    promote.set_cpu_request("500m").set_memory_request("1Gi").set_memory_limit("4Gi")
+    references.set_cpu_request("250m").set_memory_request("512Mi").set_memory_limit("2Gi")
+    for task in (extract, validate, split, references, train, infer, evaluate, promote):
         _with_s3(task, s3_secret_name)
-    kubernetes.use_secret_as_env(
-        promote, secret_name=MLFLOW_SECRET, secret_key_to_env=MLFLOW_SECRET_KEYS, optional=True
-    )
+    for task in (references, promote):
+        kubernetes.use_secret_as_env(
+            task, secret_name=MLFLOW_SECRET, secret_key_to_env=MLFLOW_SECRET_KEYS, optional=True
+        )
     return PipelineOutputs(
         decision=promote.outputs["decision"],
         model_version=promote.outputs["model_version"],
         jf=promote.outputs["jf"],
         run_uri=promote.outputs["run_uri"],
         dataset_uri=promote.outputs["dataset_uri"],
+        comparison=promote.outputs["comparison"],
     )

@@ -5,6 +5,13 @@ URI; its metrics and lineage (data set version, training config, code version, p
 The `champion` alias moves to a new version only when its J&F beats the current champion's by the
 promotion margin; otherwise the version gets the `challenger` alias.
 
+Like is compared with like: the pipeline scores the current champion on this run's val videos with this
+run's settings (see sam2.model_comparison), and the rule compares the two scores of this run
+(`head-to-head`). Only when the champion could not be scored here (its checkpoint is gone, or the alias
+moved to a version this run did not score) does the rule fall back to the J&F the champion got in its
+own run (`fallback`), and the decision says so. A version trained from random weights is registered but
+never made champion unless the run allows it (`random-init`).
+
 Two pipeline runs finishing at once must not both become champion. MLflow has no compare-and-set, so the
 read-decide-write sequence runs under a lock:
 
@@ -46,9 +53,36 @@ LOCK_TAG = "promotion_lock"
 METRIC_TAG_PREFIX = "metric."
 
 
+RULE_FIRST = "first"
+RULE_HEAD_TO_HEAD = "head-to-head"
+RULE_FALLBACK = "fallback"
+RULE_RANDOM_INIT = "random-init"
+
+
+@dataclass(frozen=True)
+class HeadToHead:
+    """The new model and the champion scored in this run, on the same val videos with the same settings.
+
+    `champion_version` / `champion_score` are None when the champion was not scored; `unscored_reason`
+    then says why (no champion, checkpoint gone, inference failed).
+    """
+
+    dataset_version: str
+    new_score: float
+    champion_version: str | None = None
+    champion_score: float | None = None
+    unscored_reason: str | None = None
+    baseline_score: float | None = None
+    num_videos: int = 0
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """A trained checkpoint with its evaluation and where it came from."""
+    """A trained checkpoint with its evaluation and where it came from.
+
+    `source_uri`: what the registered version points at (the loadable MLflow model folder); defaults to
+    the checkpoint. `run_id`: the MLflow run the version links to.
+    """
 
     dataset_name: str
     checkpoint_uri: str
@@ -58,6 +92,34 @@ class Candidate:
     pipeline_run: str
     code_version: str = field(default_factory=lambda: code_version())
     extra_tags: dict[str, str] = field(default_factory=dict)
+    model_config: str = ""
+    random_init: bool = False
+    head_to_head: HeadToHead | None = None
+    source_uri: str | None = None
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ChampionInfo:
+    """The current champion: its version, registered J&F (from its own run) and what it was built from."""
+
+    model_name: str
+    version: str
+    score: float
+    checkpoint_uri: str
+    model_config: str
+    dataset_version: str
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The promotion rule's outcome: CHAMPION or CHALLENGER, which rule decided, and why in words."""
+
+    decision: str
+    rule: str
+    reason: str
+    compared_score: float | None  # the champion score the new one was held against
 
 
 @dataclass(frozen=True)
@@ -71,6 +133,8 @@ class PromotionResult:
     previous_champion_version: str | None
     previous_champion_score: float | None
     margin: float
+    rule: str = RULE_FIRST
+    reason: str = ""
 
     @property
     def is_champion(self) -> bool:
@@ -80,7 +144,9 @@ class PromotionResult:
 class ModelRegistry(Protocol):
     """Registers a candidate and applies the promotion rule atomically with respect to other runs."""
 
-    def register_and_promote(self, candidate: Candidate, margin: float) -> PromotionResult: ...
+    def register_and_promote(
+        self, candidate: Candidate, margin: float, allow_random_init: bool = False
+    ) -> PromotionResult: ...
 
 
 def model_name_for(dataset_name: str) -> str:
@@ -123,6 +189,49 @@ def decide(score: float, champion_score: float | None, margin: float) -> str:
     return CHAMPION if score > champion_score + margin else CHALLENGER
 
 
+def choose(
+    candidate: Candidate, champion: ChampionInfo | None, margin: float, allow_random_init: bool = False
+) -> Decision:
+    """Apply the promotion rule to `candidate` against the current `champion` (see the module docstring).
+
+    Head-to-head when this run scored exactly the version that is champion now; otherwise the fallback
+    to the champion's registered J&F, labelled with the reason.
+    """
+    score = float(candidate.metrics[PRIMARY_METRIC])
+    if candidate.random_init and not allow_random_init:
+        return Decision(
+            CHALLENGER,
+            RULE_RANDOM_INIT,
+            "trained from random weights (no init_checkpoint_uri): registered, never champion unless the "
+            "run sets allow_random_init",
+            champion.score if champion else None,
+        )
+    if champion is None:
+        return Decision(CHAMPION, RULE_FIRST, "no champion yet: the first version takes the alias", None)
+    h2h = candidate.head_to_head
+    if h2h is not None and h2h.champion_version == champion.version and h2h.champion_score is not None:
+        decision = decide(h2h.new_score, h2h.champion_score, margin)
+        reason = (
+            f"head-to-head in this run on the same {h2h.num_videos} val videos of data set version "
+            f"{h2h.dataset_version}: new J&F {h2h.new_score:.2f} vs champion v{champion.version} "
+            f"{h2h.champion_score:.2f} (difference {h2h.new_score - h2h.champion_score:+.2f}, margin {margin:.2f})"
+        )
+        return Decision(decision, RULE_HEAD_TO_HEAD, reason, h2h.champion_score)
+    if h2h is None:
+        why = "this run did not score the champion"
+    elif h2h.champion_version is not None and h2h.champion_version != champion.version:
+        why = f"the champion moved to v{champion.version} after this run scored v{h2h.champion_version}"
+    else:
+        why = h2h.unscored_reason or "the champion was not scored in this run"
+    decision = decide(score, champion.score, margin)
+    reason = (
+        f"FALLBACK to the champion's registered J&F ({why}): new J&F {score:.2f} (data set version "
+        f"{candidate.dataset_version}) vs champion v{champion.version} {champion.score:.2f} measured in its own "
+        f"run (data set version {champion.dataset_version}), margin {margin:.2f}"
+    )
+    return Decision(decision, RULE_FALLBACK, reason, champion.score)
+
+
 class MlflowModelRegistry:
     """`ModelRegistry` on MLflow: SQLite locally, a tracking server URI on a cluster."""
 
@@ -145,15 +254,17 @@ class MlflowModelRegistry:
 
     # -- public -----------------------------------------------------------------------------------------
 
-    def register_and_promote(self, candidate: Candidate, margin: float) -> PromotionResult:
-        """Register `candidate` as a new version and give it `champion` or `challenger`.
+    def register_and_promote(
+        self, candidate: Candidate, margin: float, allow_random_init: bool = False
+    ) -> PromotionResult:
+        """Register `candidate` as a new version and give it `champion` or `challenger` (see `choose`).
 
         Raises ValueError for a candidate without the primary metric or with a non-S3 source, and
         TimeoutError when another run holds the promotion lock for longer than `lock_timeout_s`.
         """
         if PRIMARY_METRIC not in candidate.metrics:
             raise ValueError(f"candidate metrics have no {PRIMARY_METRIC!r}: {sorted(candidate.metrics)}")
-        if urlparse(candidate.checkpoint_uri).scheme != "s3":
+        if any(urlparse(u).scheme != "s3" for u in (candidate.checkpoint_uri, candidate.source_uri) if u):
             raise ValueError(
                 f"checkpoint URI {candidate.checkpoint_uri!r} is not an s3:// URI; upload the checkpoint "
                 "to object storage first so every cluster and laptop can load the registered version"
@@ -163,22 +274,25 @@ class MlflowModelRegistry:
         name = model_name_for(candidate.dataset_name)
         with self._locked(name):
             version = self._register(name, candidate)
-            result = self._promote(name, version, float(candidate.metrics[PRIMARY_METRIC]), margin)
+            result = self._promote(name, version, candidate, margin, allow_random_init)
         logger.info(
-            "registered %s version %s (J&F %.2f): %s (previous champion %s, J&F %s, margin %.2f)",
+            "registered %s version %s (J&F %.2f): %s by rule %s: %s",
             name,
             result.version,
             result.score,
             result.decision,
-            result.previous_champion_version,
-            result.previous_champion_score,
-            margin,
+            result.rule,
+            result.reason,
         )
         return result
 
     def champion(self, dataset_name: str) -> tuple[str, float] | None:
         """(version, J&F) of the current champion, or None."""
         return self._alias_score(model_name_for(dataset_name), CHAMPION)
+
+    def champion_details(self, dataset_name: str) -> ChampionInfo | None:
+        """The current champion of `sam2-<dataset_name>` with its checkpoint and config, or None."""
+        return self._champion_info(model_name_for(dataset_name))
 
     # -- steps ------------------------------------------------------------------------------------------
 
@@ -199,21 +313,29 @@ class MlflowModelRegistry:
             "code_version": candidate.code_version,
             "pipeline_run": candidate.pipeline_run,
             "checkpoint_uri": candidate.checkpoint_uri,
+            "model_config": candidate.model_config,
+            "random_init": str(candidate.random_init).lower(),
             **{metric_tag(k): f"{float(v):.6f}" for k, v in candidate.metrics.items()},
+            **_head_to_head_tags(candidate.head_to_head),
             **candidate.extra_tags,
         }
         mv = self.client.create_model_version(
             name,
-            source=candidate.checkpoint_uri,
+            source=candidate.source_uri or candidate.checkpoint_uri,
+            run_id=candidate.run_id,
             tags=tags,
             description=f"J&F {float(candidate.metrics[PRIMARY_METRIC]):.2f} on the validation split",
         )
         return str(mv.version)
 
-    def _promote(self, name: str, version: str, score: float, margin: float) -> PromotionResult:
-        current = self._alias_score(name, CHAMPION)
-        prev_version, prev_score = current if current else (None, None)
-        decision = decide(score, prev_score, margin)
+    def _promote(
+        self, name: str, version: str, candidate: Candidate, margin: float, allow_random_init: bool
+    ) -> PromotionResult:
+        score = float(candidate.metrics[PRIMARY_METRIC])
+        current = self._champion_info(name)
+        prev_version = current.version if current else None
+        choice = choose(candidate, current, margin, allow_random_init)
+        decision = choice.decision
         self.client.set_registered_model_alias(name, decision, version)
         if decision == CHAMPION:
             # Compare-and-set re-check: if another run moved the champion after our write (possible only
@@ -223,7 +345,39 @@ class MlflowModelRegistry:
                 decision = CHALLENGER
                 self.client.set_registered_model_alias(name, CHALLENGER, version)
         self.client.set_model_version_tag(name, version, "promotion", decision)
-        return PromotionResult(name, version, decision, score, prev_version, prev_score, margin)
+        self.client.set_model_version_tag(name, version, "promotion_rule", choice.rule)
+        self.client.set_model_version_tag(name, version, "promotion_reason", choice.reason[:4900])
+        return PromotionResult(
+            name,
+            version,
+            decision,
+            score,
+            prev_version,
+            choice.compared_score,
+            margin,
+            choice.rule,
+            choice.reason,
+        )
+
+    def _champion_info(self, name: str) -> ChampionInfo | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            return None
+        found = self._alias_score(name, CHAMPION)
+        if found is None:  # the alias moved away between the two reads
+            return None
+        return ChampionInfo(
+            model_name=name,
+            version=str(mv.version),
+            score=found[1],
+            checkpoint_uri=mv.tags.get("checkpoint_uri") or (mv.source if mv.source.endswith(".pt") else ""),
+            model_config=mv.tags.get("model_config", ""),
+            dataset_version=mv.tags.get("dataset_version", ""),
+            run_id=mv.run_id or None,
+        )
 
     def _alias_score(self, name: str, alias: str) -> tuple[str, float] | None:
         from mlflow.exceptions import MlflowException
@@ -287,6 +441,25 @@ class MlflowModelRegistry:
             holder = self.client.get_registered_model(name).tags.get(LOCK_TAG, "")
             if holder.split(" ")[0] == owner:
                 self.client.delete_registered_model_tag(name, LOCK_TAG)
+
+
+def _head_to_head_tags(h2h: HeadToHead | None) -> dict[str, str]:
+    """The scores of this run's comparison as version tags (what the decision was measured on)."""
+    if h2h is None:
+        return {}
+    tags = {
+        "h2h.dataset_version": h2h.dataset_version,
+        "h2h.num_videos": str(h2h.num_videos),
+        "h2h.new_J_and_F": f"{h2h.new_score:.6f}",
+    }
+    if h2h.champion_version is not None and h2h.champion_score is not None:
+        tags["h2h.champion_version"] = h2h.champion_version
+        tags["h2h.champion_J_and_F"] = f"{h2h.champion_score:.6f}"
+    if h2h.unscored_reason:
+        tags["h2h.champion_unscored"] = h2h.unscored_reason[:4900]
+    if h2h.baseline_score is not None:
+        tags["h2h.baseline_J_and_F"] = f"{h2h.baseline_score:.6f}"
+    return tags
 
 
 def _lease_free(holder: str | None) -> bool:

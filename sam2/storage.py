@@ -652,6 +652,59 @@ class ObjectStore:
         )
         return result
 
+    def upload_files(self, local_dir: str | Path, uri: str) -> dict[str, dict]:
+        """Upload every file under ``local_dir`` below the folder ``uri`` without publishing it: no marker
+        is removed or written, so several writers (inference shards) can fill disjoint parts of one
+        folder. Returns the listing ``{rel: {"size", "sha256"}}`` that :meth:`publish_listing` takes."""
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"cannot upload {root}: not a folder")
+        loc = parse_s3_uri(uri)
+        self.ensure_bucket(loc.bucket)
+        listing: dict[str, dict] = {}
+        jobs: list[Callable[[], int]] = []
+        total = 0
+
+        def upload_one(rel: str, path: Path, digest: str) -> int:
+            self._put_file(path, loc.join(rel), digest)
+            return path.stat().st_size
+
+        for rel, path in _iter_local_files(root):
+            size, digest = path.stat().st_size, sha256_of_file(path)
+            listing[rel] = {"size": size, "sha256": digest}
+            total += size
+            jobs.append(lambda r=rel, p=path, d=digest: upload_one(r, p, d))
+        self._run_parallel(jobs, f"upload {uri}", total)
+        return listing
+
+    def publish_listing(self, uri: str, listing: dict[str, dict]) -> None:
+        """Publish the folder ``uri`` whose files were uploaded already (:meth:`upload_files`): check that
+        each listed file is stored with its size, then write the marker listing them.
+
+        Raises:
+            IncompletePublishError: a listed file is missing or has another size (nothing is published).
+        """
+        stored = self.list_objects(uri)
+        wrong = sorted(rel for rel, info in listing.items() if stored.get(rel) != info["size"])
+        if wrong:
+            raise IncompletePublishError(
+                f"cannot publish {uri}: {len(wrong)} listed file(s) are not stored as listed, e.g. "
+                f"{', '.join(wrong[:5])}"
+            )
+        marker = {
+            "files": listing,
+            "num_files": len(listing),
+            "total_bytes": sum(v["size"] for v in listing.values()),
+        }
+        self.write_bytes(
+            self.marker_uri(uri), json.dumps(marker, indent=1, sort_keys=True).encode(), "application/json"
+        )
+
+    def unpublish(self, uri: str) -> None:
+        """Remove the marker of the folder ``uri`` (readers then refuse it); no error when there is none."""
+        loc = parse_s3_uri(self.marker_uri(uri))
+        self._call(f"removing {loc}", lambda: self._client.remove_object(loc.bucket, loc.key))
+
     def _stored_checksum(self, loc: S3Uri) -> str | None:
         try:
             stat = self._call(f"checking {loc}", lambda: self._client.stat_object(loc.bucket, loc.key))

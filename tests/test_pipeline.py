@@ -38,6 +38,7 @@ def test_compiled_pipeline_loads_with_kfp_and_has_every_step():
         "validate-dataset",
         "split-dataset",
         "train-model",
+        "resolve-reference-models",
         "infer-videos",
         "evaluate-predictions",
         "promote-model",
@@ -48,6 +49,7 @@ def test_compiled_pipeline_loads_with_kfp_and_has_every_step():
         "jf",
         "run_uri",
         "dataset_uri",
+        "comparison",
     }
 
 
@@ -227,7 +229,7 @@ def test_pipeline_run_for_mose_without_data_fails_at_once_with_instructions(tmp_
 
 
 def test_submit_and_schedule_need_a_host_and_a_six_field_cron(tmp_path):
-    from pipelines.cluster import schedule
+    from pipelines.cluster import check_cron
 
     env = {k: v for k, v in os.environ.items() if k != "KFP_HOST"}
     proc = subprocess.run(
@@ -240,7 +242,8 @@ def test_submit_and_schedule_need_a_host_and_a_six_field_cron(tmp_path):
     )
     assert proc.returncode == 2 and "KFP_HOST" in proc.stderr
     with pytest.raises(ValueError, match="six fields"):
-        schedule("http://kfp.invalid", {}, "0 3 * * 0", "job")
+        check_cron("0 3 * * 0")
+    assert check_cron("0 0 3 * * 0") == "0 0 3 * * 0"
 
 
 def test_makefile_has_the_pipeline_targets():

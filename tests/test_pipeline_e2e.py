@@ -30,7 +30,7 @@ def test_demo_pipeline_end_to_end_twice(tmp_path, s3_env, s3_store, monkeypatch)
     assert first["jf"] > 1.0, f"the demo model learnt nothing: J&F {first['jf']:.2f}"
     run_uri = first["run_uri"]
     assert run_uri.startswith("s3://e2e-runs/")
-    for folder in ("checkpoints", "tensorboard", "predictions", "report"):
+    for folder in ("checkpoints", "tensorboard", "predictions/new", "report", "mlflow_model"):
         assert s3_store.is_published(f"{run_uri}/{folder}"), folder
     metrics = json.loads(s3_store.read_bytes(f"{run_uri}/metrics.json"))
     assert metrics["J&F"] == pytest.approx(first["jf"], abs=1e-3)
@@ -43,8 +43,15 @@ def test_demo_pipeline_end_to_end_twice(tmp_path, s3_env, s3_store, monkeypatch)
         k.startswith("splits/") for k in datasets
     )
 
+    # Random weights: no zero-shot baseline; no champion yet on the first run.
+    assert "baseline not scored: training started from random weights" in first["comparison"]
+    assert "champion not scored: no champion registered yet" in first["comparison"]
+
     second = run_locally(args, pipeline_root=tmp_path / "kfp")
     assert second["decision"] == "challenger"
+    # The champion was scored again in the second run, on the same videos: the same model, difference 0.
+    assert "(new minus champion: +0.00)" in second["comparison"]
+    assert "decision by rule head-to-head" in second["comparison"]
     # Same data, seeds and init on the CPU with MKL's reproducible mode: the same model to the bit, so the
     # same J&F (without it the replay drifted by up to 0.9, close to the promotion margin).
     assert second["jf"] == pytest.approx(first["jf"], abs=1e-9), (first["jf"], second["jf"])
@@ -54,5 +61,7 @@ def test_demo_pipeline_end_to_end_twice(tmp_path, s3_env, s3_store, monkeypatch)
     champion = registry.champion("demo")
     assert champion is not None and champion[0] == first["model_version"].split("/")[1]
     mv = registry.client.get_model_version("sam2-demo", second["model_version"].split("/")[1])
-    assert mv.source == f"{second['run_uri']}/checkpoints/checkpoint.pt"
+    assert mv.source == f"{second['run_uri']}/mlflow_model"
+    assert mv.tags["checkpoint_uri"] == f"{second['run_uri']}/checkpoints/checkpoint.pt"
+    assert mv.tags["promotion_rule"] == "head-to-head" and mv.run_id
     assert mv.tags["dataset_version"] and mv.tags["init"].startswith("RANDOM")

@@ -230,3 +230,209 @@ def write_report(
             uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
             markdown = markdown.replace(f"]({name})", f"]({uri})")
     return markdown
+
+
+# -- comparison of several models on the same videos --------------------------------------------------
+
+MODEL_ORDER = ("baseline", "champion", "new")
+
+
+def _panel_png(worst: WorstFrame, gt_root: Path, pred_roots: list[Path], image_root: Path | None) -> bytes:
+    """Ground truth, then each prediction of one frame, drawn over the video frame side by side."""
+    gt_ids = _id_map(VideoMasks.open(gt_root / worst.video), worst.frame)
+    rgb = _frame_image(image_root, worst.video, worst.frame, gt_ids.shape)
+    colors = np.array(default_palette(), dtype=np.float32).reshape(-1, 3)[:256]
+    gap = np.full((gt_ids.shape[0], 8, 3), 255, np.uint8)
+    parts = [_paint(rgb, gt_ids, colors)]
+    for root in pred_roots:
+        parts += [gap, _paint(rgb, _id_map(VideoMasks.open(root / worst.video), worst.frame), colors)]
+    buffer = io.BytesIO()
+    Image.fromarray(np.concatenate(parts, axis=1)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def change_chart_png(changes: list[tuple[str, float]], reference: str) -> bytes:
+    """Per-video change of J&F (new minus `reference`, points) as bars sorted from most lost to most won."""
+    ranked = sorted(changes, key=lambda item: (item[1], item[0]))
+    height = max(2.5, 0.28 * len(ranked) + 1.2)
+    figure, axes = plt.subplots(figsize=(7.5, height), dpi=100)
+    try:
+        values = [value for _, value in ranked]
+        colors = ["#C44E52" if value < 0 else "#55A868" for value in values]
+        axes.barh(range(len(values)), values, color=colors)
+        axes.set_yticks(range(len(values)), labels=[name for name, _ in ranked], fontsize=8)
+        axes.invert_yaxis()
+        axes.axvline(0.0, color="black", linewidth=0.8)
+        axes.set_xlabel(f"J&F change, new minus {reference} (points)")
+        axes.set_title(f"Per-video change of J&F against the {reference}")
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()
+
+
+def curves_png(curves: dict[str, list[tuple[int, float]]]) -> bytes:
+    """Training loss and val J&F per epoch, side by side."""
+    figure, panels = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+    try:
+        for axes, (name, ylabel) in zip(
+            panels, (("train_loss", "train loss (core)"), ("val_J&F", "val J&F (%)")), strict=True
+        ):
+            points = curves.get(name) or []
+            if points:
+                axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="#4C72B0")
+            else:
+                axes.text(0.5, 0.5, "not logged", ha="center", va="center", transform=axes.transAxes)
+            axes.set_xlabel("epoch")
+            axes.set_ylabel(ylabel)
+            axes.grid(alpha=0.3)
+        figure.suptitle("Training curves (TensorBoard logs of this run)")
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()
+
+
+def _points(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.1f}"
+
+
+def write_comparison_report(
+    results: dict[str, EvaluationResult],
+    output_dir: str | os.PathLike,
+    gt_root: str | os.PathLike,
+    pred_roots: dict[str, str | os.PathLike],
+    image_root: str | os.PathLike | None = None,
+    labels: dict[str, str] | None = None,
+    skipped: dict[str, str] | None = None,
+    curves: dict[str, list[tuple[int, float]]] | None = None,
+    worst_videos: int = 3,
+    frames_per_video: int = 2,
+    embed_images: bool = False,
+    title: str = "VOS evaluation",
+    notes: list[str] | None = None,
+) -> str:
+    """Writes ``report.md`` and its PNGs into `output_dir`: the baseline, champion and new model side by
+    side (J&F, J, F overall and per video), the per-video change of the new model against the champion
+    (else the baseline) as a sorted bar chart, overlays of the videos where the new model lost most, and
+    the training curves. `results` / `pred_roots` are keyed by "new", "champion", "baseline" ("new" is
+    required); a model in `skipped` is listed with the reason it was not scored.
+
+    Returns the Markdown (with `embed_images`, the PNGs inlined as data URIs).
+    """
+    if "new" not in results:
+        raise ValueError(f"a comparison report needs the new model's results, got {sorted(results)}")
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = {key: key for key in results} | (labels or {})
+    skipped = skipped or {}
+    written: dict[str, bytes] = {}
+
+    def image_ref(data: bytes, name: str) -> str:
+        atomic_write_bytes(folder / name, data)
+        written[name] = data
+        return name
+
+    order = [key for key in MODEL_ORDER if key in results] + sorted(set(results) - set(MODEL_ORDER))
+    new = results["new"]
+    reference = next((key for key in ("champion", "baseline") if key in results), None)
+    lines = [f"# {title}", ""]
+    lines += [f"{note}" for note in notes or []] + ([""] if notes else [])
+    videos = sorted(new.videos)
+    lines += [
+        f"All models run on the same {len(videos)} val videos with the same settings, "
+        f"protocol `{new.protocol}`.",
+        "",
+        "| model | J&F | J | F | J&F change of new |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key in order:
+        r = results[key]
+        change = "" if key == "new" else _points(new.jf - r.jf)
+        lines.append(
+            f"| {key}: {labels[key]} | {_percent(r.jf)} | {_percent(r.j)} | {_percent(r.f)} | {change} |"
+        )
+    for key in MODEL_ORDER:
+        if key not in results:
+            lines.append(f"| {key} | not scored | | | |")
+    lines.append("")
+    for key, why in sorted(skipped.items()):
+        if key not in results:
+            lines += [f"- {key} not scored: {why}"]
+    if any(key not in results for key in skipped):
+        lines.append("")
+
+    if curves is not None:
+        lines += [
+            "## Training curves",
+            "",
+            f"![training curves]({image_ref(curves_png(curves), 'curves.png')})",
+            "",
+        ]
+
+    changes: dict[str, float] = {}
+    if reference is not None:
+        base = results[reference]
+        for name in videos:
+            a = new.videos[name].jf
+            b = base.videos[name].jf if name in base.videos else None
+            if a is not None and b is not None:
+                changes[name] = 100 * (a - b)
+        chart = image_ref(change_chart_png(sorted(changes.items()), reference), "jf_change_per_video.png")
+        lines += [f"## Per-video change against the {reference}", "", f"![per-video change]({chart})", ""]
+    else:
+        lines += ["No champion or baseline was scored, so there is no per-video change to show.", ""]
+
+    header = " | ".join(f"{key} J&F" for key in order)
+    lines += [
+        "## Per video",
+        "",
+        f"| video | {header} | {' | '.join(f'{key} J' for key in order)} | change |",
+        "| --- | " + " | ".join("---:" for _ in range(2 * len(order))) + " | ---: |",
+    ]
+    by_change = sorted(videos, key=lambda v: (changes.get(v, 0.0), v))
+    for name in by_change:
+        jfs = " | ".join(
+            _percent(results[k].videos[name].jf if name in results[k].videos else None) for k in order
+        )
+        js = " | ".join(
+            _percent(results[k].videos[name].j if name in results[k].videos else None) for k in order
+        )
+        change = f"{changes[name]:+.1f}" if name in changes else ""
+        lines.append(f"| {name} | {jfs} | {js} | {change} |")
+    lines.append("")
+
+    ranked = [v for v in by_change if new.videos[v].jf is not None]
+    if reference is None:
+        ranked = sorted(ranked, key=lambda v: (new.videos[v].jf, v))
+    if ranked and worst_videos > 0:
+        shown = ["new"] + ([reference] if reference else [])
+        roots = [Path(pred_roots[key]) for key in shown]
+        images = Path(image_root) if image_root is not None else None
+        what = f"lost most against the {reference}" if reference else "scored lowest"
+        lines += [
+            f"## Videos where the new model {what}",
+            "",
+            "Left to right: ground truth, " + ", ".join(f"{key} prediction" for key in shown) + ".",
+            "",
+        ]
+        for name in ranked[:worst_videos]:
+            video = new.videos[name]
+            change = f", change {changes[name]:+.1f}" if name in changes else ""
+            lines += [f"### {name} (new J&F {_percent(video.jf)}{change})", ""]
+            for worst in worst_frames(video, frames_per_video):
+                png = _panel_png(worst, Path(gt_root), roots, images)
+                link = image_ref(png, f"compare_{name}_{Path(worst.frame).stem}.png")
+                lines += [f"Frame `{worst.frame}`: new mean J {100 * worst.mean_j:.1f}", ""]
+                lines += [f"![{name} {worst.frame}]({link})", ""]
+    markdown = "\n".join(lines)
+    atomic_write_bytes(folder / "report.md", markdown.encode("utf-8"))
+    if embed_images:
+        for name, data in written.items():
+            uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+            markdown = markdown.replace(f"]({name})", f"]({uri})")
+    return markdown

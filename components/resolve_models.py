@@ -1,0 +1,40 @@
+"""Pipeline step: which reference checkpoints infer and evaluate score beside the new one (champion, baseline)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from components.images import component_image
+
+
+@dsl.component(base_image=component_image(), install_kfp_package=False)
+def resolve_reference_models(
+    dataset_name: str,
+    references: Output[Dataset],
+    model_size: str = "t",
+    init_checkpoint_uri: str = "",
+    mlflow_tracking_uri: str = "",
+    s3_endpoint_url: str = "",
+) -> str:
+    """Look up the champion of `sam2-<dataset_name>` and the initial checkpoint (the zero-shot baseline);
+    the `references` artifact lists those that can be scored and says why the others cannot. Runs beside
+    training (it needs only the registry), and decides once for every inference shard. Returns a summary.
+    """
+    import os
+
+    from components.runtime import configure, write_pointer
+    from components.training_setup import model_configs
+    from sam2.model_comparison import resolve_references
+    from sam2.registry import MlflowModelRegistry
+    from sam2.storage import ObjectStore
+
+    configure(s3_endpoint_url, mlflow_tracking_uri)
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    registry = MlflowModelRegistry(uri) if uri else None
+    model_config, _ = model_configs(model_size)
+    models, skipped = resolve_references(
+        registry, ObjectStore(), dataset_name, init_checkpoint_uri, model_config
+    )
+    references.metadata.update({"models": [m.to_dict() for m in models], "skipped": skipped})
+    write_pointer(references.path, dict(references.metadata))
+    scored = ", ".join(m.label for m in models) or "none"
+    return f"reference models: {scored}" + "".join(f"; {k} skipped: {why}" for k, why in skipped.items())
