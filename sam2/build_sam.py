@@ -1,6 +1,7 @@
 """Build SAM 2 models from the packaged Hydra configs and load `{"model": state_dict}` checkpoints.
 
-Same entry points and arguments as the official package (`build_sam2`, `build_sam2_video_predictor`),
+Same entry points and arguments as the official package (`build_sam2`, `build_sam2_video_predictor`,
+and `build_sam2_hf` / `build_sam2_video_predictor_hf` for the official releases on the Hugging Face hub),
 so scripts written for it run unchanged. Config names such as "configs/sam2.1/sam2.1_hiera_t.yaml"
 resolve inside the installed `sam2` package from any working directory. Hydra's global state is left as
 the caller had it (initialised or not), so these functions can be called any number of times and from an
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import inspect
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -74,16 +76,67 @@ HF_MODEL_ID_TO_FILENAMES = {
 }
 
 
-def hub_download_unsupported(model_id: str) -> NotImplementedError:
-    """The error for `from_pretrained`-style calls: this package never downloads weights at run time."""
-    if model_id in HF_MODEL_ID_TO_FILENAMES:
-        config, filename = HF_MODEL_ID_TO_FILENAMES[model_id]
-        how = f"download {filename} yourself and call build_sam2({config!r}, '<path>/{filename}')"
-    else:
-        how = f"known model ids: {', '.join(HF_MODEL_ID_TO_FILENAMES)}"
-    return NotImplementedError(
-        f"loading {model_id!r} from the Hugging Face hub is not supported (no downloads at run time); {how}"
-    )
+class UnknownModelIdError(KeyError):
+    """A model id that is not one of the official releases (a KeyError, as the official lookup raises)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _hf_download(model_id: str) -> tuple[str, str]:
+    """(config name, local checkpoint path) for an official model id, through huggingface_hub's cache.
+
+    Downloads the checkpoint when the hub is reachable and it is not cached yet; with HF_HUB_OFFLINE=1 or
+    without network a cached copy is used. Raises UnknownModelIdError for an id that is not an official
+    release, FileNotFoundError when the checkpoint is neither cached nor downloadable.
+    """
+    if model_id not in HF_MODEL_ID_TO_FILENAMES:
+        raise UnknownModelIdError(
+            f"{model_id!r} is not an official SAM 2 model id; known ids: {', '.join(HF_MODEL_ID_TO_FILENAMES)}. "
+            "For other weights call build_sam2(<config>, <checkpoint path>)"
+        )
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    config_name, checkpoint_name = HF_MODEL_ID_TO_FILENAMES[model_id]
+    try:
+        ckpt_path = hf_hub_download(repo_id=model_id, filename=checkpoint_name)
+    except LocalEntryNotFoundError as err:
+        raise FileNotFoundError(
+            f"{checkpoint_name} of {model_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            f"and could not be downloaded (HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)}): {err}. Download it "
+            f"where the hub is reachable (`hf download {model_id} {checkpoint_name}`) and copy the cache, "
+            "or set HF_HUB_CACHE to a cache that holds it"
+        ) from err
+    logger.info("%s: checkpoint %s", model_id, ckpt_path)
+    return config_name, ckpt_path
+
+
+def build_sam2_hf(model_id: str, **kwargs) -> nn.Module:
+    """`build_sam2` for an official release on the Hugging Face hub (e.g. "facebook/sam2.1-hiera-large"):
+    the config and checkpoint come from `HF_MODEL_ID_TO_FILENAMES`, the weights through huggingface_hub's
+    cache. Keyword arguments go to `build_sam2`. Raises as `_hf_download` and `build_sam2`."""
+    config_name, ckpt_path = _hf_download(model_id)
+    return build_sam2(config_file=config_name, ckpt_path=ckpt_path, **kwargs)
+
+
+def build_sam2_video_predictor_hf(model_id: str, **kwargs) -> nn.Module:
+    """`build_sam2_video_predictor` for an official release on the Hugging Face hub (see `build_sam2_hf`)."""
+    config_name, ckpt_path = _hf_download(model_id)
+    return build_sam2_video_predictor(config_file=config_name, ckpt_path=ckpt_path, **kwargs)
+
+
+def split_builder_kwargs(builder: Callable[..., nn.Module], kwargs: dict) -> tuple[dict, dict]:
+    """`kwargs` split into (the builder's own parameters, the rest): `from_pretrained` passes the first to
+    the model builder and the second to the predictor or generator, so neither warns about the other's."""
+    names = {
+        name
+        for name, param in inspect.signature(builder).parameters.items()
+        if param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)
+    }
+    return {k: v for k, v in kwargs.items() if k in names}, {
+        k: v for k, v in kwargs.items() if k not in names
+    }
 
 
 class CheckpointMismatchError(RuntimeError):

@@ -35,10 +35,14 @@ class SAM2ImagePredictor:
         max_hole_area: float = 0.0,
         max_sprinkle_area: float = 0.0,
         use_bf16: bool | None = None,
+        **kwargs,
     ) -> None:
         """`mask_threshold`: logit above which a pixel is foreground. `max_hole_area` / `max_sprinkle_area`:
         fill background holes / remove foreground specks up to this many low-resolution pixels.
-        `use_bf16`: autocast to bf16 on CUDA (None: when the GPU supports it; ignored on the CPU)."""
+        `use_bf16`: autocast to bf16 on CUDA (None: when the GPU supports it; ignored on the CPU).
+        Other keyword arguments are accepted and ignored, as by the official predictor."""
+        if kwargs:
+            logger.debug("SAM2ImagePredictor: ignoring keyword arguments %s", sorted(kwargs))
         self.model = sam_model
         self._transforms = SAM2Transforms(
             resolution=self.model.image_size,
@@ -55,11 +59,13 @@ class SAM2ImagePredictor:
 
     @classmethod
     def from_pretrained(cls, model_id: str, **kwargs) -> SAM2ImagePredictor:
-        """Not supported: weights are never downloaded at run time. Raises NotImplementedError naming the
-        checkpoint file and config to pass to `build_sam2` instead."""
-        from sam2.build_sam import hub_download_unsupported
+        """A predictor over an official release from the Hugging Face hub (e.g. "facebook/sam2.1-hiera-large",
+        see `sam2.build_sam.build_sam2_hf`; HF_HUB_OFFLINE=1 uses the local cache). Keyword arguments of
+        `build_sam2` (device, mode, ...) build the model, the others set up the predictor."""
+        from sam2.build_sam import build_sam2, build_sam2_hf, split_builder_kwargs
 
-        raise hub_download_unsupported(model_id)
+        builder_kwargs, predictor_kwargs = split_builder_kwargs(build_sam2, kwargs)
+        return cls(build_sam2_hf(model_id, **builder_kwargs), **predictor_kwargs)
 
     @property
     def device(self) -> torch.device:

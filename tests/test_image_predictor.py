@@ -275,13 +275,6 @@ def test_bad_prompts_give_clear_errors(predictor: SAM2ImagePredictor) -> None:
         predictor.predict_batch(**BATCH_PROMPTS)
 
 
-def test_from_pretrained_says_how_to_load_instead() -> None:
-    with pytest.raises(
-        NotImplementedError, match=r"sam2\.1_hiera_tiny\.pt.*configs/sam2\.1/sam2\.1_hiera_t\.yaml"
-    ):
-        SAM2ImagePredictor.from_pretrained("facebook/sam2.1-hiera-tiny")
-
-
 def test_hole_and_speck_removal_without_compiled_extension() -> None:
     logits = torch.full((1, 1, 32, 32), -5.0)
     logits[..., 4:20, 4:20] = 5.0
