@@ -2,16 +2,20 @@
 write one mask PNG per frame (palette layout) or per object and frame (``per_obj_png_file``).
 
 Behaviour follows the official ``tools/vos_inference.py`` (flags, layouts, palette reuse, the
-"objects appearing later" mode that tracks each object separately from its first mask). Added for data
-sets and clusters: videos are sharded across local worker processes and across ``torchrun`` ranks
-(RANK / WORLD_SIZE); each video is written into a temporary folder renamed when complete, so a rerun
-skips finished videos and never sees half-written ones; frames and state can live on the CPU for long
-videos.
+"objects appearing later" mode that tracks each object separately from its first mask, fp32 scores, PNGs
+readable by others as the umask allows). Added for data sets and clusters: videos are sharded across local
+worker processes and across ``torchrun`` ranks (RANK / WORLD_SIZE); each video is written into a
+temporary folder renamed when complete, so a reader never sees half-written ones; a marker beside each
+finished video records the checkpoint (SHA-256), config and flags that made it, and a rerun reuses the
+video only when they are the same (otherwise it is overwritten, as the official tool does); frames and
+state can live on the CPU for long videos.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -19,14 +23,18 @@ import shutil
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
-from sam2.eval.masks import MaskDataError, read_mask_png, read_palette, write_palette_png
+from sam2.eval.masks import MaskDataError, default_palette, read_mask_png, read_palette
+from sam2.utils.atomic_io import atomic_write_text
+from sam2.utils.cpu_threads import apply_cpu_threads, plan_cpu_threads
 from sam2.utils.misc import list_jpeg_frames
 
 logger = logging.getLogger(__name__)
@@ -34,6 +42,7 @@ logger = logging.getLogger(__name__)
 # Score given to frames an object was not tracked on (before its first mask in the separate mode).
 UNTRACKED_SCORE = -1024.0
 TEMP_PREFIX = ".tmp-"
+MARKER_SUFFIX = ".vos_inference.json"  # <output>/.<video>.vos_inference.json beside each finished video
 
 
 @dataclass(frozen=True)
@@ -50,16 +59,19 @@ class VOSInferenceOptions:
 
 @dataclass
 class InferenceSummary:
-    """What one call did: videos written, skipped (already complete) and frames written."""
+    """What one call did: videos written, reused (same checkpoint, config and flags) and frames written."""
 
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
+    # torch CPU threads of each worker process (sized by sam2.utils.cpu_threads)
+    cpu_threads: list[int] = field(default_factory=list)
 
     def merge(self, other: InferenceSummary) -> None:
         self.written += other.written
         self.skipped += other.skipped
+        self.cpu_threads += other.cpu_threads
         self.frames += other.frames
         self.seconds = max(self.seconds, other.seconds)
 
@@ -112,7 +124,8 @@ def _per_object_input(input_dir: Path) -> bool:
 def _input_masks(
     input_dir: Path, frame: str, per_object: bool, required: bool
 ) -> tuple[dict[int, np.ndarray], list[int] | None]:
-    """Binary masks by object id for one frame, and the palette to reuse; {} when absent and not required."""
+    """Binary masks by object id for one frame, and its palette (of the last object file read, as the
+    official tool's); ({}, None) when absent and not required."""
     if not per_object:
         path = input_dir / f"{frame}.png"
         if not path.is_file():
@@ -137,7 +150,7 @@ def _input_masks(
                 f"{folder}: per-object mask folders must be named by integer object id"
             ) from None
         masks[object_id] = read_mask_png(path) > 0
-        palette = palette or read_palette(path)
+        palette = read_palette(path)
     return masks, palette
 
 
@@ -154,6 +167,15 @@ def _add_mask(predictor, state, frame_idx: int, object_id: int, mask: np.ndarray
         predictor.add_new_mask(inference_state=state, frame_idx=frame_idx, obj_id=object_id, mask=mask)
     except ValueError as error:
         raise MaskDataError(f"{where}: input mask of object {object_id} rejected: {error}") from None
+
+
+def _save_png(path: Path, ids: np.ndarray, palette: list[int] | None) -> None:
+    """An indexed PNG as the official tool saves it (PIL, mode 0666 less the umask). No temporary name:
+    the video's staging folder is what gets published atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(ids.astype(np.uint8), mode="P")
+    image.putpalette(palette if palette is not None else default_palette())
+    image.save(path, format="PNG")
 
 
 class _MaskWriter:
@@ -179,14 +201,14 @@ class _MaskWriter:
         if self.options.per_obj_png_file:
             for object_id in self.object_ids:
                 mask = masks.get(object_id, np.zeros(self.size, dtype=bool))
-                write_palette_png(
+                _save_png(
                     self.target / f"{object_id:03d}" / f"{name}.png", mask.astype(np.uint8), self.palette
                 )
         else:
             ids = np.zeros(self.size, dtype=np.uint8)
             for object_id in sorted(masks, reverse=True):  # smaller ids win where masks overlap
                 ids[masks[object_id]] = object_id
-            write_palette_png(self.target / f"{name}.png", ids, self.palette)
+            _save_png(self.target / f"{name}.png", ids, self.palette)
         self.written.add(frame_idx)
 
     def finish(self) -> None:
@@ -213,7 +235,7 @@ def _track_together(predictor, state, video: str, input_dir: Path, writer: _Mask
         masks, frame_palette = _input_masks(
             input_dir, frames[frame_idx], writer.per_object_input, required=True
         )
-        writer.palette = writer.palette or frame_palette
+        writer.palette = frame_palette  # the official tool keeps the last input frame's palette
         if known is None:
             known = set(masks)
         new = sorted(set(masks) - known)
@@ -235,14 +257,17 @@ def _track_together(predictor, state, video: str, input_dir: Path, writer: _Mask
 def _track_separately(predictor, state, video: str, input_dir: Path, writer: _MaskWriter) -> None:
     """Each object tracked on its own from the first frame it appears in (YouTube-VOS / LVOS setting).
 
-    Scores are kept (as float16 on the CPU) until every object is tracked, since overlaps are resolved
-    across objects per frame unless per-object PNGs are written.
+    Scores are kept (fp32 on the CPU, as the official tool keeps them) until every object is tracked,
+    since overlaps are resolved across objects per frame unless per-object PNGs are written.
     """
     options, frames = writer.options, writer.frames
     prompts: dict[int, dict[int, np.ndarray]] = {}
     for frame_idx, name in enumerate(frames):
+        if not writer.per_object_input and not (input_dir / f"{name}.png").is_file():
+            continue
         masks, frame_palette = _input_masks(input_dir, name, writer.per_object_input, required=False)
-        writer.palette = writer.palette or frame_palette
+        # The official tool keeps the palette of the last frame it read (none: the default palette).
+        writer.palette = frame_palette
         for object_id, mask in masks.items():
             if not mask.any() or (prompts.get(object_id) and not options.use_all_masks):
                 continue
@@ -258,12 +283,12 @@ def _track_separately(predictor, state, video: str, input_dir: Path, writer: _Ma
             _add_mask(predictor, state, frame_idx, object_id, mask, input_dir / frames[frame_idx])
         start = min(prompts[object_id])
         for frame_idx, _, logits in predictor.propagate_in_video(state, start_frame_idx=start, reverse=False):
-            scores.setdefault(frame_idx, {})[object_id] = logits[0].to("cpu", torch.float16)
+            scores.setdefault(frame_idx, {})[object_id] = logits[0].to("cpu", torch.float32)
     for frame_idx, per_object in sorted(scores.items()):
         if not options.per_obj_png_file:
             # Joint tracking makes masks non-overlapping inside the model; separate runs are made so here.
             untracked = torch.full((1, *writer.size), UNTRACKED_SCORE)
-            stacked = torch.stack([per_object.get(o, untracked).float() for o in writer.object_ids])
+            stacked = torch.stack([per_object.get(o, untracked) for o in writer.object_ids])
             stacked = predictor._apply_non_overlapping_constraints(stacked)
             per_object = {o: stacked[i] for i, o in enumerate(writer.object_ids) if o in per_object}
         writer.write(frame_idx, per_object)
@@ -281,6 +306,67 @@ def stale_staging_dirs(output_root: Path, video: str) -> list[Path]:
     ]
 
 
+def marker_path(output_root: Path, video: str) -> Path:
+    """Where the record of what made `<output_root>/<video>` lives (beside it, hidden)."""
+    return output_root / f".{video}{MARKER_SUFFIX}"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_fingerprint(
+    sam2_cfg: str,
+    sam2_checkpoint: str | os.PathLike | None,
+    options: VOSInferenceOptions,
+    apply_postprocessing: bool,
+    hydra_overrides_extra: Sequence[str],
+    vos_optimized: bool,
+) -> dict[str, Any]:
+    """What decides a video's masks: the checkpoint's SHA-256, the config with its overrides, the flags."""
+    return {
+        "checkpoint_sha256": file_sha256(sam2_checkpoint) if sam2_checkpoint is not None else None,
+        "sam2_cfg": sam2_cfg,
+        "hydra_overrides": list(hydra_overrides_extra),
+        "apply_postprocessing": apply_postprocessing,
+        "vos_optimized": vos_optimized,
+        "options": asdict(options),
+    }
+
+
+def reuse_decision(output_root: Path, video: str, fingerprint: dict[str, Any]) -> str | None:
+    """None when `<output_root>/<video>` was made by this fingerprint (reuse it); else why it is (re)done:
+    "new" when there is no output yet."""
+    if not (output_root / video).is_dir():
+        return "new"
+    marker = marker_path(output_root, video)
+    try:
+        recorded = json.loads(marker.read_text())
+    except FileNotFoundError:
+        return f"no marker {marker.name} records what made it"
+    except (OSError, ValueError) as error:
+        return f"marker {marker.name} is unreadable ({error})"
+    if recorded == fingerprint:
+        return None
+    changed = sorted(k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k))
+    return f"made with another {', '.join(changed)}"
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Replace `target` (an older output, if any) with the finished `staging` folder."""
+    old = None
+    if target.exists():
+        old = target.with_name(f"{TEMP_PREFIX}old-{target.name}-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def infer_video(
     predictor,
     base_video_dir: str | os.PathLike,
@@ -288,8 +374,11 @@ def infer_video(
     output_mask_dir: str | os.PathLike,
     video: str,
     options: VOSInferenceOptions = VOSInferenceOptions(),
+    fingerprint: dict[str, Any] | None = None,
 ) -> int:
-    """Runs one video and publishes ``<output_mask_dir>/<video>`` atomically; returns the frames written.
+    """Runs one video and publishes ``<output_mask_dir>/<video>`` atomically (replacing an older output,
+    as the official tool overwrites it); returns the frames written. With `fingerprint`, a marker beside
+    the video records it once the video is published.
 
     Input masks may be palette PNGs or per-object folders (detected per video); `options.per_obj_png_file`
     picks the output layout.
@@ -313,14 +402,25 @@ def infer_video(
     size = (state["video_height"], state["video_width"])
     writer = _MaskWriter(staging, frames, size, options, _per_object_input(input_dir))
     track = _track_separately if options.track_object_appearing_later_in_video else _track_together
+    marker = marker_path(output_root, video)
     try:
         track(predictor, state, video, input_dir, writer)
         writer.finish()
-        os.replace(staging, output_root / video)
+        marker.unlink(missing_ok=True)  # never a marker beside masks it does not describe
+        _publish(staging, output_root / video)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if fingerprint is not None:
+        atomic_write_text(marker, json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
+        os.chmod(marker, 0o666 & ~_umask())
     return len(frames)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def list_videos(
@@ -368,21 +468,34 @@ class _WorkerJob:
     apply_postprocessing: bool
     hydra_overrides_extra: tuple[str, ...]
     vos_optimized: bool
+    fingerprint: dict[str, Any]
     position: int
     threads: int | None
 
 
 def _run_worker(job: _WorkerJob) -> InferenceSummary:
     """One process's share: builds its own predictor and runs its videos in order."""
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    summary = InferenceSummary()
+    summary = InferenceSummary(cpu_threads=[apply_cpu_threads(job.threads)])
     started = time.perf_counter()
     output_root = Path(job.output_mask_dir)
-    todo = [video for video in job.videos if not (output_root / video).is_dir()]
-    summary.skipped = [video for video in job.videos if video not in todo]
+    todo = []
+    for video in job.videos:
+        reason = reuse_decision(output_root, video, job.fingerprint)
+        if reason is None:
+            summary.skipped.append(video)
+        else:
+            todo.append(video)
+            if reason != "new":
+                logger.info(
+                    "video %s: overwriting the existing output under %s (%s)", video, output_root, reason
+                )
     if summary.skipped:
-        logger.info("skipping %d video(s) already written under %s", len(summary.skipped), output_root)
+        logger.info(
+            "reusing %d video(s) under %s, made with the same checkpoint, config and flags: %s",
+            len(summary.skipped),
+            output_root,
+            ", ".join(summary.skipped),
+        )
     if todo:
         predictor = build_vos_predictor(
             job.sam2_cfg,
@@ -401,7 +514,13 @@ def _run_worker(job: _WorkerJob) -> InferenceSummary:
                 todo, desc=f"vos inference [{job.position}]", unit="video", position=job.position
             ):
                 summary.frames += infer_video(
-                    predictor, job.base_video_dir, job.input_mask_dir, job.output_mask_dir, video, job.options
+                    predictor,
+                    job.base_video_dir,
+                    job.input_mask_dir,
+                    job.output_mask_dir,
+                    video,
+                    job.options,
+                    fingerprint=job.fingerprint,
                 )
                 summary.written.append(video)
     summary.seconds = time.perf_counter() - started
@@ -426,8 +545,9 @@ def run_vos_inference(
 
     Under torchrun each rank takes its share of the sorted video list; `num_workers` local processes
     split that share again (each builds its own model; on CUDA they spread over the visible GPUs).
-    Videos whose output folder exists are skipped. Raises MaskDataError for unusable inputs; a worker's
-    error reaches the caller.
+    A video whose output exists is reused when its marker records this checkpoint's SHA-256, config and
+    flags, and overwritten otherwise (logged either way). Raises MaskDataError for unusable inputs; a
+    worker's error reaches the caller.
     """
     names = sorted(dict.fromkeys(videos)) if videos is not None else list_videos(base_video_dir)
     if num_workers < 1:
@@ -436,15 +556,20 @@ def run_vos_inference(
     device = device or default_device()
     Path(output_mask_dir).mkdir(parents=True, exist_ok=True)
     shards = world_size * num_workers
+    fingerprint = run_fingerprint(
+        sam2_cfg, sam2_checkpoint, options, apply_postprocessing, hydra_overrides_extra, vos_optimized
+    )
+    threads = None
+    if device == "cpu":
+        # Every process of this node shares its cores: the local workers of each torchrun rank here.
+        local_procs = num_workers * (int(os.environ.get("LOCAL_WORLD_SIZE") or 1) if world_size > 1 else 1)
+        threads = plan_cpu_threads(local_procs, "VOS inference process(es)", log=local_rank == 0)
     jobs = []
     for worker in range(num_workers):
         worker_device = device
         if device == "cuda" and torch.cuda.is_available():
             gpu = local_rank if world_size > 1 else worker % torch.cuda.device_count()
             worker_device = f"cuda:{gpu}"
-        threads = (
-            max(1, (os.cpu_count() or 1) // num_workers) if num_workers > 1 and device == "cpu" else None
-        )
         jobs.append(
             _WorkerJob(
                 sam2_cfg=sam2_cfg,
@@ -458,6 +583,7 @@ def run_vos_inference(
                 apply_postprocessing=apply_postprocessing,
                 hydra_overrides_extra=tuple(hydra_overrides_extra),
                 vos_optimized=vos_optimized,
+                fingerprint=fingerprint,
                 position=worker,
                 threads=threads,
             )

@@ -8,7 +8,9 @@ Launch modes, chosen from the environment:
 - otherwise N local worker processes are spawned for this node; with several nodes the node rank comes
   from PET_NODE_RANK / NODE_RANK (or RANK of a pod when LOCAL_RANK is unset) and the rendezvous from
   MASTER_ADDR / MASTER_PORT (or PET_MASTER_ADDR / PET_MASTER_PORT).
-With `trainer.accelerator=cpu` the processes train on the CPU and talk over gloo; N is then a process count.
+With `trainer.accelerator=cpu` the processes train on the CPU and talk over gloo; N is then a process count,
+and each of the processes on a machine gets cores // processes threads unless OMP_NUM_THREADS is set
+(sam2.utils.cpu_threads; torchrun's own OMP_NUM_THREADS=1 for several processes per node is kept).
 The composed config is saved (resolved, with secret-looking values masked) in launcher.experiment_log_dir.
 """
 
@@ -28,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam2.launch.launcher import free_port
 from sam2.utils.atomic_io import atomic_write_text
+from sam2.utils.cpu_threads import apply_cpu_threads, plan_cpu_threads
 from sam2.utils.redaction import mask_secrets, redact_command
 
 logger = logging.getLogger("sam2.training.train")
@@ -89,7 +92,10 @@ def run_worker(cfg: DictConfig) -> dict[str, float]:
         teardown_distributed()
 
 
-def _spawned_worker(local_rank: int, cfg: DictConfig, node_rank: int, nproc: int, world_size: int) -> None:
+def _spawned_worker(
+    local_rank: int, cfg: DictConfig, node_rank: int, nproc: int, world_size: int, threads: int | None
+) -> None:
+    apply_cpu_threads(threads)
     os.environ["LOCAL_RANK"] = str(local_rank)
     os.environ["RANK"] = str(node_rank * nproc + local_rank)
     os.environ["WORLD_SIZE"] = str(world_size)
@@ -109,11 +115,18 @@ def _first_env(*names: str) -> str | None:
 def launch(cfg: DictConfig, num_gpus: int, num_nodes: int) -> dict[str, float]:
     """Run the training job described by `cfg` in the launch mode the environment calls for; returns
     this process's last validation metrics (empty when workers were spawned or nothing was validated)."""
+    on_cpu = str(cfg.trainer.get("accelerator", "cuda")) == "cpu"
     if {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= os.environ.keys():
         logger.info("running as rank %s of %s (torchrun)", os.environ["RANK"], os.environ["WORLD_SIZE"])
+        if on_cpu:
+            local_procs = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+            first = os.environ["LOCAL_RANK"] == "0"
+            apply_cpu_threads(plan_cpu_threads(local_procs, "training process(es) of torchrun", log=first))
         return run_worker(cfg)
     world_size = num_gpus * num_nodes
     if world_size == 1:
+        if on_cpu:
+            apply_cpu_threads(plan_cpu_threads(1, "training process"))
         return run_worker(cfg)
 
     node_rank_text = _first_env("PET_NODE_RANK", "NODE_RANK", "GROUP_RANK") or (
@@ -140,9 +153,12 @@ def launch(cfg: DictConfig, num_gpus: int, num_nodes: int) -> dict[str, float]:
         os.environ["MASTER_ADDR"],
         os.environ["MASTER_PORT"],
     )
+    threads = plan_cpu_threads(num_gpus, "spawned training processes") if on_cpu else None
     import torch.multiprocessing as mp
 
-    mp.spawn(_spawned_worker, args=(cfg, node_rank, num_gpus, world_size), nprocs=num_gpus, join=True)
+    mp.spawn(
+        _spawned_worker, args=(cfg, node_rank, num_gpus, world_size, threads), nprocs=num_gpus, join=True
+    )
     return {}
 
 

@@ -65,6 +65,7 @@ def setup_distributed(
         device = torch.device("cuda", local_rank)
     elif accelerator == "cpu":
         device = torch.device("cpu")
+        logger.info("rank %d trains on the CPU with %d thread(s)", rank, torch.get_num_threads())
     else:
         raise ValueError(f"trainer.accelerator must be 'cuda' or 'cpu', got {accelerator!r}")
 
