@@ -443,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image_size", type=int, default=128, help="model input size of the shard timing")
     parser.add_argument("--work", type=Path, default=None, help="keep the work folder here")
     args = parser.parse_args(argv)
+    if args.frames < 3:
+        parser.error("--frames must be >= 3: evaluation skips the first and the last frame")
 
     from sam2.data.demo import generate_demo_dataset
     from sam2.tools.s3_server import SeaweedS3Server, free_port

@@ -239,3 +239,20 @@ def test_split_step_reads_annotations_and_manifest_only(s3_env, s3_store, s3_buc
     manifest = json.loads(s3_store.read_bytes(f"{uri}/manifest.json"))
     train = s3_store.read_bytes(splits.metadata["train_list_uri"]).decode().split()
     assert len(train) == 4 and splits.metadata["train_bytes"] == selection_bytes(marker, manifest, train)
+
+
+@pytest.mark.slow  # ~30 s: a SeaweedFS server and six step processes
+def test_data_movement_benchmark_runs_at_a_toy_size(tmp_path):
+    """benchmarks/data_movement.py end to end on 5 videos (this tree only; no shard timing): every step
+    runs and the storage layer's counters equal the count taken at the S3 client."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/data_movement.py", "--videos", "5", "--frames", "3", "--shards", "",
+         "--work", str(tmp_path / "bench")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "evaluate done" in proc.stdout
+    assert "ObjectStore counters equal the client-level count in every step (after)." in proc.stdout
