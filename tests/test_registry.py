@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import threading
 
@@ -94,8 +95,6 @@ def test_data_sets_have_separate_models(registry_uri):
     ],
 )
 def test_bad_candidates_are_rejected_before_anything_is_written(registry_uri, change, message):
-    import dataclasses
-
     reg = MlflowModelRegistry(registry_uri)
     with pytest.raises(ValueError, match=message):
         reg.register_and_promote(dataclasses.replace(_candidate(1.0), **change), margin=0.0)
@@ -153,3 +152,77 @@ def test_server_style_lease_serialises_concurrent_promotions(registry_uri, tmp_p
     assert not errors, errors
     assert sorted(decisions) == [CHALLENGER, CHALLENGER, CHAMPION]
     assert "promotion_lock" not in base.client.get_registered_model(model_name_for("demo")).tags
+
+
+# -- head-to-head: the champion is scored again in this run, on this run's val videos -----------------
+
+
+def _scored(
+    jf: float, run: str, version: str | None, champion_jf: float | None, data: str, **kw
+) -> Candidate:
+    """A candidate whose run scored itself (`jf`) and champion `version` (`champion_jf`) on data `data`."""
+    from sam2.registry import HeadToHead
+
+    h2h = HeadToHead(data, jf, version, champion_jf, kw.pop("unscored", None), num_videos=5)
+    return dataclasses.replace(_candidate(jf, run), dataset_version=data, head_to_head=h2h, **kw)
+
+
+def test_a_champion_better_on_its_old_val_set_but_worse_on_the_new_one_loses(registry_uri):
+    # v1 scored 70 on the old, easy val set. The data grew; on the new, harder val set v1 scores 40 and
+    # the new model 55. The registered 70 must not decide: the new model wins the head-to-head.
+    reg = MlflowModelRegistry(registry_uri)
+    reg.register_and_promote(dataclasses.replace(_candidate(70.0, "old"), dataset_version="easy"), margin=1.0)
+    result = reg.register_and_promote(_scored(55.0, "new", "1", 40.0, "hard"), margin=1.0)
+    assert result.decision == CHAMPION and result.rule == "head-to-head"
+    assert result.previous_champion_version == "1" and result.previous_champion_score == 40.0
+    assert "new J&F 55.00 vs champion v1 40.00" in result.reason and "hard" in result.reason
+    tags = reg.client.get_model_version(model_name_for("demo"), "2").tags
+    assert tags["h2h.champion_version"] == "1" and tags["h2h.champion_J_and_F"] == "40.000000"
+    assert tags["h2h.new_J_and_F"] == "55.000000" and tags["h2h.dataset_version"] == "hard"
+    assert tags["promotion_rule"] == "head-to-head"
+
+
+def test_a_champion_worse_on_its_old_val_set_but_better_on_the_new_one_stays(registry_uri):
+    # The reverse: v1 scored 30 on a hard old val set; on this run's videos it scores 60, the new one 50.
+    reg = MlflowModelRegistry(registry_uri)
+    reg.register_and_promote(dataclasses.replace(_candidate(30.0, "old"), dataset_version="hard"), margin=1.0)
+    result = reg.register_and_promote(_scored(50.0, "new", "1", 60.0, "easy"), margin=1.0)
+    assert result.decision == CHALLENGER and result.rule == "head-to-head"
+    assert reg.champion("demo") == ("1", 30.0)
+
+
+def test_an_unscorable_champion_falls_back_to_its_registered_score_and_says_so(registry_uri):
+    reg = MlflowModelRegistry(registry_uri)
+    reg.register_and_promote(_candidate(40.0, "old"), margin=1.0)
+    gone = "champion version 1's checkpoint s3://sam2-runs/old/checkpoints/checkpoint.pt is gone"
+    result = reg.register_and_promote(_scored(45.0, "new", None, None, "v2", unscored=gone), margin=1.0)
+    assert result.decision == CHAMPION and result.rule == "fallback"
+    assert result.reason.startswith("FALLBACK") and gone in result.reason
+    assert result.previous_champion_score == 40.0
+    tags = reg.client.get_model_version(model_name_for("demo"), "2").tags
+    assert tags["promotion_rule"] == "fallback" and gone in tags["promotion_reason"]
+    assert tags["h2h.champion_unscored"] == gone
+
+
+def test_a_champion_that_moved_after_it_was_scored_is_not_compared_head_to_head(registry_uri):
+    reg = MlflowModelRegistry(registry_uri)
+    reg.register_and_promote(_candidate(40.0, "a"), margin=0.0)
+    reg.register_and_promote(_candidate(50.0, "b"), margin=0.0)  # v2 took the alias meanwhile
+    result = reg.register_and_promote(_scored(60.0, "c", "1", 10.0, "v3"), margin=0.0)
+    assert result.rule == "fallback" and "moved to v2 after this run scored v1" in result.reason
+    assert result.previous_champion_score == 50.0 and result.decision == CHAMPION
+
+
+def test_a_random_init_version_is_registered_but_champion_only_when_allowed(registry_uri):
+    reg = MlflowModelRegistry(registry_uri)
+    first = reg.register_and_promote(
+        dataclasses.replace(_candidate(10.0, "r1"), random_init=True), margin=0.0
+    )
+    assert first.decision == CHALLENGER and first.rule == "random-init" and reg.champion("demo") is None
+    assert "allow_random_init" in first.reason
+    allowed = reg.register_and_promote(
+        dataclasses.replace(_candidate(10.0, "r2"), random_init=True), margin=0.0, allow_random_init=True
+    )
+    assert allowed.decision == CHAMPION and allowed.rule == "first"
+    tags = reg.client.get_model_version(model_name_for("demo"), "1").tags
+    assert tags["random_init"] == "true" and tags["promotion"] == "challenger"
