@@ -67,6 +67,15 @@ class SAM2VideoPredictor(SAM2Base):
         self.clear_non_cond_mem_around_input = clear_non_cond_mem_around_input
         self.add_all_frames_to_correct_as_cond = add_all_frames_to_correct_as_cond
 
+    @classmethod
+    def from_pretrained(cls, model_id: str, **kwargs: Any) -> SAM2VideoPredictor:
+        """A video predictor for an official release on the Hugging Face hub (e.g.
+        "facebook/sam2.1-hiera-large"); keyword arguments go to `build_sam2_video_predictor` (device,
+        vos_optimized, ...). See `sam2.build_sam.build_sam2_video_predictor_hf`."""
+        from sam2.build_sam import build_sam2_video_predictor_hf
+
+        return build_sam2_video_predictor_hf(model_id, **kwargs)
+
     # ------------------------------------------------------------------------------------------------------
     # Session
     # ------------------------------------------------------------------------------------------------------
@@ -411,13 +420,16 @@ class SAM2VideoPredictor(SAM2Base):
     ) -> tuple[list[Any], list[tuple[int, torch.Tensor]]]:
         """Drop an object and its prompts and results; later objects move down one index.
 
-        With strict, an unknown id raises ValueError. Returns (remaining obj_ids, [(frame_idx, masks of the
+        With strict, an unknown id raises RuntimeError (the official type). Returns (remaining obj_ids, [(frame_idx, masks of the
         remaining objects at video resolution)] for the frames the removed object had prompts on).
         """
         removed_idx = inference_state["obj_id_to_idx"].get(obj_id)
         if removed_idx is None:
             if strict:
-                self._known_obj_idx(inference_state, obj_id)
+                raise RuntimeError(
+                    f"cannot remove object id {obj_id!r}: it does not exist in this session (known ids: "
+                    f"{inference_state['obj_ids']})"
+                )
             return inference_state["obj_ids"], []
         if len(inference_state["obj_id_to_idx"]) == 1:
             self.reset_state(inference_state)

@@ -496,8 +496,8 @@ def test_bad_input_errors(predictor, video, tmp_path: Path) -> None:
         predictor.add_new_points_or_box(st, 0, 1, box=[1, 2, 30, 40], clear_old_points=False)
     with pytest.raises(ValueError, match="never prompted"):
         predictor.clear_all_prompts_in_frame(st, 0, 42)
-    with pytest.raises(ValueError, match="never prompted"):
-        predictor.remove_object(st, 42, strict=True)
+    with pytest.raises(RuntimeError, match="cannot remove object id 42"):
+        predictor.remove_object(st, 42, strict=True)  # the official exception type
     # Nothing was registered by the failed calls.
     assert st["obj_ids"] == []
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from threading import Thread
@@ -22,6 +23,33 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".JPG", ".JPEG")
 VIDEO_FILE_SUFFIXES = (".mp4", ".MP4", ".mov", ".MOV", ".avi", ".AVI", ".mkv", ".MKV", ".webm")
+
+
+def get_sdpa_settings() -> tuple[bool, bool, bool]:
+    """(old_gpu, use_flash_attn, math_kernel_on), the official attention-kernel hints: on CUDA, a GPU
+    before compute capability 7 is old, Flash Attention needs 8.0+ (and PyTorch 2.2+ for its v2), and the
+    math kernel stays on where Flash Attention is off; without CUDA (True, False, True). Warns, as the
+    official function does, when Flash Attention is unavailable on the GPU."""
+    if not torch.cuda.is_available():
+        return True, False, True
+    major = torch.cuda.get_device_properties(0).major
+    old_gpu = major < 7
+    use_flash_attn = major >= 8
+    if not use_flash_attn:
+        warnings.warn(
+            "Flash Attention is disabled as it requires a GPU with Ampere (8.0) CUDA capability.",
+            category=UserWarning,
+            stacklevel=2,
+        )
+    torch_version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    if torch_version < (2, 2):
+        warnings.warn(
+            f"PyTorch {torch.__version__} has no Flash Attention v2; PyTorch 2.2+ could be faster.",
+            category=UserWarning,
+            stacklevel=2,
+        )
+    math_kernel_on = torch_version < (2, 2) or not use_flash_attn
+    return old_gpu, use_flash_attn, math_kernel_on
 
 
 def mask_to_box(masks: torch.Tensor) -> torch.Tensor:
@@ -276,7 +304,7 @@ def load_video_frames_from_jpg_images(
     img_mean: tuple[float, float, float] = IMAGENET_MEAN,
     img_std: tuple[float, float, float] = IMAGENET_STD,
     async_loading_frames: bool = False,
-    compute_device: torch.device | str = "cuda",
+    compute_device: torch.device | str = torch.device("cuda"),  # the official default
 ) -> tuple[torch.Tensor | AsyncVideoFrameLoader, int, int]:
     """Read a folder of `<index>.jpg` frames, resized to `image_size` squared and normalised.
 
@@ -304,7 +332,7 @@ def load_video_frames_from_video_file(
     offload_video_to_cpu: bool,
     img_mean: tuple[float, float, float] = IMAGENET_MEAN,
     img_std: tuple[float, float, float] = IMAGENET_STD,
-    compute_device: torch.device | str = "cuda",
+    compute_device: torch.device | str = torch.device("cuda"),  # the official default
 ) -> tuple[torch.Tensor, int, int]:
     """Decode a video file with PyAV, resized to `image_size` squared and normalised."""
     import av
@@ -335,7 +363,7 @@ def load_video_frames(
     img_mean: tuple[float, float, float] = IMAGENET_MEAN,
     img_std: tuple[float, float, float] = IMAGENET_STD,
     async_loading_frames: bool = False,
-    compute_device: torch.device | str = "cuda",
+    compute_device: torch.device | str = torch.device("cuda"),  # the official default
 ) -> tuple[torch.Tensor | AsyncVideoFrameLoader, int, int]:
     """Frames of a video given as a folder of `<index>.jpg` files or as a video file (.mp4 etc.)."""
     path = Path(video_path)
