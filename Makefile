@@ -47,17 +47,25 @@ services-down: services-down-s3
 # Kubeflow pipeline (PIPELINE). DATASET=demo|mose. Without KFP_HOST `pipeline-run` runs every step on this
 # machine through kfp.local (starting the local S3 server; MLflow on SQLite in .local/mlflow); with
 # KFP_HOST it submits to that cluster and waits. DATASET=mose reads MOSE_ROOT (see configs/dataset/mose.yaml).
+# On a cluster: KFP_TOKEN or KFP_COOKIES, KFP_NAMESPACE (README "Run on your Kubeflow"). NUM_NODES and
+# GPUS_PER_NODE set the training scale (default: the preset's on this machine, the pipeline's on a cluster);
+# ARGS passes more, e.g. ARGS="--set epochs=2 --set allow_random_init=true".
 DATASET ?= demo
 CRON ?= 0 0 3 * * 0
+NUM_NODES ?=
+GPUS_PER_NODE ?=
+ARGS ?=
+PIPELINE_ARGS = --dataset $(DATASET) $(if $(NUM_NODES),--set num_nodes=$(NUM_NODES)) \
+	$(if $(GPUS_PER_NODE),--set gpus_per_node=$(GPUS_PER_NODE)) $(ARGS)
 .PHONY: pipeline-compile pipeline-run pipeline-submit pipeline-schedule
 pipeline-compile: setup
 	$(PY) -m pipelines.compile
 
 pipeline-run: setup
-	$(PY) -m pipelines.run run --dataset $(DATASET)
+	$(PY) -m pipelines.run run $(PIPELINE_ARGS)
 
 pipeline-submit: setup
-	$(PY) -m pipelines.run submit --dataset $(DATASET)
+	$(PY) -m pipelines.run submit $(PIPELINE_ARGS)
 
 pipeline-schedule: setup
-	$(PY) -m pipelines.run schedule --dataset $(DATASET) --cron "$(CRON)"
+	$(PY) -m pipelines.run schedule $(PIPELINE_ARGS) --cron "$(CRON)"

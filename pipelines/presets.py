@@ -41,13 +41,21 @@ def _local_source_problem(source: Path) -> str | None:
     return None
 
 
-def load_preset(name: str, environ: dict[str, str] | None = None) -> dict[str, Any]:
+TARGETS = ("local", "cluster")
+
+
+def load_preset(name: str, environ: dict[str, str] | None = None, target: str = "local") -> dict[str, Any]:
     """Pipeline arguments for preset `name`: dataset_name, source_uri and the preset's parameters.
 
+    `target` "local" (this machine, kfp.local) adds the preset's `local:` block (node and GPU counts, the
+    launcher of a laptop run); "cluster" leaves them out, so a cluster run takes the pipeline's defaults
+    (or what the caller sets, e.g. NUM_NODES / GPUS_PER_NODE through the Makefile).
     A preset with `source_env` takes its source from that environment variable, which must be an s3:// URI,
     an archive, or a folder with JPEGImages/ and Annotations/ (up to 3 levels down); otherwise PresetError
     says how to provide the data.
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     env = os.environ if environ is None else environ
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
@@ -55,6 +63,8 @@ def load_preset(name: str, environ: dict[str, str] | None = None) -> dict[str, A
     preset = yaml.safe_load(path.read_text()) or {}
     args: dict[str, Any] = {"dataset_name": preset.get("dataset_name", name)}
     args.update(preset.get("parameters") or {})
+    if target == "local":
+        args.update(preset.get("local") or {})
     if "source_uri" in preset:
         args["source_uri"] = preset["source_uri"]
     elif "source_env" in preset:

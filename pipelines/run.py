@@ -6,7 +6,13 @@
 - `schedule --cron "0 0 3 * * 0"`: a recurring run on KFP_HOST (KFP cron: six fields, seconds first).
 
 `--set key=value` overrides any pipeline parameter (see pipelines/sam2_finetune.py), e.g.
-`--set epochs=2 --set init_checkpoint_uri=s3://sam2-models/sam2.1_hiera_tiny.pt`.
+`--set epochs=2 --set init_checkpoint_uri=s3://sam2-models/sam2.1_hiera_tiny.pt`. A run without
+init_checkpoint_uri is refused unless `--set allow_random_init=true` (the demo preset sets it).
+
+On a cluster (pipelines/cluster.py): credentials from --token / KFP_TOKEN, the service-account token file
+(KF_PIPELINES_SA_TOKEN_PATH), or KFP_COOKIES; namespace from --namespace / KFP_NAMESPACE or the kube
+context; a local data set source is uploaded to the data bucket first (pipelines/cluster_inputs.py); node
+and GPU counts are the pipeline's unless set (`--set num_nodes=4`; the Makefile's NUM_NODES, GPUS_PER_NODE).
 """
 
 from __future__ import annotations
@@ -63,6 +69,48 @@ def _print_local_summary(outputs: dict[str, Any], arguments: dict[str, Any], sec
         )
 
 
+def check_initial_weights(arguments: dict[str, Any]) -> None:
+    """A run without init_checkpoint_uri trains from random weights: refused unless allow_random_init is set.
+
+    The demo preset sets allow_random_init (no SAM 2.1 weights can be downloaded there); a real data set
+    would otherwise spend its GPU hours on a model trained from scratch.
+    """
+    if arguments.get("init_checkpoint_uri") or arguments.get("allow_random_init") is True:
+        return
+    raise PresetError(
+        f"data set {arguments.get('dataset_name')!r} has no initial checkpoint, so it would train from RANDOM "
+        "weights: set SAM2_INIT_CHECKPOINT_URI or --set init_checkpoint_uri=s3://<bucket>/sam2.1_hiera_base_plus.pt "
+        "(an official SAM 2.1 checkpoint), or --set allow_random_init=true to train from scratch on purpose"
+    )
+
+
+def _cluster_source(arguments: dict[str, Any], dataset: str) -> None:
+    """A local source (MOSE_ROOT on this machine) is uploaded to the data bucket; the run gets its s3:// URI."""
+    from pipelines.cluster_inputs import is_local_source, stage_source
+    from pipelines.sam2_finetune import sam2_finetune
+    from sam2.storage import StorageError
+
+    source = str(arguments.get("source_uri", ""))
+    if not is_local_source(source):
+        return
+    bucket = arguments.get("data_bucket") or sam2_finetune.component_spec.inputs["data_bucket"].default
+    try:
+        staged = stage_source(source, bucket, dataset)
+    except StorageError as err:
+        raise PresetError(
+            f"a pod cannot read {source} on this machine, so it is uploaded to s3://{bucket}/sources/{dataset}/ "
+            "first, which needs the cluster's object store from here: set S3_ENDPOINT_URL (e.g. "
+            "http://localhost:9000 after `kubectl -n <namespace> port-forward svc/minio 9000`), "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give the source as an s3:// URI. "
+            f"The object store said: {err}"
+        ) from None
+    what = "uploaded to" if staged.uploaded else "already in the data bucket, same content, at"
+    print(
+        f"data set source {source}: {what} {staged.uri} ({staged.num_files} files, {staged.num_bytes / 1e9:.2f} GB)"
+    )
+    arguments["source_uri"] = staged.uri
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", nargs="?", default="run", choices=["run", "submit", "schedule"])
@@ -71,18 +119,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--host", default=os.environ.get("KFP_HOST", ""), help="KFP endpoint (default $KFP_HOST)"
     )
-    parser.add_argument("--namespace", default=os.environ.get("KFP_NAMESPACE") or None)
+    parser.add_argument(
+        "--namespace",
+        default=None,
+        help="profile namespace (default $KFP_NAMESPACE, else the kube context's)",
+    )
+    parser.add_argument("--token", default=None, help="KFP bearer token (default $KFP_TOKEN; see README)")
     parser.add_argument("--cron", default="", help="schedule: six-field KFP cron, seconds first")
     parser.add_argument("--wait-hours", type=float, default=72.0, help="run on a cluster: how long to wait")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    on_cluster = bool(args.host)
     try:
-        arguments = load_preset(args.dataset) | _parse_sets(args.sets)
-    except PresetError as err:
+        if args.action != "run" and not on_cluster:
+            raise PresetError(f"`{args.action}` needs a KFP endpoint: set KFP_HOST or pass --host")
+        if args.action == "schedule":
+            from pipelines.cluster import check_cron
+
+            check_cron(args.cron)
+        target = "cluster" if on_cluster else "local"
+        arguments = load_preset(args.dataset, target=target) | _parse_sets(args.sets)
+        check_initial_weights(arguments)
+        if on_cluster:
+            _cluster_source(arguments, args.dataset)
+    except (PresetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    if args.action == "run" and not args.host:
+    if not on_cluster:
         from pipelines.local_run import run_locally
 
         start = time.monotonic()
@@ -90,26 +154,33 @@ def main(argv: list[str] | None = None) -> int:
         _print_local_summary(outputs, arguments, time.monotonic() - start)
         return 0
 
-    if not args.host:
-        print(f"error: `{args.action}` needs a KFP endpoint: set KFP_HOST or pass --host", file=sys.stderr)
-        return 2
     from pipelines import cluster
 
-    # A cluster run uses the PyTorchJob launcher unless the caller insists otherwise.
-    if "train_launcher" not in {s.partition("=")[0] for s in args.sets}:
-        arguments.pop("train_launcher", None)
-    if args.action == "schedule":
-        if not args.cron:
-            print('error: schedule needs --cron, e.g. --cron "0 0 3 * * 0"', file=sys.stderr)
-            return 2
-        job = cluster.schedule(
-            args.host, arguments, args.cron, f"sam2-{args.dataset}-retrain", namespace=args.namespace
+    try:
+        connection = cluster.connect(args.host, namespace=args.namespace, token=args.token)
+        where = f"{connection.host}" + (
+            f" (namespace {connection.namespace})" if connection.namespace else ""
         )
-        print(f"scheduled recurring run {job} ({args.cron}) on {args.host}")
-        return 0
-    wait = args.wait_hours * 3600 if args.action == "run" else None
-    run_id = cluster.submit(args.host, arguments, namespace=args.namespace, wait_timeout_s=wait)
-    print(f"{'finished' if wait else 'submitted'} run {run_id} on {args.host}")
+        if args.action == "schedule":
+            job = cluster.schedule(
+                connection, arguments, args.dataset, args.cron, f"sam2-{args.dataset}-retrain"
+            )
+            detail = f" (replaced {', '.join(job.replaced)})" if job.replaced else ""
+            print(
+                f"recurring run sam2-{args.dataset}-retrain {job.action}{detail}: {job.recurring_run_id} "
+                f"({args.cron}) from pipeline version {job.version.name} on {where}"
+            )
+            return 0
+        wait = args.wait_hours * 3600 if args.action == "run" else None
+        run = cluster.submit(connection, arguments, args.dataset, wait_timeout_s=wait)
+    except cluster.ClusterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    reused = "reused" if run.version.reused else "uploaded"
+    print(
+        f"{'finished' if wait else 'submitted'} run {run.run_id} of pipeline version {run.version.name} "
+        f"({reused}) in experiment {cluster.experiment_name(args.dataset)} on {where}"
+    )
     return 0
 
 

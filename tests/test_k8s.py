@@ -139,7 +139,8 @@ def test_pytorchjob_operational_settings():
 
 def test_rbac_is_namespaced_and_least_privilege():
     """Exactly what the steps need: the launcher's PyTorchJob and pod rules, Argo's executor rule and the
-    KFP driver/launcher ConfigMap (sources in k8s/rbac.yaml); no wildcards, no Secrets, no ClusterRole."""
+    KFP driver/launcher ConfigMap and artifact-store Secret (sources in k8s/rbac.yaml); no wildcards, no
+    other Secret, no ClusterRole."""
     docs = list(yaml.safe_load_all((K8S / "rbac.yaml").read_text()))
     kinds = {d["kind"] for d in docs}
     assert kinds == {"ServiceAccount", "Role", "RoleBinding"}, "a ClusterRole would reach other namespaces"
@@ -161,9 +162,13 @@ def test_rbac_is_namespaced_and_least_privilege():
         ("argoproj.io", "workflowtaskresults", "create", "(any)"),
         ("argoproj.io", "workflowtaskresults", "patch", "(any)"),
         ("", "configmaps", "get", "kfp-launcher"),
+        ("", "secrets", "get", "mlpipeline-minio-artifact"),
     }
     assert all("*" not in item for entry in granted for item in entry)
-    assert not any(r == "secrets" for _, r, _, _ in granted)
+    # the one Secret KFP's launcher reads (artifact store), by name, get only: no list, no other Secret
+    assert {entry for entry in granted if entry[1] == "secrets"} == {
+        ("", "secrets", "get", "mlpipeline-minio-artifact")
+    }
     (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
