@@ -35,6 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from sam2.data.archives import unpack_archive
+from sam2.data.coco import extract_coco_dataset, find_coco_file
 from sam2.data.layout import (
     ANNOTATIONS_DIR,
     IMAGE_SUFFIXES,
@@ -540,8 +541,9 @@ def extract_dataset(
 ) -> ExtractionResult:
     """Produce the data set layout and ``manifest.json`` from ``source`` into ``output``.
 
-    ``source``: a video, a folder (DAVIS/MOSE tree, SA-V videos with ``_manual.json``, plain videos), an
-    archive of one, or an ``s3://`` URI of any of them. ``output``: a local folder, or an ``s3://`` prefix
+    ``source``: a video, a folder (DAVIS/MOSE tree, SA-V videos with ``_manual.json``, plain videos, or a
+    COCO export: one COCO JSON and its images, see :mod:`sam2.data.coco`), an archive of one, or an
+    ``s3://`` URI of any of them. ``output``: a local folder, or an ``s3://`` prefix
     (prepared under ``work_dir`` and published with a ``_SUCCESS`` marker; credentials from the
     environment, see :mod:`sam2.storage`).
 
@@ -566,6 +568,16 @@ def extract_dataset(
     local_input = _resolve_input(str(source), work, store_factory)
     out_root = work / "output" if is_s3_uri(output_str) else Path(output_str)
     out_root.mkdir(parents=True, exist_ok=True)
+    maybe_coco = local_input.suffix == ".json" or (
+        local_input.is_dir() and find_images_root(local_input) is None
+    )
+    coco_file = find_coco_file(local_input) if maybe_coco else None
+    if coco_file is not None:  # an image data set (COCO JSON + images), laid out by sam2.data.coco
+        coco = extract_coco_dataset(coco_file, out_root)
+        if is_s3_uri(output_str):
+            store_factory().upload_folder(out_root, output_str, exclude=(STATE_DIR,))
+        n = coco.num_images
+        return ExtractionResult(output_str, coco.version, n, n, seconds=time.perf_counter() - start)
     sources = discover_sources(local_input)
     logger.info("%d videos found in %s", len(sources), source)
 

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from sam2.data.coco import coco_annotation_path, coco_object_counts
 from sam2.data.layout import SAV_ANNOTATION_SUFFIX, DataPrepError
 from sam2.data.manifest import load_manifest, mask_object_ids, sav_object_ids
 from sam2.utils.atomic_io import atomic_write_text
@@ -109,12 +110,15 @@ def split_dataset(
     """Split the videos annotated under ``gt_root`` and write ``train.txt`` and ``val.txt`` to ``output_dir``.
 
     ``video_list``: restrict to the videos in this file (e.g. ``valid_videos.txt`` from validation).
+    A COCO image data set (``gt_root`` is its root or its COCO JSON) is split by image file name.
 
     Raises:
         DataPrepError: no videos, or names in ``video_list`` that ``gt_root`` does not hold.
     """
     gt_root = Path(gt_root)
-    videos = videos_in_gt_root(gt_root)
+    coco = coco_annotation_path(gt_root)
+    coco_counts = coco_object_counts(coco) if coco is not None else None
+    videos = sorted(coco_counts) if coco_counts is not None else videos_in_gt_root(gt_root)
     if video_list is not None:
         wanted = [line.strip() for line in Path(video_list).read_text().splitlines() if line.strip()]
         unknown = sorted(set(wanted) - set(videos))
@@ -125,7 +129,7 @@ def split_dataset(
         videos = sorted(set(wanted))
     if not videos:
         raise DataPrepError(f"{gt_root}: no annotated videos to split")
-    strata = object_counts(gt_root, videos) if stratify else None
+    strata = (coco_counts or object_counts(gt_root, videos)) if stratify else None
     train, val = split_videos(videos, val_fraction, seed, strata)
     out = Path(output_dir)
     train_file, val_file = out / TRAIN_LIST_NAME, out / VAL_LIST_NAME

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from sam2.data.coco import coco_annotation_path, validate_coco_dataset
 from sam2.data.layout import (
     ANNOTATIONS_DIR,
     IMAGES_DIR,
@@ -255,10 +256,15 @@ def check_video(root: Path, video: str, num_frames: int, record: dict | None) ->
 def validate_dataset(root: str | Path, num_frames: int = 8, workers: int | None = None) -> ValidationReport:
     """Check every video under ``root/JPEGImages`` (and the manifest's videos) and report per video.
 
+    A COCO image data set (``root/annotations.coco.json``) is checked per image instead, see
+    :func:`sam2.data.coco.validate_coco_dataset` (``num_frames`` does not apply).
+
     Raises:
         DataPrepError: ``root`` holds no videos at all.
     """
     root = Path(root)
+    if coco_annotation_path(root) is not None:
+        return validate_coco_dataset(root, workers=workers)
     manifest = load_manifest(root)
     records = (manifest or {}).get("videos", {})
     videos = sorted(set(list_videos(root)) | set(records))
