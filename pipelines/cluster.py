@@ -26,6 +26,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,6 +276,10 @@ def spec_digest(package: str | os.PathLike[str]) -> str:
 def code_version(root: Path = REPO_ROOT) -> str:
     """The git commit of this checkout (`g<sha>`, `-dirty` with local changes), else `v<package version>`."""
     try:
+        if not (
+            root / ".git"
+        ).exists():  # installed from a wheel: a repository around site-packages is not ours
+            raise OSError(f"{root} is not a git checkout")
         sha = subprocess.run(
             ["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
@@ -391,6 +396,7 @@ def submit(
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
     wait_timeout_s: float | None = None,
     package: str | os.PathLike[str] | None = None,
+    poll_s: float = 30.0,
 ) -> SubmittedRun:
     """Start one run from the uploaded pipeline version; waits for it when a timeout is given.
 
@@ -412,12 +418,38 @@ def submit(
     logger.info("started run %s from pipeline version %s", run.run_id, version.name)
     if not wait_timeout_s:
         return SubmittedRun(run.run_id, version)
-    with connection.calling(f"waiting for run {run.run_id}"):
-        result = connection.client.wait_for_run_completion(run.run_id, timeout=wait_timeout_s)
-    state = getattr(result, "state", None)
+    state = wait_for_run(connection, run.run_id, wait_timeout_s, poll_s)
     if state != "SUCCEEDED":
         raise ClusterError(f"run {run.run_id} ended as {state}; see it in the KFP UI at {connection.host}")
     return SubmittedRun(run.run_id, version, state)
+
+
+# v2beta1 RuntimeState values a run does not leave (backend/api/v2beta1/run.proto)
+FINAL_STATES = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"})
+
+
+def wait_for_run(connection: Connection, run_id: str, timeout_s: float, poll_s: float = 30.0) -> str:
+    """Poll the run until it is over; logs each state change once (kfp.Client's wait logs every 5 s).
+
+    Raises:
+        ClusterError: still not over after `timeout_s` (the run itself goes on).
+    """
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        with connection.calling(f"getting the state of run {run_id}"):
+            state = connection.client.get_run(run_id).state
+        if state != last:
+            logger.info("run %s: %s", run_id, state)
+            last = state
+        if state in FINAL_STATES:
+            return state
+        if time.monotonic() >= deadline:
+            raise ClusterError(
+                f"run {run_id} is still {state} after {timeout_s / 3600:.1f} h; it goes on running: follow it in "
+                f"the KFP UI at {connection.host}"
+            )
+        time.sleep(poll_s)
 
 
 def check_cron(cron: str) -> str:

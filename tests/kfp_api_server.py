@@ -139,12 +139,14 @@ class FakeKfp:
     cookie: str | None = None  # "name=value" the proxy expects
     login_page: bool = False
     final_run_state: str = "SUCCEEDED"
+    running_polls: int = 0  # GETs of a run that answer RUNNING before final_run_state
     requests: list[Recorded] = field(default_factory=list)
     pipelines: dict[str, dict] = field(default_factory=dict)
     versions: dict[str, dict] = field(default_factory=dict)
     experiments: dict[str, dict] = field(default_factory=dict)
     runs: dict[str, dict] = field(default_factory=dict)
     recurring_runs: dict[str, dict] = field(default_factory=dict)
+    run_polls: dict[str, int] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -440,7 +442,8 @@ def _route(state: FakeKfp, method: str, path: str, query: dict, body: Any, heade
         return 200, _clean(run)
     if len(parts) == 2 and parts[0] == "runs" and method == "GET":
         run = _get(state.runs, parts[1], "Run")
-        run["state"] = state.final_run_state
+        polls = state.run_polls[parts[1]] = state.run_polls.get(parts[1], 0) + 1
+        run["state"] = "RUNNING" if polls <= state.running_polls else state.final_run_state
         return 200, _clean(run)
 
     if parts == ["recurringruns"] and method == "GET":

@@ -242,6 +242,25 @@ def test_a_failed_run_is_an_error_naming_the_run(tmp_path):
             cluster.submit(connection, {"dataset_name": "demo"}, "demo", package=COMPILED, wait_timeout_s=30)
 
 
+def test_waiting_polls_until_the_run_is_over_and_gives_up_with_the_run_still_going(tmp_path):
+    with KfpApiServer(multi_user=False, running_polls=2) as server:
+        connection = cluster.connect(server.url, environ=_env(tmp_path))
+        done = cluster.submit(
+            connection, {"dataset_name": "demo"}, "demo", package=COMPILED, wait_timeout_s=30, poll_s=0.01
+        )
+        assert done.state == "SUCCEEDED" and server.state.run_polls[done.run_id] == 3
+        server.state.running_polls = 10**6
+        with pytest.raises(cluster.ClusterError, match="still RUNNING after .* it goes on running"):
+            cluster.submit(
+                connection,
+                {"dataset_name": "demo"},
+                "demo",
+                package=COMPILED,
+                wait_timeout_s=0.05,
+                poll_s=0.01,
+            )
+
+
 def test_the_backend_rejects_what_the_pipeline_does_not_declare(tmp_path):
     """The fake checks run parameters as the backend does, so the next tests' parameters are meaningful."""
     with KfpApiServer(multi_user=False) as server:
@@ -360,3 +379,16 @@ def test_cluster_presets_leave_node_counts_to_the_pipeline():
         assert not {"num_nodes", "gpus_per_node", "train_launcher"} & set(remote)
         assert {k: v for k, v in local.items() if k in remote} == remote
     assert load_preset("demo", {})["train_launcher"] == "local"
+
+
+def test_version_names_come_from_the_commit_or_else_the_package(tmp_path):
+    from importlib.metadata import version
+
+    head = subprocess.run(
+        ["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert cluster.code_version().startswith(f"g{head.stdout.strip()}")
+    # outside a checkout (an installed wheel), even inside someone else's repository
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "site-packages").mkdir()
+    assert cluster.code_version(tmp_path / "site-packages") == f"v{version('sam2-kubeflow')}"
