@@ -24,7 +24,9 @@ It answers the routes pipelines/cluster.py uses the way the KFP backend does, ta
 - list filters: filter.proto predicates (EQUALS, IS_SUBSTRING on string values), page_size / page_token /
   next_page_token.
 - uploads are parsed strictly as PipelineSpec + PlatformSpec, and each Kubernetes executor config as
-  KubernetesExecutorConfig, unknown fields rejected, as the backend and its driver do.
+  KubernetesExecutorConfig, unknown fields rejected, as the API server does when it compiles a run
+  (backend/src/v2/compiler/argocompiler/container.go, protojson.Unmarshal); the real one checks at run
+  creation, this one already at upload.
 
 In front of it, optionally, the auth proxy of a multi-user Kubeflow: a request without the expected bearer
 token or session cookie gets 401, or (login_page=True) a redirect to an HTML login page as oauth2-proxy
