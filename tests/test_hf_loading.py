@@ -1,7 +1,9 @@
 """The Hugging Face entry points (`build_sam2_hf`, `build_sam2_video_predictor_hf`, `from_pretrained` of
 the image predictor, the video predictor and the automatic mask generator) load the official model ids
 from a cache laid out as huggingface_hub lays it out, with no network: under HF_HUB_OFFLINE=1 and with the
-hub unreachable. A checkpoint that is neither cached nor downloadable, or an unknown id, is a clear error.
+hub unreachable. When the hub is reachable (here: a local HTTP server answering as the hub's resolve endpoint does), the
+checkpoint is downloaded into that cache. A checkpoint that is neither cached nor downloadable, or an
+unknown id, is a clear error.
 
 The cache layout is the hub's (huggingface_hub's file_download.py and its cache docs):
 `<HF_HUB_CACHE>/models--<org>--<name>/blobs/<sha256>` holds the file, `snapshots/<commit>/<filename>` is a
@@ -13,11 +15,13 @@ when it is imported.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -95,7 +99,8 @@ def _closed_port() -> int:
 
 def _run(scenario: str, env_extra: dict[str, str], reference: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    # Never the real hub: an endpoint on a closed local port stands for "no network".
+    # Never the real hub: an endpoint on a closed local port stands for "no network" (unless a test
+    # gives its own local endpoint).
     env.update({"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "OMP_NUM_THREADS": "1", **env_extra})
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT, MODEL_ID, str(reference), scenario],
@@ -130,7 +135,65 @@ def test_every_entry_point_loads_from_the_cache_offline(cached: tuple[Path, Path
 
 def test_an_unreachable_hub_falls_back_to_the_cache(cached: tuple[Path, Path]) -> None:
     cache, checkpoint = cached
-    assert _run("unreachable", {"HF_HUB_CACHE": str(cache)}, checkpoint) == {"build_sam2_hf": True}
+    assert _run("build only", {"HF_HUB_CACHE": str(cache)}, checkpoint) == {"build_sam2_hf": True}
+
+
+class _HubResolveHandler(http.server.BaseHTTPRequestHandler):
+    """Answers `HEAD|GET /<repo_id>/resolve/<revision>/<filename>` as the hub does for a file it serves
+    directly: the commit in X-Repo-Commit, the content hash in ETag, the size in Content-Length (the
+    headers huggingface_hub reads in file_download.get_hf_file_metadata, huggingface_hub 2.x), then the
+    bytes on GET. Anything else is a 404."""
+
+    files: dict[str, bytes] = {}
+    requests: list[str] = []
+
+    def _answer(self, with_body: bool) -> None:
+        self.requests.append(f"{self.command} {self.path}")
+        body = self.files.get(self.path.split("?")[0])
+        if body is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", REVISION)
+        self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - the http.server hook name
+        self._answer(with_body=False)
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+        self._answer(with_body=True)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_reachable_hub_downloads_into_the_cache(cached: tuple[Path, Path], tmp_path: Path) -> None:
+    _, checkpoint = cached
+    _HubResolveHandler.files = {f"/{MODEL_ID}/resolve/main/sam2.1_hiera_tiny.pt": checkpoint.read_bytes()}
+    _HubResolveHandler.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubResolveHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        cache = tmp_path / "fresh"
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        out = _run("build only", {"HF_HUB_CACHE": str(cache), "HF_ENDPOINT": endpoint}, checkpoint)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out == {"build_sam2_hf": True}
+    assert any(
+        r.startswith("GET /facebook/sam2.1-hiera-tiny/resolve/main/") for r in _HubResolveHandler.requests
+    )
+    repo = cache / "models--facebook--sam2.1-hiera-tiny"
+    assert (repo / "refs" / "main").read_text() == REVISION
+    assert (repo / "snapshots" / REVISION / "sam2.1_hiera_tiny.pt").read_bytes() == checkpoint.read_bytes()
 
 
 def test_a_checkpoint_neither_cached_nor_downloadable_is_a_clear_error(tmp_path: Path) -> None:
