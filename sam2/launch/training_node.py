@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,12 +84,33 @@ def dataset_overrides(data_dir: Path, file_list: Path) -> list[str]:
     ]
 
 
-def torchrun_command(config: str, topology: NodeTopology, overrides: Sequence[str]) -> list[str]:
-    """The command one node runs; torchrun reads --nnodes/--node-rank/... from the PET_* variables."""
+def torchrun_command(
+    config: str,
+    topology: NodeTopology,
+    overrides: Sequence[str],
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The command one node runs; torchrun reads --nnodes/--node-rank/... from the PET_* variables.
+
+    With `PET_RDZV_BACKEND=c10d` in `env` (default: this process's environment; the PyTorchJob template
+    sets it, with PET_RDZV_ID, PET_RDZV_CONF=join_timeout=... and PET_MAX_RESTARTS) the nodes meet at a
+    c10d rendezvous on the master (`--rdzv-endpoint` PET_MASTER_ADDR:PET_MASTER_PORT, which the operator
+    sets; a PET_RDZV_ENDPOINT wins): a node that restarts joins again, and the others' agents restart
+    their workers to take it in, instead of waiting out the process-group timeout. Ranks then follow the
+    sorted host names (torch dynamic_rendezvous `_assign_ranks`), so `<job>-master-0` stays rank 0 before
+    `<job>-worker-N`. Without it (local runs) the rendezvous is static, ranks from PET_NODE_RANK.
+    """
+    env = os.environ if env is None else env
+    rendezvous: list[str] = []
+    if env.get("PET_RDZV_BACKEND") == "c10d" and not env.get("PET_RDZV_ENDPOINT"):
+        if not env.get("PET_MASTER_ADDR"):
+            raise ValueError("PET_RDZV_BACKEND=c10d needs PET_MASTER_ADDR (the training operator sets it)")
+        rendezvous = ["--rdzv-endpoint", f"{env['PET_MASTER_ADDR']}:{env.get('PET_MASTER_PORT', '29400')}"]
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
+        *rendezvous,
         "-m",
         TRAIN_MODULE,
         "-c",
