@@ -110,7 +110,7 @@ def test_default_targets_are_the_attention_and_mlp_projections():
     assert all(p.requires_grad == is_adapter_key(n) for n, p in model.named_parameters())
 
 
-def test_lora_run_changes_only_adapters_and_merged_checkpoint_matches(tmp_path, base_checkpoint):
+def test_lora_run_changes_only_adapters_and_merged_checkpoint_matches(tmp_path, base_checkpoint, capsys):
     log_dir = tmp_path / "run"
     cfg = compose_training_config(TRAIN_CONFIG, _overrides(tmp_path, base_checkpoint, log_dir))
     trainer = instantiate(cfg.trainer, _recursive_=False)
@@ -139,6 +139,22 @@ def test_lora_run_changes_only_adapters_and_merged_checkpoint_matches(tmp_path, 
     assert merged_model.state_dict().keys() == base.keys()
     changed = [k for k in base if not torch.equal(base[k], merged_model.state_dict()[k])]
     assert changed and all(k.endswith(".weight") for k in changed)
+
+    # The merge tool gives the same merged checkpoint from the adapter file and the base checkpoint.
+    from sam2.tools.merge_lora import main as merge_main
+
+    micro = [f"--override={o}" for o in [*MICRO_MODEL_OVERRIDES, f"model.image_size={RESOLUTION}"]]
+    common = ["--sam2_cfg", MODEL_CONFIG, "--base_checkpoint", str(base_checkpoint), *micro]
+    tool_out = tmp_path / "merged_by_tool.pt"
+    adapters_path = str(log_dir / "checkpoints" / "checkpoint.pt")
+    assert merge_main([*common, "--adapter_checkpoint", adapters_path, "--output", str(tool_out)]) == 0
+    by_tool = torch.load(tool_out, weights_only=True)["model"]
+    by_trainer = torch.load(merged_path, weights_only=True)["model"]
+    assert by_tool.keys() == by_trainer.keys()
+    assert all(torch.equal(by_tool[k], by_trainer[k]) for k in by_tool)
+    bad = [*common, "--adapter_checkpoint", str(base_checkpoint), "--output", str(tmp_path / "x.pt")]
+    assert merge_main(bad) == 1
+    assert "not a LoRA adapter checkpoint" in capsys.readouterr().err
 
     # Base + adapters (built from the base checkpoint and the adapter-only checkpoint) against merged:
     # the same logits on a clip (image encoder, memory attention and mask decoder all adapted).
