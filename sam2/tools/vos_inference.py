@@ -4,8 +4,9 @@
         --sam2_checkpoint ckpt.pt --base_video_dir JPEGImages --input_mask_dir Annotations \\
         --output_mask_dir preds [--video_list_file val.txt] [--per_obj_png_file] [--num_workers 2]
 
-Under ``torchrun --nproc-per-node N`` each rank takes its share of the videos. Finished videos are
-skipped on a rerun.
+Under ``torchrun --nproc-per-node N`` each rank takes its share of the videos. A rerun reuses a finished
+video only when the marker beside it records the same checkpoint (SHA-256), config and flags; otherwise
+it is overwritten, as the official tool does.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     fps = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(
         f"wrote {len(summary.written)} video(s), {summary.frames} frames ({fps:.1f} frames/s); "
-        f"skipped {len(summary.skipped)} already complete; output in {args.output_mask_dir}"
+        f"reused {len(summary.skipped)} made with the same checkpoint, config and flags; "
+        f"output in {args.output_mask_dir}"
     )
     return 0
 
