@@ -27,6 +27,15 @@ def train_model(
     seed: int = 0,
     s3_endpoint_url: str = "",
     s3_secret_name: str = "sam2-s3-credentials",
+    cpu_per_gpu: str = "8",
+    memory_per_gpu: str = "64Gi",
+    shm_per_gpu: str = "16Gi",
+    node_selector: dict = {},  # noqa: B006 - a KFP parameter default, never mutated
+    tolerations: list = [],  # noqa: B006 - a KFP parameter default, never mutated
+    priority_class: str = "",
+    scheduler: str = "none",
+    queue: str = "",
+    pending_timeout_minutes: float = 30.0,
 ) -> str:
     """Train and publish checkpoints at s3://<runs_bucket>/<run_id>/checkpoints/; returns the checkpoint URI.
 
@@ -37,6 +46,12 @@ def train_model(
     `training_overrides`: extra Hydra overrides, space-separated (the data set preset's settings).
     `s3_secret_name`: the Secret the PyTorchJob's pods read their S3 credentials from.
     `image`: the PyTorchJob's image; the pipeline passes the one it was compiled with (empty: the default).
+    PyTorchJob only: `cpu_per_gpu` / `memory_per_gpu` / `shm_per_gpu` size each pod by its GPUs (memory
+    includes /dev/shm; DataLoader workers = CPUs per GPU - 1); `node_selector`, `tolerations` (core/v1
+    Toleration objects) and `priority_class` place it; `scheduler` "none", "volcano" (gang scheduling through
+    the operator's PodGroup, `queue` = Volcano queue) or "kueue" (`queue` = LocalQueue, required);
+    `pending_timeout_minutes`: fail when its pods have not all started by then (0: wait), with the
+    scheduler's last message. The job is owned by this step's pod (POD_NAME/POD_UID from the downward API).
     """
     import logging
 
@@ -77,7 +92,23 @@ def train_model(
         from components.training_setup import cluster_settings
         from sam2.launch.kubeflow import PyTorchJobLauncher
 
-        settings = cluster_settings(namespace, image, s3_endpoint_url, timeout_hours, cleanup, s3_secret_name)
+        settings = cluster_settings(
+            namespace,
+            image,
+            s3_endpoint_url,
+            timeout_hours,
+            cleanup,
+            s3_secret_name,
+            cpu_per_gpu=cpu_per_gpu,
+            memory_per_gpu=memory_per_gpu,
+            shm_per_gpu=shm_per_gpu,
+            node_selector=node_selector,
+            tolerations=tolerations,
+            priority_class=priority_class,
+            scheduler=scheduler,
+            queue=queue,
+            pending_timeout_minutes=pending_timeout_minutes,
+        )
         job_launcher = PyTorchJobLauncher(settings)
     else:
         raise ValueError(f"launcher must be 'local' or 'pytorchjob', got {launcher!r}")

@@ -22,6 +22,13 @@ Parameters (defaults are for a cluster; `python -m pipelines.run --dataset demo`
 - mlflow_tracking_uri / s3_endpoint_url: where the registry and object storage are (not secret).
 - s3_secret_name: the Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (see k8s/pytorchjob.yaml);
   MLflow credentials, when the server needs them, come from the optional Secret `sam2-mlflow-credentials`.
+- cpu_per_gpu / memory_per_gpu / shm_per_gpu: each PyTorchJob pod's CPUs, memory (/dev/shm included) and
+  shared memory per GPU; DataLoader workers per GPU = cpu_per_gpu - 1.
+- gpu_node_selector / gpu_tolerations: nodeSelector (label -> value) and tolerations (core/v1 Toleration
+  objects) of the GPU pods: the PyTorchJob's and the infer step's. priority_class: the job's PriorityClass.
+- scheduler / scheduler_queue: "none", "volcano" (gang scheduling; the operator runs with
+  --gang-scheduler-name=volcano; queue = a Volcano queue) or "kueue" (queue = a Kueue LocalQueue).
+- pending_timeout_minutes: fail the train step when the job's pods have not all started by then (0: wait).
 """
 
 from typing import NamedTuple
@@ -40,6 +47,8 @@ from components.validate import validate_dataset
 PIPELINE_NAME = "sam2-finetune"
 S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
 MLFLOW_SECRET = "sam2-mlflow-credentials"
+RUN_AS_UID = 1000  # the image's user (docker/Dockerfile)
+POD_FIELDS = {"POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace"}
 # The PyTorchJob runs the image the train step itself runs, fixed when the pipeline is compiled (the
 # default, or $SAM2_PIPELINE_IMAGE then): inside the step's pod that variable is not set.
 TRAINING_IMAGE = train_model.component_spec.implementation.container.image
@@ -59,6 +68,17 @@ class PipelineOutputs(NamedTuple):
     run_uri: str
     dataset_uri: str
     comparison: str
+
+
+def _restricted(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Run as the image's unprivileged user, labelled as this project's; the KFP backend adds the rest of
+    the restricted profile (allowPrivilegeEscalation false, drop ALL, seccomp RuntimeDefault: kfp-kubernetes
+    set_security_context)."""
+    # k8s/networkpolicy.yaml admits pods with this label to MinIO and MLflow.
+    kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "sam2-kubeflow")
+    return kubernetes.set_security_context(
+        task, run_as_user=RUN_AS_UID, run_as_group=RUN_AS_UID, run_as_non_root=True
+    )
 
 
 def _with_s3(task: dsl.PipelineTask, secret_name) -> dsl.PipelineTask:
@@ -91,6 +111,15 @@ def sam2_finetune(
     mlflow_tracking_uri: str = "http://mlflow:5000",
     s3_endpoint_url: str = "http://minio:9000",
     s3_secret_name: str = "sam2-s3-credentials",
+    cpu_per_gpu: str = "8",
+    memory_per_gpu: str = "64Gi",
+    shm_per_gpu: str = "16Gi",
+    gpu_node_selector: dict = {},  # noqa: B006 - a KFP parameter default, never mutated
+    gpu_tolerations: list = [],  # noqa: B006 - a KFP parameter default, never mutated
+    priority_class: str = "",
+    scheduler: str = "none",
+    scheduler_queue: str = "",
+    pending_timeout_minutes: float = 30.0,
 ) -> PipelineOutputs:
     extract = extract_frames(
         source_uri=source_uri,
@@ -133,6 +162,15 @@ def sam2_finetune(
         image=TRAINING_IMAGE,
         s3_endpoint_url=s3_endpoint_url,
         s3_secret_name=s3_secret_name,
+        cpu_per_gpu=cpu_per_gpu,
+        memory_per_gpu=memory_per_gpu,
+        shm_per_gpu=shm_per_gpu,
+        node_selector=gpu_node_selector,
+        tolerations=gpu_tolerations,
+        priority_class=priority_class,
+        scheduler=scheduler,
+        queue=scheduler_queue,
+        pending_timeout_minutes=pending_timeout_minutes,
     ).set_display_name("train")
 
     # The champion and the zero-shot baseline, scored beside the new model on the same videos.
@@ -193,6 +231,12 @@ def sam2_finetune(
     references.set_cpu_request("250m").set_memory_request("512Mi").set_memory_limit("2Gi")
     for task in (extract, validate, split, references, train, infer, evaluate, promote):
         _with_s3(task, s3_secret_name)
+        _restricted(task)
+    # The PyTorchJob is owned by the train step's pod (deleting the run deletes it): its name and uid.
+    for env_name, field_path in POD_FIELDS.items():
+        kubernetes.use_field_path_as_env(train, env_name, field_path)
+    kubernetes.add_node_selector_json(infer, gpu_node_selector)
+    kubernetes.add_toleration_json(infer, gpu_tolerations)
     for task in (references, promote):
         kubernetes.use_secret_as_env(
             task, secret_name=MLFLOW_SECRET, secret_key_to_env=MLFLOW_SECRET_KEYS, optional=True

@@ -416,3 +416,39 @@ def test_placement_and_dataloader_workers_follow_the_settings():
     own = _launcher(FakeCluster()).render(_request(overrides=("scratch.num_train_workers=2",)))
     args = own["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
     assert [a for a in args if a.startswith("scratch.num_train_workers=")] == ["scratch.num_train_workers=2"]
+
+
+# -- the train step's settings and the compiled pipeline ----------------------------------------------------
+
+
+def test_cluster_settings_take_the_owner_from_the_downward_api_and_check_placement():
+    from components.training_setup import cluster_settings
+
+    env = {"POD_NAME": "step-pod", "POD_UID": "uid-9", "POD_NAMESPACE": "team-a"}
+    settings = cluster_settings("team-a", "i:1", "", 1.0, "never", "s", env=env, scheduler="kueue", queue="q")
+    assert settings.owner_pod == ("team-a", "step-pod", "uid-9") and settings.pending_timeout_s == 1800
+    assert cluster_settings("team-a", "i:1", "", 1.0, "never", "s", env={}).owner_pod is None
+    with pytest.raises(ValueError, match="each toleration must be an object"):
+        cluster_settings("n", "i:1", "", 1.0, "never", "s", env={}, tolerations=[{"keyy": "x"}])
+    with pytest.raises(ValueError, match="scheduler=kueue needs queue"):
+        cluster_settings("n", "i:1", "", 1.0, "never", "s", env={}, scheduler="kueue")
+    with pytest.raises(ValueError, match="memory_per_gpu: '64GB' is not a Kubernetes quantity"):
+        cluster_settings("n", "i:1", "", 1.0, "never", "s", env={}, memory_per_gpu="64GB")
+
+
+def test_the_compiled_pipeline_gives_train_its_pod_identity_and_places_infer_on_gpu_nodes():
+    compiled = ROOT / "pipelines" / "sam2_finetune.yaml"
+    pipeline, platform = list(yaml.safe_load_all(compiled.read_text()))[:2]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    fields = {f["name"]: f["fieldPath"] for f in executors["exec-train-model"]["fieldPathAsEnv"]}
+    assert fields == {
+        "POD_NAME": "metadata.name",
+        "POD_UID": "metadata.uid",
+        "POD_NAMESPACE": "metadata.namespace",
+    }
+    infer = next(v for k, v in executors.items() if k.startswith("exec-infer-videos"))
+    assert infer["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "gpu_node_selector"
+    assert infer["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "gpu_tolerations"
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert params["scheduler"]["defaultValue"] == "none", "gang scheduling is off by default"
+    assert params["pending_timeout_minutes"]["defaultValue"] == 30
