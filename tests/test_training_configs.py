@@ -80,6 +80,7 @@ def test_excluded_videos_are_left_out_of_validation_too(tmp_path):
             f"dataset.img_folder={img}",
             f"dataset.gt_folder={gt}",
             f"dataset.excluded_videos_list_txt={excluded}",
+            "dataset.file_list_txt=null",
             "dataset.val_file_list_txt=null",
             "scratch.resolution=32",
             "scratch.num_frames=3",
@@ -94,3 +95,35 @@ def test_excluded_videos_are_left_out_of_validation_too(tmp_path):
     assert validated == {raw.get_video(i)[0].video_id for i in range(len(raw))}
     train = instantiate(cfg.trainer.data.train, _convert_="all")
     assert "broken" not in train.datasets[0].dataset.datasets[0].video_dataset.video_names
+
+
+def test_recipe_takes_upstreams_weight_decay_rule_and_mose_sample_lists():
+    """The weight-decay exemptions and the train list of the official sam2==1.1.0 recipe (read from the
+    wheel's YAML); the lists shipped are upstream's (training/assets at 2b90b9f): 1246 train videos and
+    the 200 held out, disjoint."""
+    from pathlib import Path
+
+    from sam2_oracle import require_oracle
+
+    official = OmegaConf.load(
+        require_oracle() / "sam2" / "configs" / "sam2.1_training" / "sam2.1_hiera_b+_MOSE_finetune.yaml"
+    )
+    cfg = compose_training_config("configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml", [])
+    ours_wd, theirs_wd = cfg.trainer.optim.options.weight_decay, official.trainer.optim.options.weight_decay
+    assert [r.scheduler.value for r in ours_wd] == [0.1, 0.0] == [r.scheduler.value for r in theirs_wd]
+    assert list(ours_wd[1].param_names) == list(theirs_wd[1].param_names) == ["*bias*"]
+    assert list(ours_wd[1].module_cls_names) == list(theirs_wd[1].module_cls_names) == ["torch.nn.LayerNorm"]
+
+    train, val = Path(cfg.dataset.file_list_txt), Path(cfg.dataset.val_file_list_txt)
+    assert train.name == Path(official.dataset.file_list_txt).name == "MOSE_sample_train_list.txt"
+    assert train.is_absolute() and val.name == "MOSE_sample_val_list.txt"
+    train_names, val_names = train.read_text().split(), val.read_text().split()
+    assert (len(train_names), len(set(train_names)), len(val_names)) == (1246, 1246, 200)
+    assert not set(train_names) & set(val_names)
+    # null keeps every video of img_folder
+    assert (
+        compose_training_config(
+            "configs/sam2.1_training/sam2.1_hiera_t_MOSE_finetune.yaml", ["dataset.file_list_txt=null"]
+        ).dataset.file_list_txt
+        is None
+    )

@@ -47,7 +47,7 @@ def _settings_by_name(model, optim) -> dict[str, tuple[float, float]]:
 def _expected(model, name: str) -> tuple[float, float]:
     num_blocks = len(model.image_encoder.trunk.blocks)
     module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    is_norm = isinstance(module, torch.nn.LayerNorm) or type(module).__name__ == "LayerNorm2d"
+    is_norm = isinstance(module, torch.nn.LayerNorm)  # upstream's rule: LayerNorm2d weights are decayed
     wd = 0.0 if name.endswith("bias") or is_norm else WD
     if not name.startswith("image_encoder."):
         return BASE_LR, wd

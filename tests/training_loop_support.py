@@ -59,6 +59,8 @@ def training_overrides(
     return [
         f"dataset.img_folder={img_folder}",
         f"dataset.gt_folder={gt_folder}",
+        "dataset.file_list_txt=null",  # every synthetic video (the recipe defaults to upstream's MOSE list)
+        "dataset.val_file_list_txt=null",
         "dataset.multiplier=1",
         f"scratch.resolution={RESOLUTION}",
         f"scratch.num_frames={NUM_FRAMES}",

@@ -36,11 +36,25 @@ from sam2.utils.redaction import mask_secrets, redact_command
 logger = logging.getLogger("sam2.training.train")
 
 
+RECIPE_ASSETS = Path(__file__).resolve().parents[1] / "configs" / "sam2.1_training" / "assets"
+
+
+def recipe_asset(name: str) -> str:
+    """`${recipe_asset:<file>}`: a file shipped beside the recipes (upstream's MOSE sample lists), as an
+    absolute path whatever the working directory; raises FileNotFoundError naming it when absent."""
+    path = RECIPE_ASSETS / str(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe asset {name!r} not found in {RECIPE_ASSETS}")
+    return str(path)
+
+
 def register_omegaconf_resolvers() -> None:
-    """Resolvers the training configs use (`${times:a,b}`, `${divide:a,b}`), as upstream defines them."""
+    """Resolvers the training configs use: `${times:a,b}`, `${divide:a,b}` (as upstream defines them)
+    and `${recipe_asset:<file>}`."""
     for name, fn in (
         ("times", lambda a, b: a * b),
         ("divide", lambda a, b: a / b),
+        ("recipe_asset", recipe_asset),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
