@@ -1,8 +1,8 @@
 """The registry against a real MLflow tracking server: `mlflow server` on 127.0.0.1 with a SQLite backend
 and the local S3 server as artifact store (no proxying: clients write to S3 with MLFLOW_S3_ENDPOINT_URL,
 as k8s/mlflow.yaml runs it). Registration and the run's params/metrics/artifacts, pyfunc loading and
-prediction on a tiny video, the lease lock under concurrent promotions. The server takes up to a minute
-to start on a busy machine: slow."""
+prediction on a tiny video (frames and mp4), the lease lock under concurrent promotions. The server
+takes up to a minute to start on a busy machine: slow."""
 
 from __future__ import annotations
 
@@ -102,17 +102,22 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def _tiny_video(root: Path) -> tuple[Path, np.ndarray]:
-    """Four 64x64 frames of a bright square moving right on dark ground, and its first-frame id map."""
+def _tiny_video(root: Path) -> tuple[Path, Path, np.ndarray]:
+    """Four 64x64 frames of a bright square moving right on dark ground as JPEGs and as an mp4, and its
+    first-frame id map."""
+    from test_data_extraction import encode_video
+
     frames = root / "frames"
     frames.mkdir(parents=True)
+    images = []
     for t in range(4):
         rgb = np.full((64, 64, 3), 30, np.uint8)
         rgb[20:40, 10 + 4 * t : 30 + 4 * t] = 220
         Image.fromarray(rgb).save(frames / f"{t:05d}.jpg", quality=95)
+        images.append(rgb)
     mask = np.zeros((64, 64), np.uint8)
     mask[20:40, 10:30] = 1
-    return frames, mask
+    return frames, encode_video(root / "video.mp4", images), mask
 
 
 def _comparison(new: float, champion: tuple[str, float] | None, videos: list[str]) -> dict:
@@ -210,7 +215,7 @@ def test_a_pipeline_run_is_an_mlflow_run_and_its_version_loads_with_pyfunc(
 
     # Load the champion by alias and track the tiny video, from a frame folder and from an mp4.
     model = mlflow.pyfunc.load_model(f"models:/{model_name_for('demo')}@champion")
-    frames, mask = _tiny_video(tmp_path / "video")
+    frames, mp4, mask = _tiny_video(tmp_path / "video")
     out = model.predict({"video": str(frames), "mask": mask})
     assert out["object_ids"] == [1] and out["masks"].shape == (4, 64, 64) and out["masks"].dtype == np.uint8
     # It is this package's video predictor on the registered checkpoint: the same masks as direct use.
@@ -231,6 +236,9 @@ def test_a_pipeline_run_is_an_mlflow_run_and_its_version_loads_with_pyfunc(
     assert len(points) == 1 and points[0]["object_ids"] == [3] and points[0]["masks"].shape == (4, 64, 64)
     by_file = model.predict({"video": str(frames), "mask": str(png)})
     np.testing.assert_array_equal(by_file["masks"], out["masks"])
+    from_mp4 = model.predict({"video": str(mp4), "mask": mask})
+    assert from_mp4["masks"].shape == (4, 64, 64) and from_mp4["object_ids"] == [1]
+    assert (from_mp4["masks"][0] == 1).sum() > 0.8 * (mask == 1).sum()  # the prompted frame keeps its object
     with pytest.raises(ValueError, match="'mask'.*or 'points'"):
         model.predict({"video": str(frames)})
 
