@@ -58,14 +58,31 @@ ARGS ?=
 PIPELINE_ARGS = --dataset $(DATASET) $(if $(NUM_NODES),--set num_nodes=$(NUM_NODES)) \
 	$(if $(GPUS_PER_NODE),--set gpus_per_node=$(GPUS_PER_NODE)) $(ARGS)
 .PHONY: pipeline-compile pipeline-run pipeline-submit pipeline-schedule
+# IMAGE=<registry>/<name>:<tag> (e.g. what `make image` pushed) compiles the components and the PyTorchJob
+# with that image into build/sam2_finetune.yaml (upload it in the UI); without IMAGE the committed
+# pipelines/sam2_finetune.yaml is rewritten with the default image. pipeline-submit/-run/-schedule compile
+# afresh with IMAGE too.
+IMAGE ?=
+WITH_IMAGE = $(if $(IMAGE),SAM2_PIPELINE_IMAGE=$(IMAGE) ,)
 pipeline-compile: setup
-	$(PY) -m pipelines.compile
+	$(WITH_IMAGE)$(PY) -m pipelines.compile $(if $(IMAGE),--output build/sam2_finetune.yaml,)
 
 pipeline-run: setup
-	$(PY) -m pipelines.run run $(PIPELINE_ARGS)
+	$(WITH_IMAGE)$(PY) -m pipelines.run run $(PIPELINE_ARGS)
 
 pipeline-submit: setup
-	$(PY) -m pipelines.run submit $(PIPELINE_ARGS)
+	$(WITH_IMAGE)$(PY) -m pipelines.run submit $(PIPELINE_ARGS)
 
 pipeline-schedule: setup
-	$(PY) -m pipelines.run schedule $(PIPELINE_ARGS) --cron "$(CRON)"
+	$(WITH_IMAGE)$(PY) -m pipelines.run schedule $(PIPELINE_ARGS) --cron "$(CRON)"
+
+# The image (docker/Dockerfile), tagged <package version>-<git commit> and pushed to $(REGISTRY):
+#   make image REGISTRY=registry.example.com/team && make pipeline-compile IMAGE=<the printed name>
+REGISTRY ?= ghcr.io/sam2-kubeflow
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)-$(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
+BUILD_IMAGE = $(if $(IMAGE),$(IMAGE),$(REGISTRY)/sam2-kubeflow:$(IMAGE_TAG))
+.PHONY: image
+image:
+	docker build -f docker/Dockerfile -t $(BUILD_IMAGE) .
+	docker push $(BUILD_IMAGE)
+	@echo "pushed $(BUILD_IMAGE); compile with: make pipeline-compile IMAGE=$(BUILD_IMAGE)"

