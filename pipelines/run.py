@@ -140,8 +140,6 @@ def main(argv: list[str] | None = None) -> int:
         target = "cluster" if on_cluster else "local"
         arguments = load_preset(args.dataset, target=target) | _parse_sets(args.sets)
         check_initial_weights(arguments)
-        if on_cluster:
-            _cluster_source(arguments, args.dataset)
     except (PresetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -158,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         connection = cluster.connect(args.host, namespace=args.namespace, token=args.token)
+        try:  # after connecting: a rejected login should not wait for a data set upload
+            _cluster_source(arguments, args.dataset)
+        except PresetError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         where = f"{connection.host}" + (
             f" (namespace {connection.namespace})" if connection.namespace else ""
         )

@@ -119,20 +119,42 @@ def test_cluster_run_with_a_local_mose_root_gets_its_s3_uri(tmp_path, s3_env, s3
 def test_cluster_run_with_a_local_mose_root_and_no_s3_settings_says_what_to_set(tmp_path):
     _mose_like(tmp_path / "train")
     env = {k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_ENDPOINT_URL")}
-    proc = _cli(
-        tmp_path,
-        "submit",
-        "--dataset",
-        "mose",
-        "--set",
-        "allow_random_init=true",
-        KFP_HOST="http://127.0.0.1:1",
-        MOSE_ROOT=str(tmp_path / "train"),
-        **env,
-    )
+    with KfpApiServer(multi_user=False) as server:
+        proc = _cli(
+            tmp_path,
+            "submit",
+            "--dataset",
+            "mose",
+            "--set",
+            "allow_random_init=true",
+            KFP_HOST=server.url,
+            MOSE_ROOT=str(tmp_path / "train"),
+            **env,
+        )
+        assert not server.state.api_calls("POST")  # nothing started
     assert proc.returncode == 2, proc.stderr
     assert "S3_ENDPOINT_URL" in proc.stderr and "AWS_ACCESS_KEY_ID" in proc.stderr and "s3://" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_rejected_login_stops_before_the_data_set_is_uploaded(tmp_path, s3_env, s3_store, s3_bucket):
+    _mose_like(tmp_path / "train")
+    with KfpApiServer(token="right", multi_user=False) as server:
+        proc = _cli(
+            tmp_path,
+            "submit",
+            "--dataset",
+            "mose",
+            "--set",
+            "allow_random_init=true",
+            "--set",
+            f"data_bucket={s3_bucket}",
+            KFP_HOST=server.url,
+            KFP_TOKEN="wrong",
+            MOSE_ROOT=str(tmp_path / "train"),
+        )
+    assert proc.returncode == 1 and "KFP_TOKEN" in proc.stderr
+    assert s3_store.list_objects(f"s3://{s3_bucket}/sources/") == {}
 
 
 @pytest.mark.parametrize("name", ["train", "train.tar.gz"])
