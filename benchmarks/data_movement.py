@@ -39,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
-STEPS = ("extract", "validate", "split", "train start (2 nodes)", "infer", "evaluate")
+STEPS = ("extract", "validate", "split", "train start (2 nodes)", "infer", "merge", "evaluate")
 
 
 # ---- the probe: one step in one process, bytes counted at the S3 client ------------------------
@@ -208,6 +208,16 @@ def probe(tree: str, step: str, spec_path: str) -> None:
             references=given("references"),
             predictions=output("predictions"),
         )
+    elif step == "merge":
+        from components.merge_predictions import merge_predictions
+
+        shard = given("predictions")
+        _call(
+            merge_predictions.python_func,
+            shards=[shard],
+            splits=given("splits"),
+            predictions=output("merged"),
+        )
     elif step == "evaluate":
         from components.evaluate import evaluate_predictions
 
@@ -301,6 +311,8 @@ def measure_tree(
     predictions = step("infer", "infer", {"model": model, "splits": splits, "references": {"models": []}})[
         "predictions"
     ]
+    if (tree / "components" / "merge_predictions.py").is_file():  # sharded infer: one shard, then the merge
+        predictions = step("merge", "merge", {"splits": splits, "predictions": predictions})["merged"]
     step("evaluate", "evaluate", {"model": model, "splits": splits, "predictions": predictions})
     results["_splits"] = splits
     return results
@@ -326,8 +338,11 @@ def print_bytes_table(before: dict, after: dict) -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     totals = [0, 0, 0, 0]
+    none = {"counts": {"bytes_down": 0, "objects_down": 0, "bytes_up": 0, "objects_up": 0}}
     for name in STEPS:
-        b, a = before[name]["counts"], after[name]["counts"]
+        if name not in before and name not in after:
+            continue
+        b, a = before.get(name, none)["counts"], after.get(name, none)["counts"]
         totals = [
             t + v
             for t, v in zip(
@@ -348,7 +363,7 @@ def print_bytes_table(before: dict, after: dict) -> None:
 def check_counters_agree(after: dict) -> list[str]:
     """The storage layer's counters against the client-level count, per step ("after" only)."""
     notes = []
-    for name in STEPS:
+    for name in (step for step in STEPS if step in after):
         own, client = after[name]["store_counters"], after[name]["counts"]
         if own is None:
             notes.append(f"{name}: no ObjectStore counters")

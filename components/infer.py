@@ -1,7 +1,9 @@
 """Pipeline step 5: semi-supervised VOS on the val videos from their first-frame masks -> palette PNGs.
 
 One task scores every model in its list (the new checkpoint, the champion, the baseline) on the same
-videos with the same settings, so the data is fetched once per task.
+videos with the same settings, so the data is fetched once per task. The step runs as `num_shards`
+parallel shards (a ParallelFor, one GPU each), each on its share of the val videos; merge_predictions
+checks and publishes the whole set.
 """
 
 from kfp import dsl
@@ -17,18 +19,26 @@ def infer_videos(
     references: Input[Dataset],
     predictions: Output[Dataset],
     inference_args: str = "",
+    shard_index: int = 0,
+    num_shards: int = 1,
     s3_endpoint_url: str = "",
 ) -> str:
     """Run `python -m sam2.tools.vos_inference` (upstream flags) on the val split for the new model and
     for each reference model (see resolve_reference_models); publish the masks at
     <run>/predictions/<new|champion|baseline>/ and return <run>/predictions. `inference_args`: extra flags
     for the tool, space-separated, the same for every model. A reference model whose inference fails is
-    reported as skipped (with the tool's exit status); the new model's failure fails the step."""
+    reported as skipped (with the tool's exit status); the new model's failure fails the step.
+
+    Shard `shard_index` of `num_shards` (at most one shard per val video: plan_infer_shards runs that
+    many) fetches and infers only its videos (every n-th of the sorted val list), writes their masks into <run>/predictions/<model>/ unpublished, and its report
+    (videos, files, skipped models) to <run>/predictions/_shards/; merge_predictions publishes."""
+    import json
     import logging
     import subprocess
     import sys
 
-    from components.runtime import configure, fetch_val_split, work_dir, write_pointer
+    from components.runtime import configure, fetch_val_split, log_transfers, work_dir, write_pointer
+    from sam2.eval.inference_shards import REPORTS_DIR, ShardReport, plan_shards, report_name
     from sam2.model_comparison import NEW, ComparedModel
     from sam2.storage import ObjectStore
 
@@ -36,13 +46,18 @@ def infer_videos(
     log = logging.getLogger("infer_videos")
     store = ObjectStore()
     work = work_dir("infer")
-    data, val_list = fetch_val_split(store, splits.metadata, work)
+    num_shards = plan_shards(num_shards, int(splits.metadata.get("num_val", num_shards)))
+    data, val_list = fetch_val_split(store, splits.metadata, work, shard=(shard_index, num_shards))
+    videos = val_list.read_text().split()
     new = ComparedModel(NEW, model.metadata["uri"], model.metadata["model_config"], "new")
     todo = [new] + [ComparedModel.from_dict(m) for m in references.metadata.get("models", [])]
     skipped = dict(references.metadata.get("skipped", {}))
     out_uri = f"{model.metadata['run_uri']}/predictions"
-    scored = []
+    report = ShardReport(shard_index, num_shards, videos)
     for entry in todo:
+        if not videos:  # more shards than videos: nothing to infer, an empty share
+            report.models[entry.key] = {"entry": entry.to_dict(), "files": {}}
+            continue
         checkpoint = work / entry.key / "checkpoint.pt"
         store.download_file(entry.checkpoint_uri, checkpoint)
         out_dir = work / "predictions" / entry.key
@@ -71,16 +86,29 @@ def infer_videos(
                 raise RuntimeError(
                     f"inference of the new model {entry.checkpoint_uri} failed ({proc.returncode})"
                 )
-            skipped[entry.key] = (
+            report.skipped[entry.key] = (
                 f"inference of {entry.checkpoint_uri} failed with exit status {proc.returncode}"
             )
-            log.error("%s", skipped[entry.key])
+            log.error("%s", report.skipped[entry.key])
             continue
         checkpoint.unlink()
-        store.upload_folder(out_dir, f"{out_uri}/{entry.key}")
-        scored.append({**entry.to_dict(), "uri": f"{out_uri}/{entry.key}"})
+        # Unpublished until the merge has checked every shard (a rerun's stale marker goes first).
+        store.unpublish(f"{out_uri}/{entry.key}")
+        files = store.upload_files(out_dir, f"{out_uri}/{entry.key}") if out_dir.is_dir() else {}
+        report.models[entry.key] = {"entry": entry.to_dict(), "files": files}
+    report_uri = f"{out_uri}/{REPORTS_DIR}/{report_name(shard_index, num_shards)}"
+    store.write_bytes(report_uri, json.dumps(report.to_dict()).encode(), "application/json")
     predictions.metadata.update(
-        {"uri": out_uri, "checkpoint": model.metadata["uri"], "models": scored, "skipped": skipped}
+        {
+            "uri": out_uri,
+            "checkpoint": model.metadata["uri"],
+            "report_uri": report_uri,
+            "shard_index": shard_index,
+            "num_shards": num_shards,
+            "num_videos": len(videos),
+            "skipped": skipped,
+        }
     )
     write_pointer(predictions.path, dict(predictions.metadata))
+    log_transfers(store, f"infer shard {shard_index}/{num_shards}")
     return out_uri

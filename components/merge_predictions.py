@@ -46,7 +46,9 @@ def merge_predictions(
             "uri": out_uri,
             "checkpoint": metas[0].get("checkpoint", ""),
             "models": models,
-            "skipped": merged.skipped,
+            # models the references step could not resolve (the same for every shard), then those a
+            # shard failed to score
+            "skipped": {**metas[0].get("skipped", {}), **merged.skipped},
             "num_shards": len(reports),
             "num_videos": len(val_videos),
         }

@@ -1,6 +1,4 @@
-"""Pipeline step: how many inference shards to run (the ParallelFor's items), from the val set's size."""
-
-from typing import NamedTuple
+"""Pipeline step: the inference shards to run (the ParallelFor's items), from the val set's size."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input
@@ -8,17 +6,14 @@ from kfp.dsl import Dataset, Input
 from components.images import component_image
 
 
-class ShardPlan(NamedTuple):
-    indices: list[int]
-    count: int
-
-
 @dsl.component(base_image=component_image(), install_kfp_package=False)
-def plan_infer_shards(splits: Input[Dataset], infer_shards: int = 1) -> ShardPlan:
-    """Run `infer_shards` shards (one GPU each), at most one per val video; returns their indices (the
-    ParallelFor's items) and how many there are (every shard's `num_shards`)."""
-    from components.plan_infer_shards import ShardPlan
+def plan_infer_shards(splits: Input[Dataset], infer_shards: int = 1) -> list[int]:
+    """The indices of the shards to run: `infer_shards` of them (one GPU each), at most one per val video
+    (sam2.eval.inference_shards.plan_shards, which each shard applies too, to know the count).
+
+    A single output on purpose: kfp.local 2.17.0 cannot iterate over one key of a NamedTuple output
+    ("Parent pipeline input argument 'pipelinechannel--...' not found"); `.output` works there and on KFP.
+    """
     from sam2.eval.inference_shards import plan_shards
 
-    count = plan_shards(infer_shards, int(splits.metadata["num_val"]))
-    return ShardPlan(list(range(count)), count)
+    return list(range(plan_shards(infer_shards, int(splits.metadata["num_val"]))))

@@ -1,4 +1,5 @@
-"""The SAM 2 fine-tuning pipeline: extract -> validate -> split -> train -> infer -> evaluate -> promote.
+"""The SAM 2 fine-tuning pipeline: extract -> validate -> split -> train -> infer (sharded) -> merge ->
+evaluate -> promote.
 
 Parameters (defaults are for a cluster; `python -m pipelines.run --dataset demo` fills them from a preset):
 
@@ -15,6 +16,9 @@ Parameters (defaults are for a cluster; `python -m pipelines.run --dataset demo`
   nprocPerNode = gpus_per_node; 0 GPUs trains on the CPU). train_launcher: "pytorchjob" or "local".
 - training_overrides: extra Hydra overrides for the training config, space-separated.
 - inference_args: extra flags for `sam2.tools.vos_inference`, space-separated.
+- infer_shards: inference runs as this many parallel shards (a ParallelFor, one GPU each, at most one per
+  val video), each on its share of the val videos; merge-predictions checks that every val video was
+  predicted exactly once. 1 (the default, and right for small val sets) runs one infer task.
 - promotion_margin: J&F points a new model must beat the champion by to take the `champion` alias; both
   are scored in this run on the same val videos (with the zero-shot baseline of the initial checkpoint).
 - allow_random_init: let a model trained from random weights (no init_checkpoint_uri) become champion;
@@ -26,11 +30,16 @@ Parameters (defaults are for a cluster; `python -m pipelines.run --dataset demo`
   shared memory per GPU; DataLoader workers per GPU = cpu_per_gpu - 1.
 - gpu_node_selector / gpu_tolerations: nodeSelector (label -> value) and tolerations (core/v1 Toleration
   objects) of the GPU pods: the PyTorchJob's and the infer step's. priority_class: the job's PriorityClass.
+
+Compile-time option: with `SAM2_SHARED_DATA_PVC=<claim>` set when compiling (k8s/shared-data-pvc.yaml),
+validate, split, infer and evaluate mount that ReadWriteMany claim at /shared-data and keep one copy of
+each data set version there (SAM2_SHARED_DATA_DIR) instead of fetching into their scratch disks.
 - scheduler / scheduler_queue: "none", "volcano" (gang scheduling; the operator runs with
   --gang-scheduler-name=volcano; queue = a Volcano queue) or "kueue" (queue = a Kueue LocalQueue).
 - pending_timeout_minutes: fail the train step when the job's pods have not all started by then (0: wait).
 """
 
+import os
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
@@ -38,6 +47,8 @@ from kfp import dsl, kubernetes
 from components.evaluate import evaluate_predictions
 from components.extract_frames import extract_frames
 from components.infer import infer_videos
+from components.merge_predictions import merge_predictions
+from components.plan_infer_shards import plan_infer_shards
 from components.promote import promote_model
 from components.resolve_models import resolve_reference_models
 from components.split import split_dataset
@@ -52,6 +63,9 @@ POD_FIELDS = {"POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMES
 # The PyTorchJob runs the image the train step itself runs, fixed when the pipeline is compiled (the
 # default, or $SAM2_PIPELINE_IMAGE then): inside the step's pod that variable is not set.
 TRAINING_IMAGE = train_model.component_spec.implementation.container.image
+# Optional ReadWriteMany claim holding the data sets (k8s/shared-data-pvc.yaml), fixed at compile time.
+SHARED_DATA_PVC = os.environ.get("SAM2_SHARED_DATA_PVC", "").strip()
+SHARED_DATA_MOUNT = "/shared-data"
 MLFLOW_SECRET_KEYS = {
     "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
@@ -106,6 +120,7 @@ def sam2_finetune(
     train_launcher: str = "pytorchjob",
     training_overrides: str = "",
     inference_args: str = "",
+    infer_shards: int = 1,
     promotion_margin: float = 1.0,
     allow_random_init: bool = False,
     mlflow_tracking_uri: str = "http://mlflow:5000",
@@ -182,16 +197,28 @@ def sam2_finetune(
         s3_endpoint_url=s3_endpoint_url,
     ).set_display_name("resolve reference models")
 
-    infer = infer_videos(
-        model=train.outputs["model"],
+    shards = plan_infer_shards(splits=split.outputs["splits"], infer_shards=infer_shards).set_display_name(
+        "plan inference shards"
+    )
+    with dsl.ParallelFor(shards.output) as shard_index:
+        infer = infer_videos(
+            model=train.outputs["model"],
+            splits=split.outputs["splits"],
+            references=references.outputs["references"],
+            inference_args=inference_args,
+            shard_index=shard_index,
+            num_shards=infer_shards,
+            s3_endpoint_url=s3_endpoint_url,
+        ).set_display_name("infer shard")
+
+    merge = merge_predictions(
+        shards=dsl.Collected(infer.outputs["predictions"]),
         splits=split.outputs["splits"],
-        references=references.outputs["references"],
-        inference_args=inference_args,
         s3_endpoint_url=s3_endpoint_url,
-    ).set_display_name("infer")
+    ).set_display_name("merge predictions")
 
     evaluate = evaluate_predictions(
-        predictions=infer.outputs["predictions"],
+        predictions=merge.outputs["predictions"],
         splits=split.outputs["splits"],
         model=train.outputs["model"],
         s3_endpoint_url=s3_endpoint_url,
@@ -220,18 +247,25 @@ def sam2_finetune(
         task.set_cpu_request("2").set_memory_request("4Gi").set_memory_limit("16Gi")
     # Every run trains, evaluates and registers anew (the run id is an input of train anyway); the
     # champion is looked up anew each run.
-    for task in (references, train, infer, evaluate, promote):
+    for task in (references, train, shards, infer, merge, evaluate, promote):
         task.set_caching_options(False)
     # The train step only creates and watches the PyTorchJob; the GPUs are the job's.
     train.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("8Gi")
     infer.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
     infer.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-    evaluate.set_cpu_request("4").set_memory_request("4Gi").set_memory_limit("16Gi")
+    # The limit is the cgroup quota evaluate sizes its worker pool from (components.runtime.cpu_budget).
+    evaluate.set_cpu_request("4").set_cpu_limit("4").set_memory_request("4Gi").set_memory_limit("16Gi")
+    shards.set_cpu_request("100m").set_memory_request("256Mi").set_memory_limit("1Gi")
+    merge.set_cpu_request("500m").set_memory_request("1Gi").set_memory_limit("4Gi")
     promote.set_cpu_request("500m").set_memory_request("1Gi").set_memory_limit("4Gi")
     references.set_cpu_request("250m").set_memory_request("512Mi").set_memory_limit("2Gi")
-    for task in (extract, validate, split, references, train, infer, evaluate, promote):
+    for task in (extract, validate, split, references, train, shards, infer, merge, evaluate, promote):
         _with_s3(task, s3_secret_name)
         _restricted(task)
+    if SHARED_DATA_PVC:
+        for task in (validate, split, infer, evaluate):
+            kubernetes.mount_pvc(task, pvc_name=SHARED_DATA_PVC, mount_path=SHARED_DATA_MOUNT)
+            task.set_env_variable("SAM2_SHARED_DATA_DIR", SHARED_DATA_MOUNT)
     # The PyTorchJob is owned by the train step's pod (deleting the run deletes it): its name and uid.
     for env_name, field_path in POD_FIELDS.items():
         kubernetes.use_field_path_as_env(train, env_name, field_path)

@@ -1,8 +1,6 @@
 """Sharded inference: each shard's share of the val videos, and a merge that accepts only a complete set
 (the merge component against a real S3 server, tests/s3_server.py)."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 
@@ -158,3 +156,148 @@ def test_publishing_a_listing_checks_the_files_are_stored(s3_store, s3_bucket, t
         s3_store.publish_listing(uri, {**files, "a/y.png": {"size": 1, "sha256": "0" * 64}})
     s3_store.publish_listing(uri, files)
     assert s3_store.read_marker(uri)["files"] == files
+
+
+# ---- the DAG: a ParallelFor over the planned shards, merged before evaluation --------------------
+
+
+def _compiled_docs(path=None):
+    import yaml
+
+    from pipelines.compile import COMPILED
+
+    return list(yaml.safe_load_all(Path(path or COMPILED).read_text()))
+
+
+def test_compiled_pipeline_runs_infer_as_a_parallel_for_merged_before_evaluate():
+    spec = _compiled_docs()[0]
+    tasks = spec["root"]["dag"]["tasks"]
+    (loop_name,) = [name for name, task in tasks.items() if "parameterIterator" in task]
+    loop = tasks[loop_name]
+    items = loop["parameterIterator"]["items"]["inputParameter"]
+    assert loop["inputs"]["parameters"][items]["taskOutputParameter"] == {
+        "outputParameterKey": "Output",
+        "producerTask": "plan-infer-shards",
+    }
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    infer = body["infer-videos"]["inputs"]["parameters"]
+    assert infer["shard_index"]["componentInputParameter"] == loop["parameterIterator"]["itemInput"]
+    count = loop["inputs"]["parameters"][infer["num_shards"]["componentInputParameter"]]
+    assert count == {"componentInputParameter": "infer_shards"}  # each shard clamps it as the plan does
+    merge = tasks["merge-predictions"]["inputs"]["artifacts"]["shards"]
+    assert merge["taskOutputArtifact"]["producerTask"] == loop_name
+    evaluate = tasks["evaluate-predictions"]["inputs"]["artifacts"]["predictions"]
+    assert evaluate["taskOutputArtifact"] == {
+        "outputArtifactKey": "predictions",
+        "producerTask": "merge-predictions",
+    }
+    assert spec["root"]["inputDefinitions"]["parameters"]["infer_shards"]["defaultValue"] == 1
+    limits = spec["deploymentSpec"]["executors"]["exec-evaluate-predictions"]["container"]["resources"]
+    assert limits["cpuLimit"] == limits["cpuRequest"] == 4  # the quota evaluate sizes its pool from
+
+
+def test_shared_data_claim_is_mounted_into_the_data_reading_steps_when_compiled_with_one(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "shared.yaml"
+    env = {**__import__("os").environ, "SAM2_SHARED_DATA_PVC": "sam2-shared-data"}
+    subprocess.run([sys.executable, "-m", "pipelines.compile", "--output", str(out)], check=True, env=env)
+    spec, platform = _compiled_docs(out)[0], _compiled_docs(out)[1]["platforms"]["kubernetes"]
+    executors = platform["deploymentSpec"]["executors"]
+    for name in ("validate-dataset", "split-dataset", "infer-videos", "evaluate-predictions"):
+        mounts = executors[f"exec-{name}"]["pvcMount"]
+        assert [(m["constant"], m["mountPath"]) for m in mounts] == [("sam2-shared-data", "/shared-data")], (
+            name
+        )
+        env_vars = spec["deploymentSpec"]["executors"][f"exec-{name}"]["container"]["env"]
+        assert {"name": "SAM2_SHARED_DATA_DIR", "value": "/shared-data"} in env_vars, name
+    assert "pvcMount" not in executors["exec-train-model"]
+    # the committed pipeline mounts nothing
+    committed = _compiled_docs()[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert not [name for name, executor in committed.items() if "pvcMount" in executor]
+
+
+# ---- kfp.local: the sharded part of the DAG, for real ----------------------------------------
+
+
+@dsl.component(base_image="unused", install_kfp_package=False)
+def _given_inputs(
+    data_uri: str, checkpoint_uri: str, run_uri: str, splits: dsl.Output[dsl.Dataset], model: dsl.Output[dsl.Model],
+    references: dsl.Output[dsl.Dataset],
+):  # fmt: skip
+    """Stands in for split, train and resolve-reference-models: their artifacts' metadata."""
+    splits.metadata.update(
+        {"uri": data_uri, "val_list_uri": f"{data_uri}/splits/s0/val.txt", "num_val": 2, "version": "v1"}
+    )
+    model.metadata.update(
+        {"uri": checkpoint_uri, "run_uri": run_uri, "model_config": "configs/sam2.1/sam2.1_hiera_t.yaml"}
+    )
+    references.metadata.update({"models": [], "skipped": {"baseline": "not in this test"}})
+
+
+@dsl.pipeline
+def _sharded_inference(data_uri: str, checkpoint_uri: str, run_uri: str, infer_shards: int) -> float:
+    from components.evaluate import evaluate_predictions
+    from components.infer import infer_videos
+    from components.plan_infer_shards import plan_infer_shards
+
+    given = _given_inputs(data_uri=data_uri, checkpoint_uri=checkpoint_uri, run_uri=run_uri)
+    shards = plan_infer_shards(splits=given.outputs["splits"], infer_shards=infer_shards)
+    with dsl.ParallelFor(shards.output) as index:
+        infer = infer_videos(
+            model=given.outputs["model"],
+            splits=given.outputs["splits"],
+            references=given.outputs["references"],
+            inference_args="--device cpu --hydra_overrides ++model.image_size=128",
+            shard_index=index,
+            num_shards=infer_shards,
+        )
+    merge = merge_predictions(
+        shards=dsl.Collected(infer.outputs["predictions"]), splits=given.outputs["splits"]
+    )
+    evaluate = evaluate_predictions(
+        predictions=merge.outputs["predictions"], splits=given.outputs["splits"], model=given.outputs["model"]
+    )
+    return evaluate.outputs["Output"]
+
+
+@pytest.mark.slow  # ~1-2 min on 2 cores: two inference shards with the tiny model, then evaluation
+def test_two_inference_shards_run_through_kfp_local_and_are_merged_for_evaluation(
+    s3_env, s3_store, s3_bucket, tmp_path, monkeypatch
+):
+    import torch
+    from test_data_movement import VAL, publish_dataset
+
+    from pipelines.local_run import import_kfp_local
+    from sam2.build_sam import build_sam2
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("SAM2_SCRATCH", str(tmp_path / "scratch"))
+    data_uri = publish_dataset(s3_store, s3_bucket, tmp_path / "src")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(
+        {"model": build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu").state_dict()}, ckpt
+    )
+    checkpoint_uri = f"s3://{s3_bucket}/models/tiny.pt"
+    s3_store.upload_file(ckpt, checkpoint_uri)
+    run_uri = f"s3://{s3_bucket}/runs/sharded"
+    local = import_kfp_local()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    jf = _sharded_inference(
+        data_uri=data_uri, checkpoint_uri=checkpoint_uri, run_uri=run_uri, infer_shards=2
+    ).output
+    assert 0.0 <= jf <= 100.0
+    reports = sorted(s3_store.list_objects(f"{run_uri}/predictions/_shards"))
+    assert reports == [report_name(0, 2), report_name(1, 2)]
+    shard_videos_seen = [
+        json.loads(s3_store.read_bytes(f"{run_uri}/predictions/_shards/{r}"))["videos"] for r in reports
+    ]
+    assert shard_videos_seen == [[VAL[0]], [VAL[1]]]
+    merged = s3_store.read_marker(f"{run_uri}/predictions/new")["files"]
+    assert {rel.split("/")[0] for rel in merged if not rel.startswith(".")} == set(
+        VAL
+    )  # (and the tool's notes)
+    metrics = json.loads(s3_store.read_bytes(f"{run_uri}/metrics.json"))
+    assert sorted(metrics["per_video"]) == VAL and metrics["J&F"] == pytest.approx(jf, abs=1e-3)

@@ -39,7 +39,9 @@ def test_compiled_pipeline_loads_with_kfp_and_has_every_step():
         "split-dataset",
         "train-model",
         "resolve-reference-models",
-        "infer-videos",
+        "plan-infer-shards",
+        "for-loop-1",  # the ParallelFor of infer-videos over the shards
+        "merge-predictions",
         "evaluate-predictions",
         "promote-model",
     }
