@@ -20,6 +20,7 @@ def train_model(
     gpus_per_node: int = 1,
     launcher: str = "pytorchjob",
     training_overrides: str = "",
+    lora_rank: int = 0,
     namespace: str = "",
     image: str = "",
     timeout_hours: float = 72.0,
@@ -44,6 +45,9 @@ def train_model(
     node). Without `init_checkpoint_uri` the weights start RANDOM (a checkpoint made by build_sam2): fine
     for a smoke run, not for a useful model; pass the s3:// URI of an official SAM 2.1 checkpoint.
     `training_overrides`: extra Hydra overrides, space-separated (the data set preset's settings).
+    `lora_rank`: > 0 trains LoRA adapters of that rank on the frozen initial weights (trainer.lora.rank;
+    alpha, targets and learning rates through `training_overrides`); the model is then the adapters merged
+    into the base, checkpoint_merged.pt (checkpoint.pt holds the adapters alone).
     `s3_secret_name`: the Secret the PyTorchJob's pods read their S3 credentials from.
     `image`: the PyTorchJob's image; the pipeline passes the one it was compiled with (empty: the default).
     PyTorchJob only: `cpu_per_gpu` / `memory_per_gpu` / `shm_per_gpu` size each pod by its GPUs (memory
@@ -72,6 +76,8 @@ def train_model(
     overrides = [f"scratch.num_epochs={epochs}", f"trainer.seed_value={seed}"]
     if not use_gpus:
         overrides.append("trainer.accelerator=cpu")
+    if lora_rank > 0:
+        overrides.append(f"trainer.lora.rank={lora_rank}")
     overrides += training_overrides.split()
     request = TrainingRequest(
         run_id=run_id,
@@ -113,7 +119,9 @@ def train_model(
     else:
         raise ValueError(f"launcher must be 'local' or 'pytorchjob', got {launcher!r}")
     result = job_launcher.launch(request)
-    checkpoint_uri = f"{result.checkpoints_uri}/checkpoint.pt"
+    checkpoint_uri = (
+        f"{result.checkpoints_uri}/{'checkpoint_merged.pt' if lora_rank > 0 else 'checkpoint.pt'}"
+    )
     model.metadata.update(
         {
             "uri": checkpoint_uri,

@@ -15,6 +15,8 @@ Parameters (defaults are for a cluster; `python -m pipelines.run --dataset demo`
 - epochs, num_nodes, gpus_per_node: training length and scale (PyTorchJob Master + num_nodes-1 Workers,
   nprocPerNode = gpus_per_node; 0 GPUs trains on the CPU). train_launcher: "pytorchjob" or "local".
 - training_overrides: extra Hydra overrides for the training config, space-separated.
+- lora_rank: > 0 fine-tunes LoRA adapters of that rank on the frozen initial weights (trainer.lora.rank);
+  the model evaluated and registered is the adapters merged into the base (checkpoint_merged.pt).
 - inference_args: extra flags for `sam2.tools.vos_inference`, space-separated.
 - infer_shards: inference runs as this many parallel shards (a ParallelFor, one GPU each, at most one per
   val video), each on its share of the val videos; merge-predictions checks that every val video was
@@ -30,13 +32,13 @@ Parameters (defaults are for a cluster; `python -m pipelines.run --dataset demo`
   shared memory per GPU; DataLoader workers per GPU = cpu_per_gpu - 1.
 - gpu_node_selector / gpu_tolerations: nodeSelector (label -> value) and tolerations (core/v1 Toleration
   objects) of the GPU pods: the PyTorchJob's and the infer step's. priority_class: the job's PriorityClass.
+- scheduler / scheduler_queue: "none", "volcano" (gang scheduling; the operator runs with
+  --gang-scheduler-name=volcano; queue = a Volcano queue) or "kueue" (queue = a Kueue LocalQueue).
+- pending_timeout_minutes: fail the train step when the job's pods have not all started by then (0: wait).
 
 Compile-time option: with `SAM2_SHARED_DATA_PVC=<claim>` set when compiling (k8s/shared-data-pvc.yaml),
 validate, split, infer and evaluate mount that ReadWriteMany claim at /shared-data and keep one copy of
 each data set version there (SAM2_SHARED_DATA_DIR) instead of fetching into their scratch disks.
-- scheduler / scheduler_queue: "none", "volcano" (gang scheduling; the operator runs with
-  --gang-scheduler-name=volcano; queue = a Volcano queue) or "kueue" (queue = a Kueue LocalQueue).
-- pending_timeout_minutes: fail the train step when the job's pods have not all started by then (0: wait).
 """
 
 import os
@@ -119,6 +121,7 @@ def sam2_finetune(
     gpus_per_node: int = 1,
     train_launcher: str = "pytorchjob",
     training_overrides: str = "",
+    lora_rank: int = 0,
     inference_args: str = "",
     infer_shards: int = 1,
     promotion_margin: float = 1.0,
@@ -174,6 +177,7 @@ def sam2_finetune(
         gpus_per_node=gpus_per_node,
         launcher=train_launcher,
         training_overrides=training_overrides,
+        lora_rank=lora_rank,
         image=TRAINING_IMAGE,
         s3_endpoint_url=s3_endpoint_url,
         s3_secret_name=s3_secret_name,

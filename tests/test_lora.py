@@ -226,3 +226,17 @@ def test_adapter_checkpoint_of_other_settings_is_a_clear_error(tmp_path, base_ch
         merge_adapter_checkpoint(model, foreign, source="foreign.pt")
     with pytest.raises(ValueError, match="not a LoRA adapter checkpoint"):
         merge_adapter_checkpoint(_micro_sam2(), {"model": {}}, source="plain.pt")
+
+
+def test_pipeline_parameter_lora_rank_reaches_the_train_step():
+    import yaml
+
+    from pipelines.compile import COMPILED
+
+    spec = yaml.safe_load(COMPILED.read_text().split("\n---\n")[0])
+    param = spec["root"]["inputDefinitions"]["parameters"]["lora_rank"]
+    assert param["defaultValue"] == 0 and param["parameterType"] == "NUMBER_INTEGER"
+    wired = spec["root"]["dag"]["tasks"]["train-model"]["inputs"]["parameters"]["lora_rank"]
+    assert wired["componentInputParameter"] == "lora_rank"
+    component = spec["components"]["comp-train-model"]["inputDefinitions"]["parameters"]["lora_rank"]
+    assert component["defaultValue"] == 0
