@@ -18,7 +18,12 @@ from sam2.data.splitting import split_dataset
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gt_root", required=True, type=Path, help="the Annotations/ folder")
+    parser.add_argument(
+        "--gt_root",
+        required=True,
+        type=Path,
+        help="the Annotations/ folder, or a COCO data set root (annotations.coco.json)",
+    )
     parser.add_argument("--output_dir", required=True, type=Path)
     parser.add_argument("--val_fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)

@@ -21,7 +21,12 @@ from sam2.data.validation import validate_dataset, write_report
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, type=Path, help="data set root (JPEGImages/, Annotations/)")
+    parser.add_argument(
+        "--root",
+        required=True,
+        type=Path,
+        help="data set root (JPEGImages/ + Annotations/, or images/ + annotations.coco.json)",
+    )
     parser.add_argument("--num_frames", type=int, default=8, help="clip length the training sampler draws")
     parser.add_argument("--on_bad", choices=["exclude", "fail"], default="exclude")
     parser.add_argument("--report_dir", type=Path, default=None)
