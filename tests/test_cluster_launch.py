@@ -356,6 +356,8 @@ def test_the_template_restarts_only_on_signals():
     }
     assert env["PET_RDZV_BACKEND"] == "c10d" and env["PET_RDZV_ID"] == "j"
     assert env["PET_RDZV_CONF"].startswith("join_timeout=") and int(env["PET_MAX_RESTARTS"]) >= 1
+    assert env["TORCHELASTIC_ERROR_FILE"].startswith("/tmp/"), "a writable place for torchrun's error"
+    assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
 
 
 # -- gang scheduling ---------------------------------------------------------------------------------------

@@ -149,3 +149,60 @@ def test_a_killed_node_restarts_and_rejoins_without_waiting_for_a_timeout(tmp_pa
     assert "done node=0 restart=1" in (tmp_path / "node0.log").read_text(), "node 0 restarted its worker"
     assert "done node=1 restart=0" in (tmp_path / "node1-second.log").read_text()
     assert time.monotonic() - started < 240, "nobody waited out a process-group timeout (30 min)"
+
+
+def _torch_error_file(tmp_path: Path, exc: BaseException) -> dict[str, str]:
+    """The error file torch's own @record handler writes for `exc` (its real format)."""
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    path = tmp_path / "torchrun-error.json"
+    os.environ["TORCHELASTIC_ERROR_FILE"] = str(path)
+    try:
+        try:
+            raise exc
+        except BaseException as raised:  # noqa: BLE001 - recorded as torchrun's agent records it
+            ErrorHandler().record_exception(raised)
+    finally:
+        del os.environ["TORCHELASTIC_ERROR_FILE"]
+    return {"TORCHELASTIC_ERROR_FILE": str(path)}
+
+
+def test_exit_codes_keep_config_errors_permanent_and_make_a_lost_rendezvous_retryable(tmp_path):
+    from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError
+
+    from sam2.launch.training_node import EXIT_RENDEZVOUS_LOST, exit_code_for_torchrun_failure
+
+    lost = _torch_error_file(
+        tmp_path, RendezvousConnectionError("The connection to the C10d store has failed.")
+    )
+    assert exit_code_for_torchrun_failure(1, lost) == EXIT_RENDEZVOUS_LOST >= 128
+    worker_error = _torch_error_file(tmp_path, ValueError("scratch.num_frames must be >= 1"))
+    assert exit_code_for_torchrun_failure(1, worker_error) == 1, "a Python error stays permanent (1-127)"
+    assert exit_code_for_torchrun_failure(1, {}) == 1
+    assert exit_code_for_torchrun_failure(-9, {}) == 137, "torchrun killed by SIGKILL: 128 + 9, retryable"
+
+
+@pytest.mark.slow  # about 20 s: torchrun waits out its store timeout
+def test_a_node_whose_master_is_gone_exits_retryable(tmp_path):
+    """A real torchrun agent that cannot reach the rendezvous store (the master pod is gone) dies of
+    RendezvousConnectionError; training_node's exit code for that is >= 128, so the operator replaces it."""
+    from sam2.launch.training_node import EXIT_RENDEZVOUS_LOST, exit_code_for_torchrun_failure
+
+    script = tmp_path / "never.py"
+    script.write_text("raise SystemExit('the worker must not start')\n")
+    error_file = tmp_path / "torchrun-error.json"
+    env = {
+        **os.environ,
+        **_template_rendezvous_env(),
+        "PET_RDZV_CONF": "join_timeout=5,read_timeout=5,is_host=false",
+        "PET_NNODES": "2",
+        "PET_NPROC_PER_NODE": "1",
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": str(free_port()),  # nothing listens: the master is gone
+        "TORCHELASTIC_ERROR_FILE": str(error_file),
+    }
+    cmd = torchrun_command("unused.yaml", NodeTopology(2, 1, 1), [], env)
+    cmd = cmd[: cmd.index(TRAIN_MODULE) - 1] + [str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert exit_code_for_torchrun_failure(proc.returncode, env) == EXIT_RENDEZVOUS_LOST

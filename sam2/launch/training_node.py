@@ -25,6 +25,7 @@ the local launcher, so the cluster and the laptop share one code path:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -123,6 +124,41 @@ def torchrun_command(
         str(topology.num_nodes),
         *overrides,
     ]
+
+
+# Under the PyTorchJob's restartPolicy ExitCode, 1-127 fail the job and 128-255 replace the pod
+# (training-operator pkg/util/train/train_util.go). A node that lost the rendezvous (the master, which hosts
+# it, was killed or evicted) exits with this code, so it is replaced and rejoins the restarted master
+# instead of failing the job; a worker's Python error (torchrun exit 1) stays permanent.
+EXIT_RENDEZVOUS_LOST = 200
+TORCHRUN_ERROR_FILE = "TORCHELASTIC_ERROR_FILE"  # where torchrun's agent writes the error it died of
+RENDEZVOUS_LOST_ERRORS = frozenset(
+    {"RendezvousConnectionError", "RendezvousTimeoutError", "DistNetworkError", "DistStoreError"}
+)
+
+
+def exit_code_for_torchrun_failure(returncode: int, env: Mapping[str, str] | None = None) -> int:
+    """The exit code this node reports for a failed torchrun: 128 + signal when torchrun was killed,
+    `EXIT_RENDEZVOUS_LOST` when its agent died of a rendezvous or store error (read from the JSON file
+    `TORCHELASTIC_ERROR_FILE` names, which torch's `@record` writes: {"message": {"message": "<type>:
+    ..."}}), else torchrun's own code (1 when a worker failed)."""
+    if returncode < 0:
+        return 128 - returncode
+    path = (os.environ if env is None else env).get(TORCHRUN_ERROR_FILE)
+    if path and Path(path).is_file():
+        try:
+            message = json.loads(Path(path).read_text())["message"]
+            text = message["message"] if isinstance(message, dict) else str(message)
+        except (OSError, ValueError, KeyError, TypeError):
+            text = ""
+        if text.split(":", 1)[0].strip() in RENDEZVOUS_LOST_ERRORS:
+            logger.error(
+                "torchrun lost the rendezvous (%s): exiting %d so the pod is replaced and rejoins",
+                text.splitlines()[0],
+                EXIT_RENDEZVOUS_LOST,
+            )
+            return EXIT_RENDEZVOUS_LOST
+    return returncode or 1
 
 
 class _Location:
@@ -342,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if os.environ.get(TORCHRUN_ERROR_FILE):  # an earlier run's error must not decide this one's exit code
+        Path(os.environ[TORCHRUN_ERROR_FILE]).unlink(missing_ok=True)
     try:
         run_node(
             args.config,
@@ -355,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except subprocess.CalledProcessError as exc:
         logger.error("training exited with status %d", exc.returncode)
-        return exc.returncode or 1
+        return exit_code_for_torchrun_failure(exc.returncode)
     except (FileNotFoundError, ValueError, StagingError) as exc:
         logger.error("%s", exc)
         return 2
