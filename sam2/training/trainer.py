@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import logging
 import math
 import os
@@ -57,10 +58,68 @@ from sam2.training.utils.logging_utils import add_rank_log_file
 logger = logging.getLogger(__name__)
 
 MODES = ("train", "train_only", "val")
+# The keys of upstream's trainer sub-configs (training/trainer.py: CheckpointConf, LoggingConf,
+# DistributedConf, CudaConf); anything else is a ValueError naming it.
+CHECKPOINT_KEYS = {
+    "save_dir",
+    "save_freq",
+    "save_list",
+    "model_weight_initializer",
+    "save_best_meters",
+    "skip_saving_parameters",
+    "initialize_after_preemption",
+    "resume_from",
+    "save_every_n_steps",  # ours: mid-epoch checkpoints
+}
+LOGGING_KEYS = {
+    "log_dir",
+    "log_freq",
+    "tensorboard_writer",
+    "log_level_primary",
+    "log_level_secondary",
+    "log_scalar_frequency",
+    "log_visual_frequency",
+    "scalar_keys_to_log",
+    "log_batch_stats",
+}
+DISTRIBUTED_KEYS = {"backend", "comms_dtype", "find_unused_parameters", "timeout_mins"}
+CUDA_KEYS = {"cudnn_deterministic", "cudnn_benchmark", "allow_tf32", "matmul_allow_tf32", "cudnn_allow_tf32"}
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_CHECKPOINT_NAME = "checkpoint_best.pt"
 # LoRA runs: the final adapters folded into the base, a plain checkpoint build_sam2 loads strictly.
 MERGED_CHECKPOINT_NAME = "checkpoint_merged.pt"
+
+
+def _check_keys(block: str, conf: Mapping | None, known: set[str]) -> None:
+    unknown = sorted(set(conf or {}) - known)
+    if unknown:
+        raise ValueError(
+            f"trainer.{block} has unknown key(s) {unknown}; the keys upstream's trainer reads are "
+            f"{sorted(known)}"
+        )
+
+
+def _steps_of(state: Mapping[str, Any]) -> int:
+    """Optimizer steps done: an int in our checkpoints, {"train": n, "val": m} in upstream's."""
+    steps = state.get("steps", 0)
+    return int(steps.get("train", 0)) if isinstance(steps, Mapping) else int(steps)
+
+
+def _apply_cuda_settings(cuda: Mapping | None) -> None:
+    """Upstream's `trainer.cuda` block (cuDNN determinism/benchmark, TF32), applied where CUDA exists."""
+    conf = {"cudnn_deterministic": False, "cudnn_benchmark": True, "allow_tf32": False, **(cuda or {})}
+    if not torch.cuda.is_available():
+        return
+    torch.backends.cudnn.deterministic = bool(conf["cudnn_deterministic"])
+    torch.backends.cudnn.benchmark = bool(conf["cudnn_benchmark"])
+    matmul, cudnn = conf.get("matmul_allow_tf32"), conf.get("cudnn_allow_tf32")
+    torch.backends.cuda.matmul.allow_tf32 = bool(conf["allow_tf32"] if matmul is None else matmul)
+    torch.backends.cudnn.allow_tf32 = bool(conf["allow_tf32"] if cudnn is None else cudnn)
+
+
+def _grads_finite(model: nn.Module) -> bool:
+    flags = [torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]
+    return bool(torch.stack(flags).all()) if flags else True  # one device sync, not one per tensor
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,7 +146,7 @@ class ResumePoint:
         return cls(
             source=str(source),
             epoch=int(state.get("epoch", 0)),
-            steps=int(state.get("steps", 0)),
+            steps=_steps_of(state),
             batches_done_in_epoch=int(state.get("batches_done_in_epoch", 0)),
             model_checksum=checksum,
         )
@@ -120,6 +179,13 @@ class Trainer:
     val_epoch_freq: epochs between validations in mode "train" (>= 1; the last epoch is always validated);
         "never" is mode "train_only". Raises ValueError naming the key for 0 or less.
     accelerator: "cuda" (bf16 autocast when optim.amp.enabled, nccl) or "cpu" (fp32, gloo).
+    Upstream's other arguments mean what they mean there: env_variables (set before anything else),
+    cuda (cuDNN / TF32 switches), optim_overrides (read by nothing, as upstream), meters (must be empty:
+    upstream's meter classes are not part of this package; mode "train" scores J&F itself). The checkpoint
+    block takes save_list (epochs that also keep checkpoint_<epoch>.pt), skip_saving_parameters (name
+    patterns left out of saved checkpoints; they must be frozen) and initialize_after_preemption (rerun
+    the weight initializer before resuming; default: whether skip_saving_parameters is set).
+    A step whose gradients are not finite is skipped and counted (as upstream's GradScaler does).
     lora: the `trainer.lora` block (sam2.training.lora.LoRASettings); rank > 0 trains LoRA adapters on
         the frozen initial weights: checkpoints then hold the adapters alone, and the end of training
         also writes MERGED_CHECKPOINT_NAME (adapters merged into a plain checkpoint).
@@ -141,7 +207,30 @@ class Trainer:
         optim: DictConfig | None = None,
         loss: DictConfig | None = None,
         lora: DictConfig | None = None,
+        cuda: DictConfig | None = None,
+        env_variables: DictConfig | None = None,
+        optim_overrides: Any = None,
+        meters: DictConfig | None = None,
     ) -> None:
+        for name, value in (env_variables or {}).items():
+            os.environ[str(name)] = str(value)  # first, as upstream: later setup may read them
+        _check_keys("checkpoint", checkpoint, CHECKPOINT_KEYS)
+        _check_keys("logging", logging, LOGGING_KEYS)
+        _check_keys("distributed", distributed, DISTRIBUTED_KEYS)
+        _check_keys("cuda", cuda, CUDA_KEYS)
+        if meters:
+            raise ValueError(
+                "trainer.meters: upstream's meter classes are not part of this package; leave it empty "
+                "(trainer.mode=train scores validation J&F itself and keeps checkpoint_best.pt)"
+            )
+        if checkpoint.get("save_best_meters"):
+            raise ValueError(
+                "trainer.checkpoint.save_best_meters names meters, and this trainer has none; "
+                "trainer.mode=train keeps the best validation J&F as checkpoint_best.pt"
+            )
+        if optim_overrides:
+            logger.warning("trainer.optim_overrides is set; upstream's trainer reads nothing from it either")
+        _apply_cuda_settings(cuda)
         if mode not in MODES:
             raise ValueError(f"trainer.mode must be one of {MODES}, got {mode!r}")
         if max_epochs < 1:
@@ -179,6 +268,13 @@ class Trainer:
         self.save_dir = Path(checkpoint.save_dir)
         self.save_freq = int(checkpoint.get("save_freq", 0) or 0)
         self.save_every_n_steps = int(checkpoint.get("save_every_n_steps", 0) or 0)
+        self.save_list = {int(e) for e in checkpoint.get("save_list") or []}
+        self.skip_saving_parameters = list(checkpoint.get("skip_saving_parameters") or [])
+        after_preemption = checkpoint.get("initialize_after_preemption")
+        self.initialize_after_preemption = (
+            bool(self.skip_saving_parameters) if after_preemption is None else bool(after_preemption)
+        )
+        self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients
         # LoRA: the frozen base is loaded before the adapters wrap (and rename) the layers they adapt,
         # and before the optimizer, which then holds the adapters alone.
         self.lora = LoRASettings.from_config(_as_container(lora))
@@ -203,9 +299,8 @@ class Trainer:
         amp_conf = optim.get("amp") or {}
         self.amp_dtype = getattr(torch, amp_conf.get("amp_dtype", "bfloat16"))
         self.amp_enabled = bool(amp_conf.get("enabled", False)) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=self.amp_enabled and self.amp_dtype == torch.float16
-        )
+        # As upstream: a GradScaler whenever AMP is on (bf16 too), so steps with inf/NaN gradients are skipped.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_enabled)
         self.accumulation_steps = int(optim.get("gradient_accumulation_steps", 1))
         if self.accumulation_steps < 1:
             raise ValueError(f"optim.gradient_accumulation_steps must be >= 1, got {self.accumulation_steps}")
@@ -220,6 +315,7 @@ class Trainer:
         self.steps = 0
         self.batches_done_in_epoch = 0  # > 0 only in a checkpoint written mid-epoch
         self.loss_state: dict[str, float | None] = {"last_train_loss": None, "best_val_jf": None}
+        self._check_skipped_parameters_frozen()
         if not self._resume() and self.lora is None:
             self._initialize_weights()
 
@@ -231,6 +327,21 @@ class Trainer:
                 device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(dist_conf.get("find_unused_parameters", True)),
             )
+            comms_dtype = dist_conf.get("comms_dtype")
+            if comms_dtype is not None:  # upstream: gradients all-reduced in bf16 or fp16
+                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+                if str(comms_dtype) not in ("bfloat16", "float16"):
+                    raise ValueError(
+                        f"trainer.distributed.comms_dtype must be bfloat16 or float16, got {comms_dtype!r}"
+                    )
+                hook = (
+                    default_hooks.bf16_compress_hook
+                    if comms_dtype == "bfloat16"
+                    else default_hooks.fp16_compress_hook
+                )
+                self.ddp_model.register_comm_hook(None, hook)
+                logger.info("gradients are all-reduced in %s", comms_dtype)
 
     # ------------------------------------------------------------------------------------------------------
     # Checkpoints
@@ -242,6 +353,32 @@ class Trainer:
             logger.warning("no trainer.checkpoint.model_weight_initializer: training from random weights")
             return
         instantiate(initializer)(model=self.model)
+
+    def _check_skipped_parameters_frozen(self) -> None:
+        """skip_saving_parameters leaves tensors out of checkpoints: a trainable one would be lost."""
+        if not self.skip_saving_parameters:
+            return
+        trainable = [
+            n
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and any(fnmatch.fnmatchcase(n, pat) for pat in self.skip_saving_parameters)
+        ]
+        if trainable:
+            raise ValueError(
+                f"trainer.checkpoint.skip_saving_parameters matches trainable parameters {trainable[:5]} "
+                f"({len(trainable)} in all); checkpoints would lose their training. Freeze them "
+                "(e.g. model.freeze_image_encoder=true) or narrow the patterns"
+            )
+
+    def _saved_model_state(self) -> dict[str, torch.Tensor]:
+        state = self.model.state_dict() if self.lora is None else adapter_state_dict(self.model)
+        if not self.skip_saving_parameters:
+            return state
+        return {
+            k: v
+            for k, v in state.items()
+            if not any(fnmatch.fnmatchcase(k, pat) for pat in self.skip_saving_parameters)
+        }
 
     def _resume_source(self) -> Path | None:
         local = self.save_dir / CHECKPOINT_NAME
@@ -275,15 +412,18 @@ class Trainer:
         if self.lora is not None:
             load_adapter_state_dict(self.model, state["model"], source=point.source)
         else:
-            self.model.load_state_dict(state["model"], strict=True)
+            if self.initialize_after_preemption:
+                self._initialize_weights()
+            self._load_model_state(state["model"], point.source)
         if self.optim is not None and "optimizer" in state:
             self.optim.load_state_dict(state["optimizer"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state.get("epoch", 0))
-        self.steps = int(state.get("steps", 0))
+        self.steps = _steps_of(state)
         self.batches_done_in_epoch = int(state.get("batches_done_in_epoch", 0))
-        self.loss_state.update(state.get("loss", {}))
+        # Upstream's "loss" is the loss module's (empty) state dict: only our own keys are taken.
+        self.loss_state.update({k: v for k, v in (state.get("loss") or {}).items() if k in self.loss_state})
         logger.info(
             "resumed from %s: epoch %d, step %d, %d batches of the epoch done",
             point.source,
@@ -292,6 +432,17 @@ class Trainer:
             self.batches_done_in_epoch,
         )
         return True
+
+    def _load_model_state(self, model_state: Mapping[str, torch.Tensor], source: str) -> None:
+        """Strict, except the skip_saving_parameters a checkpoint leaves out (upstream's rule)."""
+        missing, unexpected = self.model.load_state_dict(model_state, strict=False)
+        allowed = [n for n in missing if any(fnmatch.fnmatchcase(n, p) for p in self.skip_saving_parameters)]
+        missing = [n for n in missing if n not in allowed]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"checkpoint {source} does not fit the model: missing {missing[:5]} ({len(missing)}), "
+                f"unexpected {unexpected[:5]} ({len(unexpected)})"
+            )
 
     def _rank0_resume_state(
         self, point: ResumePoint | None, state: dict[str, Any] | None
@@ -347,7 +498,7 @@ class Trainer:
         extra = {} if self.lora is None else {"lora": self.lora.to_dict()}
         return {
             **extra,
-            "model": self.model.state_dict() if self.lora is None else adapter_state_dict(self.model),
+            "model": self._saved_model_state(),
             "optimizer": self.optim.state_dict() if self.optim is not None else None,
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
@@ -426,7 +577,7 @@ class Trainer:
                     self.loss_state["best_val_jf"] = metrics["J&F"]
                     self.save_checkpoint(BEST_CHECKPOINT_NAME)
             self.save_checkpoint()
-            if self.save_freq > 0 and self.epoch % self.save_freq == 0:
+            if (self.save_freq > 0 and self.epoch % self.save_freq == 0) or self.epoch in self.save_list:
                 self.save_checkpoint(f"checkpoint_{self.epoch - 1}.pt")
             barrier()
         self.save_merged_checkpoint()
@@ -513,7 +664,18 @@ class Trainer:
             updates_done += 1
             self.scaler.unscale_(self.optim.optimizer)
             grad_norm = self.gradient_clipper(self.model) if self.gradient_clipper is not None else None
-            self.scaler.step(self.optim.optimizer)
+            # DDP has averaged the gradients, so every rank takes the same decision.
+            if _grads_finite(self.model):
+                self.scaler.step(self.optim.optimizer)
+            else:
+                self.skipped_steps += 1
+                logger.warning(
+                    "step %d skipped: non-finite gradients (%d step(s) skipped so far)",
+                    self.steps + 1,
+                    self.skipped_steps,
+                )
+                if self.tb_writer is not None:
+                    self.tb_writer.add_scalar("train/skipped_steps", self.skipped_steps, self.steps + 1)
             self.scaler.update()
             self.optim.zero_grad(set_to_none=True)
             self.steps += 1

@@ -1,0 +1,166 @@
+"""Upstream training configs and checkpoints: every key of upstream's trainer accepted with upstream's
+meaning (or refused naming the key), upstream's checkpoint format resumed, non-finite gradients skipped.
+
+Upstream's trainer arguments and sub-config keys are those of training/trainer.py in the sam2==1.1.0
+wheel (Trainer.__init__, CheckpointConf, LoggingConf, DistributedConf, CudaConf).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from training_loop_support import NUM_FRAMES, TRAIN_CONFIG, make_clips, training_overrides
+
+from sam2.training.train import compose_training_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _trainer(tmp_path, log_name: str, extra: list[str], num_epochs: int = 1, videos=None):
+    data = tmp_path / "data"
+    if (data / "JPEGImages").is_dir():
+        img, gt = data / "JPEGImages", data / "Annotations"
+    else:
+        img, gt = make_clips(data, videos or {"clip": NUM_FRAMES})
+    cfg = compose_training_config(
+        TRAIN_CONFIG,
+        training_overrides(img, gt, tmp_path / log_name, num_epochs=num_epochs, extra=extra),
+    )
+    return instantiate(cfg.trainer, _recursive_=False)
+
+
+def test_upstream_trainer_arguments_and_checkpoint_keys_are_accepted(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAM2_TRAINER_TEST_VAR", raising=False)
+    trainer = _trainer(
+        tmp_path,
+        "run",
+        [
+            "+trainer.cuda.cudnn_benchmark=false",
+            "+trainer.cuda.allow_tf32=true",
+            "+trainer.env_variables.SAM2_TRAINER_TEST_VAR=set-by-config",
+            "+trainer.optim_overrides=null",
+            "+trainer.meters=null",
+            "+trainer.checkpoint.save_list=[1]",
+            "+trainer.checkpoint.save_best_meters=null",
+            "+trainer.checkpoint.skip_saving_parameters=[]",
+            "+trainer.checkpoint.initialize_after_preemption=null",
+            "+trainer.logging.log_level_primary=INFO",
+            "+trainer.logging.log_level_secondary=ERROR",
+            "+trainer.logging.log_scalar_frequency=100",
+            "+trainer.logging.log_visual_frequency=100",
+            "+trainer.logging.scalar_keys_to_log=null",
+            "+trainer.logging.log_batch_stats=false",
+            "+trainer.distributed.comms_dtype=null",
+        ],
+        num_epochs=2,
+    )
+    import os
+
+    assert os.environ["SAM2_TRAINER_TEST_VAR"] == "set-by-config"  # set before anything else, as upstream
+    trainer.run()
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
+    # save_list [1]: the checkpoint after the first epoch is kept too (save_freq 0 keeps none)
+    assert saved == ["checkpoint.pt", "checkpoint_0.pt"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+trainer.checkpoint.keep_every=3", r"trainer.checkpoint has unknown key\(s\) \['keep_every'\]"),
+        ("+trainer.logging.log_every=3", r"trainer.logging has unknown key\(s\) \['log_every'\]"),
+        ("+trainer.cuda.tf32=true", r"trainer.cuda has unknown key\(s\) \['tf32'\]"),
+        ("+trainer.meters.val.iou._target_=x.Meter", r"trainer.meters: upstream's meter classes"),
+        ("+trainer.checkpoint.save_best_meters=[val]", r"trainer.checkpoint.save_best_meters names meters"),
+        (
+            "+trainer.checkpoint.skip_saving_parameters=[image_encoder.*]",
+            r"skip_saving_parameters matches trainable parameters",
+        ),
+    ],
+)
+def test_keys_without_a_meaning_here_are_refused_by_name(tmp_path, override, message):
+    # Hydra wraps the constructor's ValueError; its message is kept.
+    with pytest.raises(Exception, match=message):
+        _trainer(tmp_path, "run", [override])
+
+
+def test_skip_saving_parameters_leaves_frozen_weights_out_and_resumes(tmp_path):
+    extra = [
+        "model.freeze_image_encoder=true",
+        "+trainer.checkpoint.skip_saving_parameters=[image_encoder.*]",
+    ]
+    trainer = _trainer(tmp_path, "run", extra)
+    trainer.run()
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "checkpoint.pt", weights_only=True)["model"]
+    assert saved and not [k for k in saved if k.startswith("image_encoder.")]
+    # Resuming re-runs the initializer (initialize_after_preemption defaults to true with skipped
+    # parameters), then loads the checkpoint without the skipped keys.
+    resumed = _trainer(tmp_path, "run", extra)
+    assert resumed.epoch == 1
+    state = resumed.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
+
+
+def _as_upstream_checkpoint(ours: dict) -> dict:
+    """Our checkpoint in the layout upstream's Trainer.save_checkpoint writes."""
+    return {
+        "model": ours["model"],
+        "optimizer": ours["optimizer"],
+        "epoch": ours["epoch"],
+        "loss": OrderedDict(),  # the loss module's state dict: empty for MultiStepMultiMasksAndIous
+        "steps": {"train": ours["steps"], "val": 0},
+        "time_elapsed": 12.5,
+        "best_meter_values": {},
+    }
+
+
+def test_checkpoint_in_upstreams_format_resumes(tmp_path):
+    """An upstream-format checkpoint (steps as {"train", "val"}, loss-module state, time_elapsed,
+    best_meter_values) resumes model, optimizer, epoch and steps: the run then ends bit-identical to an
+    uninterrupted one."""
+    extra = ["trainer.checkpoint.save_freq=1", "scratch.base_lr=1e-4"]
+    full = _trainer(tmp_path, "full", extra, num_epochs=2, videos={"a": 5, "b": 4})
+    full.run()
+    first = torch.load(tmp_path / "full" / "checkpoints" / "checkpoint_0.pt", weights_only=True)
+    resumed_dir = tmp_path / "resumed" / "checkpoints"
+    resumed_dir.mkdir(parents=True)
+    torch.save(_as_upstream_checkpoint(first), resumed_dir / "checkpoint.pt")
+
+    resumed = _trainer(tmp_path, "resumed", extra, num_epochs=2, videos={"a": 5, "b": 4})
+    assert (resumed.epoch, resumed.steps) == (1, first["steps"]) and first["steps"] > 0
+    resumed.run()
+    end = torch.load(tmp_path / "full" / "checkpoints" / "checkpoint.pt", weights_only=True)
+    again = torch.load(resumed_dir / "checkpoint.pt", weights_only=True)
+    assert (again["epoch"], again["steps"]) == (end["epoch"], end["steps"])
+    for name, value in end["model"].items():
+        assert torch.equal(value, again["model"][name]), name
+    for idx, state in end["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, again["optimizer"]["state"][idx][key]), (idx, key)
+
+
+def test_step_with_non_finite_gradients_is_skipped_and_counted(tmp_path):
+    """As upstream's GradScaler does: the optimizer step is skipped (weights and optimizer state as
+    before), training goes on, and the log counts the skipped steps."""
+    trainer = _trainer(tmp_path, "run", ["dataset.multiplier=3"])
+    target = trainer.model.sam_mask_decoder.iou_token.weight
+    calls = {"n": 0}
+
+    def poison_first_backward(grad: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return grad * float("nan") if calls["n"] == 1 else grad
+
+    target.register_hook(poison_first_backward)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run()
+    assert trainer.skipped_steps == 1 and calls["n"] == 3 and trainer.steps == 3
+    after = trainer.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the two good steps trained
+    log = (tmp_path / "run" / "logs" / "log_rank0.txt").read_text()
+    assert "step 1 skipped: non-finite gradients (1 step(s) skipped so far)" in log
+    # The skipped step moved nothing: no AdamW step count goes past the two good steps.
+    state = trainer.optim.optimizer.state
+    assert max(int(s["step"]) for s in state.values()) == 2 and int(state[target]["step"]) == 2
