@@ -449,8 +449,11 @@ def test_the_compiled_pipeline_gives_train_its_pod_identity_and_places_infer_on_
         "POD_NAMESPACE": "metadata.namespace",
     }
     infer = next(v for k, v in executors.items() if k.startswith("exec-infer-videos"))
-    assert infer["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "gpu_node_selector"
-    assert infer["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "gpu_tolerations"
+    # Inside a ParallelFor the compiler passes the pipeline parameter in as "pipelinechannel--<name>".
+    selector = infer["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
+    assert selector.removeprefix("pipelinechannel--") == "gpu_node_selector"
+    toleration = infer["tolerations"][0]["tolerationJson"]["componentInputParameter"]
+    assert toleration.removeprefix("pipelinechannel--") == "gpu_tolerations"
     params = pipeline["root"]["inputDefinitions"]["parameters"]
     assert params["scheduler"]["defaultValue"] == "none", "gang scheduling is off by default"
     assert params["pending_timeout_minutes"]["defaultValue"] == 30
