@@ -231,9 +231,8 @@ def test_adapter_checkpoint_of_other_settings_is_a_clear_error(tmp_path, base_ch
 def test_pipeline_parameter_lora_rank_reaches_the_train_step():
     import yaml
 
-    from pipelines.compile import COMPILED
-
-    spec = yaml.safe_load(COMPILED.read_text().split("\n---\n")[0])
+    compiled = Path(__file__).resolve().parents[1] / "pipelines" / "sam2_finetune.yaml"
+    spec = yaml.safe_load(compiled.read_text().split("\n---\n")[0])
     param = spec["root"]["inputDefinitions"]["parameters"]["lora_rank"]
     assert param["defaultValue"] == 0 and param["parameterType"] == "NUMBER_INTEGER"
     wired = spec["root"]["dag"]["tasks"]["train-model"]["inputs"]["parameters"]["lora_rank"]
