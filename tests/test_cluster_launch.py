@@ -344,6 +344,7 @@ def test_replacements_past_backoff_limit_fail_the_step():
     cluster.script = [lambda: cluster.exit_pod(worker, 137, "OOMKilled") for _ in range(10)]
     with pytest.raises(TrainingFailed, match=r"replaced 4 times, more than runPolicy.backoffLimit=3"):
         _launcher(cluster, cleanup="on-success").launch(_request())
+    assert cluster.deleted == [(NAME, "Background")], "a job nobody watches any more is removed"
 
 
 def test_the_template_restarts_only_on_signals():

@@ -136,6 +136,10 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
         yield pending.decode(errors="replace")
 
 
+class JobFailed(TrainingFailed):
+    """The operator marked the job Failed (it is over; `cleanup` decides whether it is kept)."""
+
+
 class PendingTimeout(TrainingFailed):
     """The job's pods did not all start within `pending_timeout_s`."""
 
@@ -447,8 +451,9 @@ class PyTorchJobLauncher:
     # -- the run -----------------------------------------------------------------------------------------
 
     def launch(self, request: TrainingRequest) -> TrainingResult:
-        """Run the request's job to the end. On SIGTERM/SIGINT, on the step's timeout and on a pending
-        timeout the job is deleted (unless cleanup=never for the last two) and the step fails."""
+        """Run the request's job to the end. On SIGTERM/SIGINT the job is deleted and the step fails; when
+        the step gives up on a job that is not over (its timeout, the pending timeout, pods replaced past
+        backoffLimit, the API away for `api_retry_s`) it is deleted too, unless cleanup=never."""
         job = self.render(request)
         name, ns = job["metadata"]["name"], self.settings.namespace
         start = time.monotonic()
@@ -475,7 +480,11 @@ class PyTorchJobLauncher:
                     f"the train step got {stop}: deleted PyTorchJob {ns}/{name} and its pods; a retried "
                     "step creates it anew and resumes from the run's newest checkpoint"
                 ) from None
-            except (TimeoutError, PendingTimeout):
+            except JobFailed:
+                raise
+            except Exception:
+                # The step gives up on a job that is not over (timeout, pending timeout, too many replaced
+                # pods, an API that stays away): nobody would watch it, so it goes unless cleanup=never.
                 force_delete = self.settings.cleanup != "never"
                 raise
             finally:
@@ -541,7 +550,7 @@ class PyTorchJobLauncher:
                 return job
             failed = _condition(job, "Failed")
             if failed:
-                raise TrainingFailed(
+                raise JobFailed(
                     f"PyTorchJob {ns}/{name} failed: {failed.get('reason', '?')}: {failed.get('message', '')}"
                     + self._pod_failures(name)
                     + self._failed_pod_logs(name)
