@@ -69,10 +69,16 @@ else:
         image = SAM2ImagePredictor.from_pretrained(model_id, device="cpu", mask_threshold=0.5)
         out["image_from_pretrained"] = [same_weights(image.model), image.mask_threshold]
         generator = SAM2AutomaticMaskGenerator.from_pretrained(
-            model_id, device="cpu", points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0
+            model_id,
+            device="cpu",
+            hydra_overrides_extra=["++model.image_size=256"],
+            points_per_side=2,
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.0,
         )
         records = generator.generate(np.full((48, 64, 3), 120, np.uint8))
-        out["generator"] = [same_weights(generator.predictor.model), len(generator.point_grids[0]), len(records)]
+        model = generator.predictor.model
+        out["generator"] = [same_weights(model), model.image_size, len(generator.point_grids[0]), len(records)]
 print(json.dumps(out))
 """
 
@@ -129,8 +135,9 @@ def test_every_entry_point_loads_from_the_cache_offline(cached: tuple[Path, Path
     assert out["video_hf"] == ["SAM2VideoPredictor", True, 8]  # the official post-processing applies
     assert out["video_from_pretrained"] == ["SAM2VideoPredictor", True]
     assert out["image_from_pretrained"] == [True, 0.5]  # predictor keyword arguments reach the predictor
-    assert out["generator"][:2] == [True, 4]  # points_per_side=2 reached the generator
-    assert out["generator"][2] >= 0
+    # build_sam2's keyword arguments reach the builder, the others the generator (points_per_side=2).
+    assert out["generator"][:3] == [True, 256, 4]
+    assert out["generator"][3] >= 1
 
 
 def test_an_unreachable_hub_falls_back_to_the_cache(cached: tuple[Path, Path]) -> None:
