@@ -9,6 +9,7 @@ from kfp.dsl import Dataset, Model, Output
 from components.evaluate import evaluate_predictions
 from components.extract_frames import extract_frames
 from components.infer import infer_videos
+from components.merge_predictions import merge_predictions
 from components.promote import promote_model
 from components.resolve_models import resolve_reference_models
 from components.split import split_dataset
@@ -175,14 +176,19 @@ def score_and_promote(bucket: str, run_uri: str, tracking_uri: str) -> str:
         init_checkpoint_uri=trained.outputs["Output"],
         mlflow_tracking_uri=tracking_uri,
     )
-    infer = infer_videos(
-        model=trained.outputs["model"],
-        splits=split.outputs["splits"],
-        references=refs.outputs["references"],
-        inference_args=TINY_INFERENCE,
+    with dsl.ParallelFor([0]) as shard:  # one shard, wired as the pipeline wires any number
+        infer = infer_videos(
+            model=trained.outputs["model"],
+            splits=split.outputs["splits"],
+            references=refs.outputs["references"],
+            inference_args=TINY_INFERENCE,
+            shard_index=shard,
+        )
+    merge = merge_predictions(
+        shards=dsl.Collected(infer.outputs["predictions"]), splits=split.outputs["splits"]
     )
     evaluate = evaluate_predictions(
-        predictions=infer.outputs["predictions"],
+        predictions=merge.outputs["predictions"],
         splits=split.outputs["splits"],
         model=trained.outputs["model"],
     )
