@@ -46,3 +46,44 @@ def test_a_gone_champion_checkpoint_and_random_init_are_skipped_with_reasons(tmp
     _register(registry, gone)
     models, skipped = resolve_references(registry, s3_store, "demo", "", CONFIG)
     assert models == [] and skipped[CHAMPION] == f"champion version 1's checkpoint {gone} is gone"
+
+
+def test_the_comparison_promotion_reads_holds_both_scores_measured_on_the_same_videos():
+    from sam2.model_comparison import NEW, comparison_summary
+    from sam2.promotion import comparison_lines, head_to_head
+
+    def scores(jf: float) -> dict:
+        return {"J&F": jf, "J": jf - 2, "F": jf + 2, "per_video": {"a": {"J&F": jf}, "b": {"J&F": None}}}
+
+    entries = {
+        NEW: {"key": NEW, "checkpoint_uri": "s3://r/new.pt", "label": "new"},
+        CHAMPION: {
+            "key": CHAMPION,
+            "checkpoint_uri": "s3://r/old.pt",
+            "label": "champion v4",
+            "version": "4",
+        },
+    }
+    summary = comparison_summary(
+        {NEW: scores(55.0), CHAMPION: scores(40.0)},
+        entries,
+        skipped={BASELINE: "training started from random weights"},
+        dataset_version="v9",
+        val_list_uri="s3://d/val.txt",
+        videos=["a", "b"],
+        protocol="sav",
+        curves={"val_J&F": [(0, 1.0)]},
+    )
+    assert summary["models"][CHAMPION]["per_video"] == {"a": 40.0, "b": None}
+    h2h = head_to_head(summary)
+    assert (h2h.new_score, h2h.champion_version, h2h.champion_score) == (55.0, "4", 40.0)
+    assert h2h.dataset_version == "v9" and h2h.num_videos == 2 and h2h.baseline_score is None
+    lines = comparison_lines(summary)
+    assert lines[0] == "baseline not scored: training started from random weights"
+    assert lines[1].startswith("champion J&F  40.00") and lines[1].endswith("(new minus champion: +15.00)")
+    assert lines[2].startswith("new      J&F  55.00")
+
+    alone = comparison_summary(
+        {NEW: scores(55.0)}, entries, {CHAMPION: "no champion registered yet"}, "v9", "", ["a"], "sav"
+    )
+    assert head_to_head(alone).unscored_reason == "no champion registered yet"
