@@ -170,3 +170,66 @@ def test_ranks_resume_from_rank_0s_checkpoint_when_a_node_holds_an_older_one(tmp
     text = rank1_log.read_text()[before:]
     assert f"resumed from {older}: epoch 3, step 6" in text and "sent over the process group" not in text
     assert torch.load(newer, weights_only=True)["steps"] == 8
+
+
+def _validation_line(log_dir: Path) -> str:
+    lines = [
+        line
+        for line in (log_dir / "logs" / "log_rank0.txt").read_text().splitlines()
+        if "validation after epoch" in line
+    ]
+    assert len(lines) == 1, lines
+    return lines[0].split("validation after epoch", 1)[1]
+
+
+def test_validation_counts_each_video_once_on_two_ranks_at_the_videos_size(tmp_path, one_thread):
+    """trainer.mode=val over 3 videos of 40x56 (not the 64x64 training resolution): two gloo ranks report
+    the J&F of one process (the DistributedSampler pads rank 1's shard with a repeat of a video, which
+    must not count twice), over 3 clips, with each frame scored against its mask at 40x56."""
+    from training_data_synth import make_davis
+
+    img, gt = make_davis(tmp_path / "data", {f"v{i}": 3 for i in range(3)}, size=(40, 56))
+    runs = {}
+    for procs in (1, 2):
+        log_dir = tmp_path / f"val{procs}"
+        overrides = training_overrides(
+            img,
+            gt,
+            log_dir,
+            extra=["trainer.mode=val", "trainer.data.val.pin_memory=false", *NO_DROPOUT_OVERRIDES],
+        )
+        cmd = [sys.executable, "-m", "sam2.training.train", "-c", TRAIN_CONFIG, "--use-cluster", "0"]
+        cmd += ["--num-gpus", str(procs), *overrides]
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env |= {"OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[procs] = _validation_line(log_dir)
+    assert "(6 objects in 3 clips)" in runs[1]
+    assert runs[1] == runs[2], runs
+
+
+def test_validation_ground_truth_is_read_at_the_videos_size(tmp_path):
+    from hydra.utils import instantiate
+    from training_data_synth import make_davis
+
+    from sam2.training.train import compose_training_config
+    from sam2.training.trainer import _GroundTruth
+
+    img, gt = make_davis(tmp_path / "data", {"v0": 3}, size=(40, 56))
+    cfg = compose_training_config(
+        TRAIN_CONFIG,
+        training_overrides(img, gt, tmp_path / "run", extra=["trainer.data.val.pin_memory=false"]),
+    )
+    val = instantiate(cfg.trainer.data.val, _convert_="all")
+    truth = _GroundTruth(val)
+    assert truth.available
+    raw = val.datasets[0].video_dataset
+    video = raw.get_video(0)[0]
+    import numpy as np
+    from PIL import Image
+
+    labels = np.asarray(Image.open(gt / "v0" / "00002.png"))
+    mask = truth.mask(video.video_id, 2, 1, (40, 56))
+    assert mask.shape == (40, 56) and np.array_equal(mask, labels == 1) and mask.any()
+    assert not truth.mask(video.video_id, 2, 99, (40, 56)).any()  # an object absent from the frame

@@ -33,6 +33,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -752,9 +753,11 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Semi-supervised VOS on the val data (as the model's eval prompts say, by default the first-frame
-        masks); returns J, F and J&F in percent averaged over objects of all ranks, and the val loss."""
-        from sam2.eval.metrics import score_binary
-
+        masks), scored as the benchmarks' evaluators score it: each frame's mask logits brought to the
+        video's own size (bilinear, as the video predictor returns them) against the ground-truth mask read
+        at that size. Returns J, F and J&F in percent averaged over the objects of every val clip, each clip
+        counted once whatever the number of ranks (DistributedSampler pads a short shard with repeats),
+        and the val loss."""
         if self.val_data is None:
             return {}
         self.model.eval()
@@ -763,51 +766,40 @@ class Trainer:
             if hasattr(self.val_data, "get_loader")
             else self.val_data
         )
-        sums = torch.zeros(4, dtype=torch.float64)  # J sum, F sum, objects, loss sum
-        batches = 0
+        truth = _GroundTruth(self.val_data)
+        # clip key (video ids of the batch, first frame id) -> [J sum, F sum, objects, loss]
+        per_clip: dict[tuple[int, ...], list[float]] = {}
         for batch in tqdm(loader, desc="val", disable=not self.ctx.is_main, leave=False):
             batch = batch.to(self.device, non_blocking=True)
             with self._autocast():
                 outputs = self.model(batch)
-                if self.loss_fns:
-                    sums[3] += float(self._loss_fn(batch)(outputs, batch.masks)[CORE_LOSS_KEY])
-            batches += 1
-            scored_frames = range(1, batch.num_frames) if batch.num_frames > 1 else range(batch.num_frames)
-            per_object = torch.zeros(batch.masks.shape[1], 2, dtype=torch.float64)
-            for t in scored_frames:
-                gt = batch.masks[t]
-                pred = outputs[t]["pred_masks_high_res"].float()
-                if pred.shape[-2:] != gt.shape[-2:]:
-                    pred = torch.nn.functional.interpolate(pred, size=gt.shape[-2:], mode="bilinear")
-                pred_np = (pred[:, 0] > 0).cpu().numpy()
-                gt_np = gt.cpu().numpy()
-                for obj in range(gt_np.shape[0]):
-                    j, f = score_binary(gt_np[obj], pred_np[obj])
-                    per_object[obj, 0] += j
-                    per_object[obj, 1] += f
-            per_object /= len(scored_frames)
-            sums[0] += per_object[:, 0].sum()
-            sums[1] += per_object[:, 1].sum()
-            sums[2] += per_object.shape[0]
-        counts = torch.tensor([batches], dtype=torch.float64)
+                loss = (
+                    float(self._loss_fn(batch)(outputs, batch.masks)[CORE_LOSS_KEY]) if self.loss_fns else 0.0
+                )
+            ids = batch.metadata.unique_objects_identifier.cpu()  # [T, O, (video, object, frame)]
+            key = (*sorted({int(v) for v in ids[0, :, 0].tolist()}), int(ids[0, 0, 2]))
+            j_sum, f_sum = _score_clip(batch, outputs, truth)
+            per_clip[key] = [j_sum, f_sum, float(ids.shape[1]), loss]
         if self.ctx.is_distributed:
             import torch.distributed as dist
 
-            packed = torch.cat([sums, counts]).to(self.device)
-            dist.all_reduce(packed)
-            sums, counts = packed[:4].cpu(), packed[4:].cpu()
+            gathered: list[dict | None] = [None] * self.ctx.world_size
+            dist.all_gather_object(gathered, per_clip)
+            per_clip = {k: v for part in gathered for k, v in (part or {}).items()}
         self.model.train()
-        num_objects = max(float(sums[2]), 1.0)
-        j, f = 100 * float(sums[0]) / num_objects, 100 * float(sums[1]) / num_objects
-        metrics = {"J&F": (j + f) / 2, "J": j, "F": f, "loss": float(sums[3]) / max(float(counts[0]), 1.0)}
+        totals = torch.tensor([v for v in per_clip.values()], dtype=torch.float64).reshape(-1, 4).sum(0)
+        num_objects = max(float(totals[2]), 1.0)
+        j, f = 100 * float(totals[0]) / num_objects, 100 * float(totals[1]) / num_objects
+        metrics = {"J&F": (j + f) / 2, "J": j, "F": f, "loss": float(totals[3]) / max(len(per_clip), 1)}
         logger.info(
-            "validation after epoch %d: J&F %.2f, J %.2f, F %.2f, loss %.4f (%d objects)",
+            "validation after epoch %d: J&F %.2f, J %.2f, F %.2f, loss %.4f (%d objects in %d clips)",
             self.epoch,
             metrics["J&F"],
-            j,
-            f,
+            metrics["J"],
+            metrics["F"],
             metrics["loss"],
-            int(sums[2]),
+            int(totals[2]),
+            len(per_clip),
         )
         if self.tb_writer is not None:
             for key, value in metrics.items():
@@ -815,3 +807,75 @@ class Trainer:
         if not math.isfinite(metrics["loss"]):
             logger.warning("validation loss is not finite (%s)", metrics["loss"])
         return metrics
+
+
+class _GroundTruth:
+    """Ground-truth masks of val frames at their original size, read through the val data sets' raw
+    data sets and segment loaders (the transforms resize the batch's masks to the training resolution)."""
+
+    def __init__(self, data: Any) -> None:
+        self._raw: list[Any] = []
+        stack = list(getattr(data, "datasets", [data]))
+        while stack:
+            dataset = stack.pop(0)
+            if hasattr(dataset, "video_dataset"):
+                self._raw.append(dataset.video_dataset)
+            stack.extend(getattr(dataset, "datasets", []))
+            if hasattr(dataset, "dataset"):
+                stack.append(dataset.dataset)
+        self._index: dict[int, tuple[Any, int]] | None = None
+        self._loaded: tuple[int, Any] | None = None
+        self._frame: tuple[tuple[int, int], Any] | None = None
+        self.available = bool(self._raw)
+
+    def _loader(self, video_id: int) -> Any:
+        if self._loaded is not None and self._loaded[0] == video_id:
+            return self._loaded[1]
+        if self._index is None:
+            self._index = {}
+            for raw in self._raw:
+                for idx in range(len(raw)):
+                    self._index.setdefault(int(raw.get_video(idx)[0].video_id), (raw, idx))
+        raw, idx = self._index[video_id]
+        loader = raw.get_video(idx)[1]
+        self._loaded = (video_id, loader)
+        return loader
+
+    def mask(self, video_id: int, frame_id: int, object_id: int, size: tuple[int, int]) -> np.ndarray:
+        """Object `object_id`'s mask on frame `frame_id` of video `video_id` (all False when absent)."""
+        if self._frame is None or self._frame[0] != (video_id, frame_id):
+            loader = self._loader(video_id)
+            self._frame = ((video_id, frame_id), loader.load(frame_id))  # every object of the frame
+        segments = self._frame[1]
+        segment = segments.get(object_id) if segments is not None else None
+        if segment is None:
+            return np.zeros(size, dtype=bool)
+        return segment.cpu().numpy() > 0
+
+
+def _score_clip(batch: Any, outputs: list[dict], truth: _GroundTruth) -> tuple[float, float]:
+    """Sums over the clip's objects of each object's mean J and F over the scored frames (all but the
+    first, the prompted one), at the original resolution when the ground truth can be read there."""
+    from sam2.eval.metrics import score_binary
+
+    ids = batch.metadata.unique_objects_identifier.cpu()
+    sizes = batch.metadata.frame_orig_size.cpu()
+    frames = range(1, batch.num_frames) if batch.num_frames > 1 else range(batch.num_frames)
+    j_sum = f_sum = 0.0
+    for obj in range(ids.shape[1]):
+        j_obj = f_obj = 0.0
+        for t in frames:
+            logits = outputs[t]["pred_masks"][obj : obj + 1].float()
+            if truth.available:
+                video_id, object_id, frame_id = (int(v) for v in ids[t, obj])
+                height, width = (int(v) for v in sizes[t, obj])
+                gt = truth.mask(video_id, frame_id, object_id, (height, width))
+            else:
+                gt = batch.masks[t, obj].cpu().numpy() > 0
+            pred = F.interpolate(logits, size=gt.shape, mode="bilinear", align_corners=False)[0, 0] > 0
+            j, f = score_binary(gt, pred.cpu().numpy())
+            j_obj += j
+            f_obj += f
+        j_sum += j_obj / len(frames)
+        f_sum += f_obj / len(frames)
+    return j_sum, f_sum
