@@ -280,6 +280,14 @@ def test_same_masks_as_official_on_stirred_weights(stirred_checkpoint: Path, ope
     for case, settings in STIRRED_CASES.items():
         _assert_same_records(ours[case], official[case], settings.get("output_mode", "binary_mask"), case)
     _assert_some_masks_come_from_crops(ours["one crop layer, uncompressed RLE"])
+    # The hole/speck removal case has holes and specks to remove (else it compares nothing).
+    case = "m2m single mask, small regions removed, COCO RLE"
+    untouched = _ours(
+        stirred_checkpoint, SMALL_MODEL, {case: {**STIRRED_CASES[case], "min_mask_region_area": 0}}
+    )
+    cleaned = [_as_mask(r["segmentation"], "coco_rle") for r in ours[case]]
+    raw = [_as_mask(r["segmentation"], "coco_rle") for r in untouched[case]]
+    assert len(cleaned) != len(raw) or any((a != b).any() for a, b in zip(cleaned, raw, strict=True))
 
 
 def test_same_masks_as_official_on_a_trained_checkpoint(
