@@ -48,6 +48,9 @@ def _print_local_summary(outputs: dict[str, Any], arguments: dict[str, Any], sec
     print()
     print(f"pipeline finished in {seconds / 60:.1f} min")
     print(f"overall J&F: {outputs['jf']:.2f}")
+    print("scored in this run on the same val videos:")  # promote's one-line comparison, one model a line
+    for line in filter(None, str(outputs.get("comparison", "")).split("; ")):
+        print(f"  {line}")
     print(f"registered: {outputs['model_version']} in {redact_url(os.environ.get('MLFLOW_TRACKING_URI'))}")
     print(
         f"decision: {outputs['decision'].upper()} (model {model_name_for(arguments['dataset_name'])}, "

@@ -269,3 +269,21 @@ def test_service_targets_named_in_the_makefile_and_readme_exist():
     (row,) = [line for line in readme.splitlines() if line.startswith("| `make services-up`")]
     started = row.split("|")[2]
     assert "S3" in started and not re.search(r"(S3 server|starts?)[^|;]*MLflow", started), row
+
+
+def test_the_local_summary_prints_every_model_scored_in_the_run(capsys):
+    from pipelines.run import _print_local_summary
+
+    outputs = {
+        "jf": 9.5,
+        "model_version": "sam2-demo/2",
+        "decision": "challenger",
+        "run_uri": "s3://runs/r2",
+        "comparison": "baseline not scored: training started from random weights; champion J&F   9.50  "
+        "champion sam2-demo v1 (new minus champion: +0.00); new      J&F   9.50  new; decision by rule head-to-head",
+    }
+    _print_local_summary(outputs, {"dataset_name": "demo", "init_checkpoint_uri": ""}, 60.0)
+    out = capsys.readouterr().out
+    assert "\n  baseline not scored: training started from random weights\n" in out
+    assert "\n  champion J&F   9.50  champion sam2-demo v1 (new minus champion: +0.00)\n" in out
+    assert "\n  new      J&F   9.50  new\n" in out and "\n  decision by rule head-to-head\n" in out
