@@ -261,8 +261,8 @@ def test_a_pod_that_cannot_be_scheduled_is_reported_and_fails_at_the_pending_tim
         _launcher(cluster, pending_timeout_s=0.3, cleanup="on-success").launch(_request())
     message = str(err.value)
     assert "2 of 2 pod(s) did not start within 0.3s (pending_timeout)" in message
-    assert f"last scheduler message: {NAME}-worker-0: FailedScheduling: {GPU_MESSAGE}" in message or (
-        f"last scheduler message: {NAME}-master-0: FailedScheduling: {GPU_MESSAGE}" in message
+    assert f"last event: {NAME}-worker-0: FailedScheduling: {GPU_MESSAGE}" in message or (
+        f"last event: {NAME}-master-0: FailedScheduling: {GPU_MESSAGE}" in message
     )
     waits = [r.getMessage() for r in caplog.records if " waits: " in r.getMessage()]
     assert sorted(waits) == sorted(
@@ -286,6 +286,26 @@ def test_pods_that_start_before_the_pending_timeout_are_followed_to_the_end(capl
     caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
     _launcher(cluster, pending_timeout_s=0.2).launch(_request())  # 30 polls of 10 ms after starting
     assert f"pod {NAME}-worker-0: Pending -> Running" in caplog.text
+
+
+def test_pods_the_operator_cannot_create_are_explained_by_the_jobs_events(caplog):
+    """The operator records a Warning on the job when it cannot create a pod (pkg/controller.v1/common
+    pod.go: FailedCreatePod), e.g. when the pods' service account is missing."""
+    from types import SimpleNamespace
+
+    cluster = FakeCluster(running())
+    why = 'Error creating: pods "sam2-train-run-7-master-0" is forbidden: error looking up service account team-a/sam2-training: serviceaccount "sam2-training" not found'
+
+    def refuse(name: str) -> None:
+        job = SimpleNamespace(metadata=SimpleNamespace(name=name, uid=cluster.jobs[name]["metadata"]["uid"]))
+        warning = event(job, "FailedCreatePod", why)
+        warning.involved_object.kind = "PyTorchJob"
+        cluster.events.append(warning)
+
+    cluster.on_create = refuse
+    with pytest.raises(PendingTimeout, match="last event: sam2-train-run-7: FailedCreatePod: Error creating"):
+        _launcher(cluster, pending_timeout_s=0.2).launch(_request())
+    assert f"pytorchjob {NAME} waits: FailedCreatePod: {why}" in caplog.text
 
 
 def test_a_job_kueue_keeps_suspended_says_so_at_the_pending_timeout():

@@ -616,6 +616,8 @@ class PyTorchJobLauncher:
                 "ExitCode)" + self._pod_failures(name) + self._failed_pod_logs(name)
             )
         suspended = _condition(job, "Suspended") or spec.get("runPolicy", {}).get("suspend")
+        if len(pods) < expected and not suspended:
+            self._log_events("PyTorchJob", name, job.get("metadata", {}).get("uid"), state)
         if not waiting and len(pods) >= expected and not suspended:
             state.since, state.last_message = now, ""  # everything started: the clock restarts
             return
@@ -624,7 +626,7 @@ class PyTorchJobLauncher:
             if suspended:
                 why = "the job is suspended: waiting for Kueue to admit it (see `kubectl get workloads`)"
             elif state.last_message:
-                why = f"last scheduler message: {state.last_message}"
+                why = f"last event: {state.last_message}"
             elif len(pods) < expected:
                 why = f"only {len(pods)} of {expected} pods exist: is the training operator running?"
             else:
@@ -636,36 +638,42 @@ class PyTorchJobLauncher:
 
     def _log_pod_events(self, pod: Any, pod_name: str, state: _WatchState) -> None:
         """Log the new events that say why a pending pod does not start; remember the last message."""
-        from kubernetes.client.exceptions import ApiException
-
-        ns = self.settings.namespace
         for status in _attr(pod, "status", "container_statuses", default=[]) or []:
             waiting = _attr(status, "state", "waiting")
             if waiting is not None and waiting.reason not in (None, "ContainerCreating", "PodInitializing"):
                 state.last_message = f"{pod_name}: {waiting.reason}: {waiting.message or ''}".rstrip(": ")
+        self._log_events("Pod", pod_name, _attr(pod, "metadata", "uid"), state)
+
+    def _log_events(self, kind: str, name: str, uid: str | None, state: _WatchState) -> None:
+        """Log the new Warning (or waiting-reason) events of one object; remember the last message. A pod's
+        are the scheduler's and kubelet's; a PyTorchJob's are the operator's (a pod it cannot create, e.g.
+        a missing service account or a quota)."""
+        from kubernetes.client.exceptions import ApiException
+
+        ns = self.settings.namespace
         if state.events_forbidden:
             return
         try:
             events = self._api(
-                f"listing the events of pod {ns}/{pod_name}",
+                f"listing the events of {kind} {ns}/{name}",
                 self.core.list_namespaced_event,
                 ns,
-                field_selector=f"involvedObject.kind=Pod,involvedObject.name={pod_name}",
+                field_selector=f"involvedObject.kind={kind},involvedObject.name={name}",
             ).items
         except ApiException as exc:
             state.events_forbidden = True
             logger.warning(
-                "cannot read the events of pod %s (%s): scheduling problems will not be shown; grant list "
+                "cannot read the events of %s %s (%s): scheduling problems will not be shown; grant list "
                 "on events (k8s/serviceaccount.yaml)",
-                pod_name,
+                kind,
+                name,
                 _describe(exc),
             )
             return
-        uid = _attr(pod, "metadata", "uid")
         for event in events:
             involved = _attr(event, "involved_object", "uid")
             if uid is not None and involved is not None and involved != uid:
-                continue  # an event of an earlier pod of this name
+                continue  # an event of an earlier object of this name
             reason = _attr(event, "reason", default="")
             if reason not in WAITING_REASONS and _attr(event, "type") != "Warning":
                 continue
@@ -674,10 +682,10 @@ class PyTorchJobLauncher:
                 int(_attr(event, "count", default=1)),
             )
             message = _attr(event, "message", default="")
-            state.last_message = f"{pod_name}: {reason}: {message}"
+            state.last_message = f"{name}: {reason}: {message}"
             if key not in state.events:
                 state.events.add(key)
-                logger.warning("pod %s waits: %s: %s", pod_name, reason, message)
+                logger.warning("%s %s waits: %s: %s", kind.lower(), name, reason, message)
 
     def _pod_failures(self, name: str) -> str:
         """Why the job's containers stopped or cannot start, one line per pod ('' when nothing is known)."""
