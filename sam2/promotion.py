@@ -8,6 +8,7 @@ the registry's lock (sam2.registry). The run is tagged with the decision afterwa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -104,11 +105,13 @@ def run_record_inputs(
 def resolved_training_config(training_config: str, overrides: str) -> dict[str, Any]:
     """The training config composed with the run's overrides: {"yaml": text, "container": nested dict}.
 
-    Returns {} with a warning when it cannot be composed here (e.g. a config name this image lacks).
+    The node-local settings the training node adds (data set paths, log folder) are not in it; secret-
+    looking values are masked. Returns {} with a warning when it cannot be composed here (e.g. a config name this image lacks).
     """
     from omegaconf import OmegaConf
 
     from sam2.training.train import compose_training_config
+    from sam2.utils.redaction import mask_secrets
 
     try:
         cfg = compose_training_config(training_config, overrides.split())
@@ -118,8 +121,6 @@ def resolved_training_config(training_config: str, overrides: str) -> dict[str, 
             "could not compose %s with %r for the MLflow params: %s", training_config, overrides, exc
         )
         return {}
-    from sam2.utils.redaction import mask_secrets
-
     container = mask_secrets(container)
     return {"yaml": OmegaConf.to_yaml(OmegaConf.create(container)), "container": container}
 
@@ -164,8 +165,6 @@ def promote_pipeline_run(
             artifacts["report"] = report_dir
         if metrics_json is not None:
             artifacts["metrics.json"] = metrics_json
-        import json
-
         (work / "comparison.json").write_text(json.dumps(comparison, indent=1))
         artifacts["comparison.json"] = work / "comparison.json"
         bucket = parse_s3_uri(run_uri).bucket
