@@ -18,6 +18,7 @@ import importlib
 import inspect
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from sam2_oracle import require_oracle, run_oracle
@@ -225,3 +226,93 @@ def test_the_comparison_sees_a_missing_parameter_and_default(official_api: dict)
     init = predictor["sam2.sam2_image_predictor"]["SAM2ImagePredictor"]["members"]["__init__"][1]
     assert ["kwargs", "VAR_KEYWORD", None] in init
     assert api_gaps(predictor) == []
+
+
+# ---- exception types ---------------------------------------------------------------------------------
+
+# The same failing calls, run against the official package (in the oracle subprocess) and ours. `inputs`
+# holds a folder with two frames, an empty folder and a checkpoint that fits no model.
+_FAILING_CALLS = r"""
+import numpy as np
+import torch
+from sam2.build_sam import build_sam2, build_sam2_hf, build_sam2_video_predictor
+from sam2.sam2_image_predictor import SAM2ImagePredictor
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+from sam2.utils.misc import load_video_frames
+
+torch.manual_seed(0)
+small = ["++model.image_size=256"]
+image_model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu", hydra_overrides_extra=small)
+video_model = build_sam2_video_predictor(
+    "configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu", hydra_overrides_extra=small
+)
+state = video_model.init_state(inputs["frames"])
+calls = {
+    "predict before set_image": lambda: SAM2ImagePredictor(image_model).predict(),
+    "get_image_embedding before set_image": lambda: SAM2ImagePredictor(image_model).get_image_embedding(),
+    "propagate_in_video without prompts": lambda: next(iter(video_model.propagate_in_video(state))),
+    "remove_object(strict=True) of an unknown id": lambda: video_model.remove_object(state, 42, strict=True),
+    "load_video_frames of an empty folder": lambda: load_video_frames(inputs["empty"], 256, True),
+    "build_sam2 with a checkpoint that does not fit": lambda: build_sam2(
+        "configs/sam2.1/sam2.1_hiera_t.yaml", inputs["bad_ckpt"], device="cpu"
+    ),
+    "build_sam2 with a missing checkpoint": lambda: build_sam2(
+        "configs/sam2.1/sam2.1_hiera_t.yaml", inputs["missing_ckpt"], device="cpu"
+    ),
+    "build_sam2_hf of an unknown id": lambda: build_sam2_hf("facebook/sam3-hiera-huge"),
+    "generator with neither points_per_side nor point_grids": lambda: SAM2AutomaticMaskGenerator(
+        image_model, points_per_side=None
+    ),
+    "generator with an unknown output_mode": lambda: SAM2AutomaticMaskGenerator(image_model, output_mode="png"),
+}
+raised = {}
+for name, call in calls.items():
+    try:
+        call()
+        raised[name] = None
+    except Exception as err:  # the point: which type each call raises
+        raised[name] = err
+outputs["raised"] = {name: None if err is None else type(err).__name__ for name, err in raised.items()}
+if inputs.get("keep_errors"):
+    outputs["errors"] = raised
+"""
+
+# Where we raise another type than the official package, on purpose.
+EXCEPTION_DEVIATIONS = {
+    "generator with neither points_per_side nor point_grids": (
+        "ValueError naming both settings; the official check is an assert, which `python -O` removes"
+    ),
+    "generator with an unknown output_mode": "ValueError listing the modes; officially an assert, as above",
+}
+
+
+def test_failing_calls_raise_the_official_exception_types(tmp_path) -> None:
+    from PIL import Image
+
+    require_oracle()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for idx in range(2):
+        Image.fromarray(np.full((32, 48, 3), 60 * idx, np.uint8)).save(frames / f"{idx:05d}.jpg")
+    (tmp_path / "empty").mkdir()
+    torch.save({"model": {"not_a_parameter": torch.zeros(1)}}, tmp_path / "bad.pt")
+    inputs = {
+        "frames": str(frames),
+        "empty": str(tmp_path / "empty"),
+        "bad_ckpt": str(tmp_path / "bad.pt"),
+        "missing_ckpt": str(tmp_path / "missing.pt"),
+    }
+    official = run_oracle(_FAILING_CALLS, inputs)["raised"]
+    ours: dict[str, Any] = {}
+    exec(_FAILING_CALLS, {"inputs": {**inputs, "keep_errors": True}, "outputs": ours})
+    mismatched = []
+    for name, official_type in official.items():
+        assert official_type is not None, f"{name}: the official package raised nothing; fix the case"
+        error = ours["errors"][name]
+        official_classes = [cls for cls in type(error).__mro__ if cls.__name__ == official_type]
+        if not official_classes and name not in EXCEPTION_DEVIATIONS:
+            mismatched.append(f"{name}: ours {type(error).__name__}, officially {official_type}")
+        elif official_classes and name in EXCEPTION_DEVIATIONS:
+            mismatched.append(f"{name}: listed as a deviation but raises the official {official_type}")
+    assert not mismatched, "\n".join(mismatched)
+    assert set(official) == set(ours["errors"])

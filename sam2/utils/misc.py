@@ -213,11 +213,16 @@ def _normalised(
     return frames
 
 
+class EmptyVideoFolderError(RuntimeError, ValueError):
+    """A video folder without JPEG frames: a RuntimeError as the official loader raises, and a ValueError
+    (bad input) as this package raised before."""
+
+
 def list_jpeg_frames(video_dir: str | os.PathLike) -> list[str]:
     """Paths of the JPEG frames in `video_dir`, ordered by the integer in their names (00000.jpg, 1.jpg...).
 
-    Raises FileNotFoundError for a missing folder, ValueError for an empty one or for names that are not
-    integers.
+    Raises FileNotFoundError for a missing folder, EmptyVideoFolderError for an empty one, ValueError for
+    names that are not integers.
     """
     folder = Path(video_dir)
     if not folder.exists():
@@ -229,7 +234,7 @@ def list_jpeg_frames(video_dir: str | os.PathLike) -> list[str]:
         )
     names = [p.name for p in folder.iterdir() if p.suffix in JPEG_SUFFIXES]
     if not names:
-        raise ValueError(f"no JPEG frames (*.jpg, *.jpeg) found in video folder {folder}")
+        raise EmptyVideoFolderError(f"no JPEG frames (*.jpg, *.jpeg) found in video folder {folder}")
     bad = [n for n in names if not os.path.splitext(n)[0].isdigit()]
     if bad:
         shown = ", ".join(sorted(bad)[:5])
