@@ -192,7 +192,7 @@ def test_lora_run_changes_only_adapters_and_merged_checkpoint_matches(tmp_path, 
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
 
 
-def test_lora_cli_resumes_from_adapter_checkpoint_bit_identically(tmp_path, base_checkpoint):
+def test_lora_cli_resumes_from_adapter_checkpoint_bit_identically(tmp_path, base_checkpoint, capsys):
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
     overrides = _overrides(
         tmp_path, base_checkpoint, full_dir, num_epochs=2, extra=["trainer.checkpoint.save_freq=1"]
@@ -214,6 +214,16 @@ def test_lora_cli_resumes_from_adapter_checkpoint_bit_identically(tmp_path, base
         "model"
     ]
     assert all(torch.equal(merged_full[k], merged_resumed[k]) for k in merged_full)
+
+    # Adapters resumed onto other base weights would compute something else: refused, naming the setting.
+    other_base = tmp_path / "other_base.pt"
+    state = torch.load(base_checkpoint, weights_only=True)
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, other_base)
+    swapped = [o for o in resumed_overrides if "checkpoint_path=" not in o]
+    swapped += [f"trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path={other_base}"]
+    assert main([*argv[:6], *swapped, f"launcher.experiment_log_dir={resumed_dir}"]) == 1
+    assert "trained on other base weights" in capsys.readouterr().err
 
 
 def test_adapter_checkpoint_of_other_settings_is_a_clear_error(tmp_path, base_checkpoint):

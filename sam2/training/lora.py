@@ -18,6 +18,7 @@ What is written:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -157,6 +158,28 @@ def trainable_parameter_count(model: nn.Module) -> int:
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors alone (detached references, names as in `model.state_dict()`)."""
     return {name: value for name, value in model.state_dict().items() if is_adapter_key(name)}
+
+
+def base_weights_checksum(model: nn.Module) -> float:
+    """The float64 sum of every non-adapter tensor: tells which frozen base a set of adapters was
+    trained on."""
+    return sum(
+        float(v.detach().double().sum()) for k, v in model.state_dict().items() if not is_adapter_key(k)
+    )
+
+
+def check_same_base(saved: Mapping[str, Any] | None, current: float, source: str) -> None:
+    """Raise ValueError when a LoRA checkpoint's recorded base checksum is not the current base's:
+    adapters on other base weights compute something else (the initial checkpoint was changed)."""
+    recorded = (saved or {}).get("base_checksum")
+    # A tolerance, not equality: a float64 reduction may round differently with another thread count.
+    if recorded is not None and not math.isclose(float(recorded), current, rel_tol=1e-9, abs_tol=1e-6):
+        raise ValueError(
+            f"the LoRA adapters in {source} were trained on other base weights than the initial checkpoint "
+            "gives now (trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path; base "
+            f"checksum {float(recorded)!r} vs {current!r}): resume with the initial checkpoint the run "
+            "started from, or start a new run in another launcher.experiment_log_dir"
+        )
 
 
 def load_adapter_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "") -> None:

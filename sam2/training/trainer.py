@@ -41,6 +41,8 @@ from sam2.training.lora import (
     LoRASettings,
     adapter_state_dict,
     add_lora_adapters,
+    base_weights_checksum,
+    check_same_base,
     load_adapter_state_dict,
     merged_state_dict,
 )
@@ -282,6 +284,7 @@ class Trainer:
         if self.lora is not None:
             self._initialize_weights()
             add_lora_adapters(self.model, self.lora)
+            self.lora_base_checksum = base_weights_checksum(self.model)
 
         self.train_data = instantiate(data.train, _convert_="all") if data.get("train") is not None else None
         # Validation data is only built where it is used (train_only never touches the val list).
@@ -411,6 +414,7 @@ class Trainer:
         if point is None or state is None:
             return False
         if self.lora is not None:
+            check_same_base(state.get("lora"), self.lora_base_checksum, point.source)
             load_adapter_state_dict(self.model, state["model"], source=point.source)
         else:
             if self.initialize_after_preemption:
@@ -496,7 +500,9 @@ class Trainer:
         return point, state
 
     def _checkpoint_state(self) -> dict[str, Any]:
-        extra = {} if self.lora is None else {"lora": self.lora.to_dict()}
+        extra = {}
+        if self.lora is not None:
+            extra["lora"] = self.lora.to_dict() | {"base_checksum": self.lora_base_checksum}
         return {
             **extra,
             "model": self._saved_model_state(),
