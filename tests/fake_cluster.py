@@ -108,6 +108,7 @@ class FakeCluster:
         self.patches: list[dict] = []
         self.on_create: Any = None  # called with the job's name once it is stored (the operator's pods)
         self.script: list[Any] = []  # one action (or None) run before each job read, in order
+        self.before_delete: Any = None  # called before a job is deleted
 
     # -- scripted failures ---------------------------------------------------------------------------
     def _maybe_fail(self, verb: str) -> None:
@@ -155,6 +156,8 @@ class FakeCluster:
 
     def delete_namespaced_custom_object(self, group, version, ns, plural, name, propagation_policy=None):
         self._maybe_fail("delete")
+        if self.before_delete is not None:
+            self.before_delete()
         with self.lock:
             if name not in self.jobs:
                 raise api_error(404, "NotFound")

@@ -118,6 +118,22 @@ def test_sigterm_deletes_the_job_and_fails_the_step():
     assert signal.getsignal(signal.SIGTERM) is before, "the previous handler is restored"
 
 
+def test_a_second_sigterm_does_not_cut_the_cleanup_short(caplog):
+    """The kubelet may signal again; the job must still be deleted."""
+    cluster = FakeCluster(running())
+    cluster.on_create = cluster.add_pods
+    cluster.before_delete = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with pytest.raises(TrainingFailed, match="got SIGTERM"):
+            _launcher(cluster).launch(_request())
+    finally:
+        timer.cancel()
+    assert cluster.deleted == [(NAME, "Background")]
+    assert "got SIGTERM while cleaning up; finishing the cleanup first" in caplog.text
+
+
 def test_the_steps_timeout_deletes_the_job_and_sets_active_deadline_seconds():
     cluster = FakeCluster(running())
     cluster.on_create = cluster.add_pods

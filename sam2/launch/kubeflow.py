@@ -168,6 +168,10 @@ class _WatchState:
     events_forbidden: bool = False
 
 
+def _log_repeated_signal(signum: int, _frame: Any) -> None:
+    logger.warning("got %s while cleaning up; finishing the cleanup first", signal.Signals(signum).name)
+
+
 def _attr(obj: Any, *path: str, default: Any = None) -> Any:
     for name in path:
         obj = getattr(obj, name, None)
@@ -488,6 +492,9 @@ class PyTorchJobLauncher:
                 force_delete = self.settings.cleanup != "never"
                 raise
             finally:
+                if previous is not None:  # a second SIGTERM must not cut the cleanup short
+                    for signum in previous:
+                        signal.signal(signum, _log_repeated_signal)
                 job_over.set()
                 if log_thread is not None:
                     log_thread.join(5.0 if force_delete else LOG_DRAIN_S)
