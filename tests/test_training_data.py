@@ -334,7 +334,12 @@ def test_object_emptied_by_the_resize_is_dropped_in_training(tmp_path, caplog, f
 
     caplog.set_level(logging.DEBUG, logger="sam2.training.dataset.vos_dataset")
     random.seed(0)
-    dataset = VOSDataset(resize_to_64(), True, raw, sampler, 1)
+    # Upstream's default keeps the emptied object (with its empty first-frame mask).
+    kept = VOSDataset(resize_to_64(), True, raw, sampler, 1)[0]
+    first = {obj.object_id: obj for obj in kept.frames[0].objects}
+    assert sorted(first) == [1, 2] and not first[2].segment.any() and first[1].segment.any()
+    random.seed(0)
+    dataset = VOSDataset(resize_to_64(), True, raw, sampler, 1, drop_objects_emptied_on_first_frame=True)
     datapoints = [dataset[0] for _ in range(3)]
     for datapoint in datapoints:
         assert [[obj.object_id for obj in frame.objects] for frame in datapoint.frames] == [[1]] * 3
@@ -354,7 +359,8 @@ def test_object_emptied_by_the_resize_is_dropped_in_training(tmp_path, caplog, f
 def test_clip_whose_every_object_vanishes_is_replaced_by_another_video(tmp_path, caplog):
     img_root, gt_root = make_videos_with_a_one_pixel_object(tmp_path, {"dust": False, "kite": True})
     raw = PNGRawDataset(str(img_root), str(gt_root))
-    dataset = VOSDataset(resize_to_64(), True, raw, RandomUniformSampler(num_frames=3, max_num_objects=2), 1)
+    sampler = RandomUniformSampler(num_frames=3, max_num_objects=2)
+    dataset = VOSDataset(resize_to_64(), True, raw, sampler, 1, drop_objects_emptied_on_first_frame=True)
     caplog.set_level(logging.DEBUG, logger="sam2.training.dataset.vos_dataset")
     random.seed(0)
     datapoint = dataset[raw.video_names.index("dust")]
@@ -363,14 +369,22 @@ def test_clip_whose_every_object_vanishes_is_replaced_by_another_video(tmp_path,
 
     (tmp_path / "dust.txt").write_text("dust\n")
     only_dust = PNGRawDataset(str(img_root), str(gt_root), file_list_txt=str(tmp_path / "dust.txt"))
-    dataset = VOSDataset(resize_to_64(), True, only_dust, RandomUniformSampler(3, max_num_objects=2), 1)
+    dataset = VOSDataset(
+        resize_to_64(),
+        True,
+        only_dust,
+        RandomUniformSampler(3, max_num_objects=2),
+        1,
+        drop_objects_emptied_on_first_frame=True,
+    )
     with pytest.raises(SamplingError, match=r"before and after the transforms .*'dust'"):
         dataset[0]
 
 
 def test_training_with_clicks_goes_on_past_objects_emptied_by_the_resize(tmp_path, fresh_vanish_warning):
     """Every batch click-prompted and every clip holding a 1-pixel object that the resize to 64 px
-    empties: SAM2Train raised "empty ground-truth mask" on the first batch and the run stopped."""
+    empties: SAM2Train raised "empty ground-truth mask" on the first batch and the run stopped. Now, as
+    upstream, the emptied object stays and gets a background click."""
     from training_loop_support import NO_DROPOUT_OVERRIDES, TRAIN_CONFIG, training_overrides
 
     from sam2.training.train import main
@@ -387,7 +401,7 @@ def test_training_with_clicks_goes_on_past_objects_emptied_by_the_resize(tmp_pat
         torch.set_num_threads(threads)
     assert torch.load(log_dir / "checkpoints" / "checkpoint.pt", weights_only=True)["steps"] == 4
     log_text = (log_dir / "logs" / "log_rank0.txt").read_text()
-    assert "object 2 vanished from the clip's first frame" in log_text
+    assert "vanished" not in log_text  # kept, not dropped (drop_objects_emptied_on_first_frame is off)
 
 
 @pytest.mark.gpu

@@ -182,15 +182,34 @@ def _batch(masks: torch.Tensor) -> BatchedVideoDatapoint:
     )
 
 
-def test_empty_ground_truth_on_a_clicked_frame_is_named():
-    model = _micro_model(["model.prob_to_use_pt_input_for_train=1.0"]).train()
+def test_empty_ground_truth_on_a_clicked_frame_is_named_when_required():
+    """model.require_objects_on_first_frame=true (ours) names the object; upstream's default clicks on
+    the background instead and trains on."""
     masks = torch.zeros(NUM_FRAMES, 2, RESOLUTION, RESOLUTION, dtype=torch.bool)
     masks[:, 0, 5:30, 5:25] = True
     masks[1:, 1, 35:50, 30:60] = True  # object 2 is absent from the first frame
+    strict = _micro_model(
+        ["model.prob_to_use_pt_input_for_train=1.0", "+model.require_objects_on_first_frame=true"]
+    )
     with pytest.raises(
         ValueError, match=r"empty ground-truth mask on a correction frame: video_id 7, object 2, frame 0"
     ):
-        model(_batch(masks))
+        strict.train()(_batch(masks))
+    upstream = _micro_model(["model.prob_to_use_pt_input_for_train=1.0"]).train()
+    plan = upstream.prepare_prompt_inputs(_batch(masks))
+    labels = plan.point_inputs_per_frame[0]["point_labels"]
+    assert labels[1, 0] == 0  # a negative click for the absent object, as upstream's get_next_point gives
+    outputs = upstream(_batch(masks))
+    assert all(torch.isfinite(o["pred_masks_high_res"]).all() for o in outputs)
+
+    # A box drawn for that batch: upstream boxes the empty mask too; box_absent_objects_as_clicks clicks.
+    boxes = ["model.prob_to_use_pt_input_for_train=1.0", "model.prob_to_use_box_input_for_train=1.0"]
+    boxed = _micro_model(boxes).train().prepare_prompt_inputs(_batch(masks))
+    assert boxed.point_inputs_per_frame[0]["point_labels"].tolist() == [[2, 3], [2, 3]]
+    clicked = _micro_model([*boxes, "+model.box_absent_objects_as_clicks=true"]).train()
+    assert (
+        clicked.prepare_prompt_inputs(_batch(masks)).point_inputs_per_frame[0]["point_labels"].shape[1] == 1
+    )
 
 
 def test_image_batch_is_prompted_with_clicks_and_corrected():

@@ -37,15 +37,16 @@ class VOSDataset(Dataset):
         annotated on its first frame only); other frames get empty masks.
     Data errors (short clips, non-.jpg frames, missing masks) raise DatasetError naming the video.
 
-    Objects emptied by the transforms (training only). The sampler picks objects visible in the clip's
-    first frame, the frame every initial prompt (mask, click or box) is given on. The transforms can still
-    wipe a tiny object out there: a 1-pixel object of a 1920x1080 frame is gone after the resize to 1024,
-    the mosaic shrinks masks by the grid size. Such an object is dropped from the whole clip, since
-    - a click or box cannot be simulated on an empty mask, and a long run must not stop there (SAM2Train
-      raises for an empty first-frame object, which then really is bad input, not bad luck);
-    - upstream keeps it and clicks on the background instead (or prompts with the empty mask), which
-      teaches "nothing to track here" for an object that the later frames' ground truth may still show,
-      a contradictory target that dropping avoids;
+    drop_objects_emptied_on_first_frame (training only; off by default, as upstream keeps such objects
+    and prompts them with the empty mask, a background click or the empty mask's box). The sampler picks
+    objects visible in the clip's first frame, the frame every initial prompt (mask, click or box) is given
+    on. The transforms can still wipe a tiny object out there: a 1-pixel object of a 1920x1080 frame is
+    gone after the resize to 1024, the mosaic shrinks masks by the grid size. With the option such an
+    object is dropped from the whole clip, since
+    - a click or box cannot be simulated on an empty mask (SAM2Train's require_objects_on_first_frame
+      then raises, which is meant for really bad input, not bad luck);
+    - keeping it teaches "nothing to track here" for an object that the later frames' ground truth may
+      still show, a contradictory target that dropping avoids;
     - it restores the sampler's promise (visible in the first frame) after the transforms, for mask and
       click batches alike.
     Each drop is logged naming video, object and frame: as a warning the first time in a process (the
@@ -64,6 +65,7 @@ class VOSDataset(Dataset):
         multiplier: float,
         always_target: bool = True,
         target_segments_available: bool = True,
+        drop_objects_emptied_on_first_frame: bool = False,
     ):
         self._transforms = list(transforms) if isinstance(transforms, Sequence) else [transforms]
         self.training = training
@@ -71,6 +73,7 @@ class VOSDataset(Dataset):
         self.sampler = sampler
         self.always_target = always_target
         self.target_segments_available = target_segments_available
+        self.drop_objects_emptied_on_first_frame = drop_objects_emptied_on_first_frame
         if len(video_dataset) == 0:
             raise DatasetError(f"{type(video_dataset).__name__} lists no videos")
         self.repeat_factors = torch.full((len(video_dataset),), float(multiplier), dtype=torch.float32)
@@ -120,7 +123,11 @@ class VOSDataset(Dataset):
             datapoint = self.construct(video, sampled, segment_loader)
             for transform in self._transforms:
                 datapoint = transform(datapoint, epoch=self.curr_epoch)
-            if not self.training or drop_objects_emptied_on_first_frame(datapoint, video.video_name):
+            if (
+                not self.training
+                or not self.drop_objects_emptied_on_first_frame
+                or drop_objects_emptied_on_first_frame(datapoint, video.video_name)
+            ):
                 return datapoint
             failures.append(video.video_name)
             _log_vanished(

@@ -89,6 +89,11 @@ class SAM2Train(SAM2Base):
       autograd), a memory saver for fine-tuning on one GPU.
     - activation_checkpointing: recompute Hiera blocks and memory-attention layers in backward.
     - prompt_seed: seed of the prompt-drawing generator (reseeded by the trainer every epoch).
+    - box_absent_objects_as_clicks: a box drawn for a batch where some object is absent on that frame
+      becomes clicks (ours); False, as upstream: the box of the empty mask (inverted corners) is given.
+    - require_objects_on_first_frame: clicking on the clip's first frame an object that is absent there
+      is a ValueError naming it (ours, to find bad annotations); False, as upstream: it gets a negative
+      click from the background.
     Image-only batches (one frame) are always prompted with clicks or a box on that frame.
     """
 
@@ -118,6 +123,8 @@ class SAM2Train(SAM2Base):
         freeze_image_encoder: bool = False,
         activation_checkpointing: bool = False,
         prompt_seed: int = 42,
+        box_absent_objects_as_clicks: bool = False,
+        require_objects_on_first_frame: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(image_encoder, memory_attention, memory_encoder, **kwargs)
@@ -160,6 +167,8 @@ class SAM2Train(SAM2Base):
         self.freeze_image_encoder = freeze_image_encoder
         self.rng = np.random.default_rng(seed=prompt_seed)
         self._warned_all_frames_prompted = False
+        self.box_absent_objects_as_clicks = box_absent_objects_as_clicks
+        self.require_objects_on_first_frame = require_objects_on_first_frame
 
         if freeze_image_encoder:
             for param in self.image_encoder.parameters():
@@ -285,12 +294,15 @@ class SAM2Train(SAM2Base):
             if not use_pt_input:
                 plan.mask_inputs_per_frame[t] = gt
                 continue
-            self._check_objects_present(input, t, is_first=t == start_frame_idx)
+            if self.require_objects_on_first_frame:
+                self._check_objects_present(input, t, is_first=t == start_frame_idx)
             use_box = self.rng.random() < settings.prob_to_use_box_input
-            if use_box and bool(gt.flatten(1).any(dim=1).all()):
+            all_present = bool(gt.flatten(1).any(dim=1).all())
+            if use_box and (all_present or not self.box_absent_objects_as_clicks):
                 points, labels = sample_box_points(gt)
             else:
-                # A box around an absent object has no meaning; an (often negative) click stands in.
+                # box_absent_objects_as_clicks: a box around an absent object has no meaning; an (often
+                # negative) click stands in.
                 points, labels = get_next_point(gt, None, method=settings.point_sampling)
             plan.point_inputs_per_frame[t] = {"point_coords": points, "point_labels": labels}
 
