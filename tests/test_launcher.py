@@ -262,6 +262,9 @@ class _FakeCluster:
     def list_namespaced_pod(self, ns, label_selector=""):
         return SimpleNamespace(items=self.pods)
 
+    def list_namespaced_event(self, ns, field_selector=""):
+        return SimpleNamespace(items=[])  # a namespace without events (tests/fake_cluster.py has them)
+
 
 def _done(kind: str, reason: str = "", message: str = "") -> dict:
     return {
