@@ -63,15 +63,16 @@ def pod(
         terminated = SimpleNamespace(exit_code=exit_code, reason=reason or "Error", message=None)
     running = SimpleNamespace() if phase == "Running" and terminated is None else None
     waiting_state = SimpleNamespace(reason=waiting, message=None) if waiting else None
-    status = SimpleNamespace(
+    status = SimpleNamespace(  # the fields the API server always sends (V1ContainerStatus's required ones)
         name="pytorch",
+        image="registry.example/sam2:1",
+        image_id="registry.example/sam2@sha256:0",
+        ready=phase == "Running" and exit_code is None,
         restart_count=0,
         state=SimpleNamespace(running=running, terminated=terminated, waiting=waiting_state),
     )
     return SimpleNamespace(
-        metadata=SimpleNamespace(
-            name=name, uid=uid or f"uid-{next(_uids)}", labels={JOB_NAME_LABEL: job}, creation_timestamp=""
-        ),
+        metadata=SimpleNamespace(name=name, uid=uid or f"uid-{next(_uids)}", labels={JOB_NAME_LABEL: job}),
         status=SimpleNamespace(phase=phase, container_statuses=[] if phase == "Pending" else [status]),
     )
 
@@ -264,3 +265,150 @@ def done(kind: str, reason: str = "", message: str = "") -> dict:
             {"type": kind, "status": "True", "reason": reason, "message": message},
         ]
     }
+
+
+# -- the same cluster behind HTTP, for the real `kubernetes` client ------------------------------------------
+
+
+def _to_json(obj: Any) -> Any:
+    """A SimpleNamespace tree as the API server's JSON (camelCase keys, as the OpenAPI models name them)."""
+    if isinstance(obj, SimpleNamespace):
+        out = {}
+        for key, value in vars(obj).items():
+            if value is None:
+                continue
+            head, *rest = key.split("_")
+            name = head + "".join(part.title() for part in rest)
+            out[name.replace("Id", "ID") if name.endswith("Id") else name] = _to_json(value)  # imageID
+        return out
+    if isinstance(obj, list):
+        return [_to_json(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_json(v) for k, v in obj.items()}
+    return obj
+
+
+def serve(cluster: FakeCluster):
+    """Start an HTTP server on 127.0.0.1 answering the paths the launcher calls (the Kubernetes REST API:
+    /apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs[/{name}], /api/v1/namespaces/{ns}/pods,
+    .../pods/{name}/log, .../events) from `cluster`; errors as `Status` objects with their code. Returns
+    (server, kubernetes.client.ApiClient); call server.shutdown() when done."""
+    import json
+    import re
+    import socket
+    import struct
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlparse
+
+    from kubernetes import client
+
+    jobs = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
+    core = re.compile(r"^/api/v1/namespaces/([^/]+)/(pods|events)(?:/([^/]+)/log)?$")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _reply(self, status: int, body: Any, content_type: str = "application/json", headers=None):
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> Any:
+            length = int(self.headers.get("Content-Length") or 0)
+            return json.loads(self.rfile.read(length)) if length else {}
+
+        def _handle(self, method: str) -> None:
+            url = urlparse(self.path)
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            try:
+                body = self._body() if method in ("POST", "PATCH", "DELETE") else None
+                if match := jobs.match(url.path):
+                    ns, name = match.groups()
+                    args = ("kubeflow.org", "v1", ns, "pytorchjobs")
+                    if method == "POST":
+                        return self._reply(201, cluster.create_namespaced_custom_object(*args, body))
+                    if method == "GET":
+                        return self._reply(200, cluster.get_namespaced_custom_object(*args, name))
+                    if method == "PATCH":
+                        assert self.headers["Content-Type"] == "application/merge-patch+json"
+                        return self._reply(200, cluster.patch_namespaced_custom_object(*args, name, body))
+                    if method == "DELETE":
+                        policy = (body or {}).get("propagationPolicy") or query.get("propagationPolicy")
+                        cluster.delete_namespaced_custom_object(*args, name, propagation_policy=policy)
+                        return self._reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+                if (match := core.match(url.path)) and method == "GET":
+                    ns, kind, pod_name = match.groups()
+                    if pod_name:
+                        text = cluster.read_namespaced_pod_log(
+                            pod_name,
+                            ns,
+                            container=query.get("container"),
+                            tail_lines=int(query.get("tailLines", 0)) or None,
+                        )
+                        return self._reply(200, text, "text/plain")
+                    if kind == "pods":
+                        items = cluster.list_namespaced_pod(
+                            ns, label_selector=query.get("labelSelector", "")
+                        ).items
+                        return self._reply(
+                            200,
+                            {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": _to_json(items)},
+                        )
+                    items = cluster.list_namespaced_event(
+                        ns, field_selector=query.get("fieldSelector", "")
+                    ).items
+                    return self._reply(
+                        200,
+                        {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": _to_json(items)},
+                    )
+                return self._reply(
+                    404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
+                )
+            except ApiException as exc:
+                status = {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": exc.reason,
+                    "code": exc.status,
+                }
+                return self._reply(exc.status, status, headers=getattr(exc, "headers", None))
+            except Exception as exc:  # noqa: BLE001 - a scripted dropped connection
+                from urllib3.exceptions import ProtocolError
+
+                if not isinstance(exc, ProtocolError):
+                    raise
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+                self.close_connection = True
+
+        def do_GET(self):
+            self._handle("GET")
+
+        def do_POST(self):
+            self._handle("POST")
+
+        def do_PATCH(self):
+            self._handle("PATCH")
+
+        def do_DELETE(self):
+            self._handle("DELETE")
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address):
+            pass  # a connection closed on purpose
+
+    server = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+    return server, client.ApiClient(config)

@@ -494,3 +494,63 @@ def test_the_compiled_pipeline_gives_train_its_pod_identity_and_places_infer_on_
     params = pipeline["root"]["inputDefinitions"]["parameters"]
     assert params["scheduler"]["defaultValue"] == "none", "gang scheduling is off by default"
     assert params["pending_timeout_minutes"]["defaultValue"] == 30
+
+
+# -- the same scenarios through the real kubernetes client, over HTTP --------------------------------------
+
+
+def _http_launcher(cluster: FakeCluster, api_client=None, **kw):
+    """A launcher whose clients talk HTTP to `cluster` (a new server unless `api_client` is one's)."""
+    from fake_cluster import serve
+    from kubernetes import client
+
+    server = None
+    if api_client is None:
+        server, api_client = serve(cluster)
+    settings = dict(namespace="team-a", image="i:1", poll_s=0.01, stream_logs=False, cleanup="never")
+    launcher = PyTorchJobLauncher(
+        ClusterSettings(**(settings | kw)),
+        custom_api=client.CustomObjectsApi(api_client),
+        core_api=client.CoreV1Api(api_client),
+    )
+    return server, launcher
+
+
+def test_over_http_a_workers_config_error_reaches_the_step_with_its_log_tail():
+    """The client's own models: V1PodList, container states, tailLines, merge-patched owners, 5xx, resets."""
+    cluster = FakeCluster(running())
+    cluster.on_create = cluster.add_pods
+    cluster.fail_next["list_pods"] = [api_error(503, "ServiceUnavailable"), connection_reset()]
+    log = "".join(f"line {i}\n" for i in range(100)) + "ValueError: scratch.num_frames must be >= 1\n"
+    cluster.script = [None, None, lambda: cluster.exit_pod(f"{NAME}-worker-0", 2, log=log)]
+    server, launcher = _http_launcher(cluster)
+    try:
+        with pytest.raises(TrainingFailed) as err:
+            launcher.launch(_request())
+    finally:
+        server.shutdown()
+    message = str(err.value)
+    assert f"{NAME}-worker-0: Error (exit 2)" in message
+    assert "ValueError: scratch.num_frames must be >= 1" in message
+    assert "line 61\n" in message and "line 60\n" not in message
+
+
+def test_over_http_pending_pods_show_the_schedulers_events_and_a_retry_adopts_the_job(caplog):
+    cluster = FakeCluster(running())
+    cluster.on_create = _pending_with_events(cluster)
+    cluster.owner_pods = {"uid-a": "step-a", "uid-b": "step-b"}
+    server, launcher = _http_launcher(cluster, pending_timeout_s=0.3, owner_pod=("team-a", "step-a", "uid-a"))
+    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    try:
+        with pytest.raises(PendingTimeout, match="Insufficient nvidia.com/gpu"):
+            launcher.launch(_request())
+        assert cluster.deleted == [], "cleanup=never keeps it"
+        cluster.status = done("Succeeded")
+        _, again = _http_launcher(
+            cluster, launcher.custom.api_client, owner_pod=("team-a", "step-b", "uid-b")
+        )
+        again.launch(_request())  # a retried step: attaches, adds its pod as an owner (merge patch)
+    finally:
+        server.shutdown()
+    assert f"pod {NAME}-master-0 waits: FailedScheduling: {GPU_MESSAGE}" in caplog.text
+    assert [o["uid"] for o in cluster.jobs[NAME]["metadata"]["ownerReferences"]] == ["uid-a", "uid-b"]
