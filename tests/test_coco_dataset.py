@@ -294,7 +294,7 @@ def test_image_recipe_trains_hiera_tiny_on_cpu(prepared, tmp_path):
     assert "COCORawDataset: 4 videos" in log and "validation after epoch 1" in log
     # Validation scores every non-crowd object of the val images (3, plus the uncompressed RLE on even ones).
     val_objects = sum(3 + (int(name[4:6]) % 2 == 0) for name in lists.val)
-    assert f"({val_objects} objects)" in log
+    assert f"({val_objects} objects" in log
 
 
 @pytest.mark.parametrize("size", ["t", "s", "b+", "l"])
