@@ -197,3 +197,38 @@ def test_no_literal_secret_in_any_manifest():
     for name in MANIFESTS:
         for doc in yaml.safe_load_all((K8S / name).read_text()):
             assert doc.get("kind") != "Secret", f"{name} carries a Secret; create it with kubectl instead"
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def test_network_policies_admit_exactly_the_projects_pods_to_minio_and_mlflow():
+    """The pods the policies select are the servers', on their container ports; the pods they admit carry
+    the label the pipeline's steps and the PyTorchJob's pods get (pipelines/sam2_finetune.py,
+    k8s/pytorchjob.yaml), so neither side can drift without this failing."""
+    from sam2.launch.pytorchjob import PyTorchJobSpec, render_pytorchjob
+
+    policies = {
+        d["metadata"]["name"]: d for d in yaml.safe_load_all((K8S / "networkpolicy.yaml").read_text())
+    }
+    assert set(policies) == {"minio", "mlflow"}
+    job = render_pytorchjob(PyTorchJobSpec(name="j", image="i:1", args=[], num_nodes=2))
+    job_pods = [r["template"]["metadata"]["labels"] for r in job["spec"]["pytorchReplicaSpecs"].values()]
+    pipeline, platform = list(yaml.safe_load_all((ROOT / "pipelines" / "sam2_finetune.yaml").read_text()))[:2]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    step_pods = [executors[name]["podMetadata"]["labels"] for name in pipeline["deploymentSpec"]["executors"]]
+    for name, policy in policies.items():
+        (deployment,) = [
+            d for d in yaml.safe_load_all((K8S / f"{name}.yaml").read_text()) if d["kind"] == "Deployment"
+        ]
+        server = deployment["spec"]["template"]
+        assert _matches(policy["spec"]["podSelector"], server["metadata"]["labels"]), name
+        ports = {p["containerPort"] for c in server["spec"]["containers"] for p in c["ports"]}
+        (rule,) = policy["spec"]["ingress"]
+        assert {p["port"] for p in rule["ports"]} == ports, name
+        (source,) = rule["from"]
+        assert set(source) == {"podSelector"}, "this namespace only"
+        for labels in job_pods + step_pods:
+            assert _matches(source["podSelector"], labels), (name, labels)
+        assert not _matches(source["podSelector"], {"app": "notebook"}), "others are refused"
