@@ -515,7 +515,13 @@ class PyTorchJobLauncher:
 
     def _install_signal_handlers(self) -> dict[int, Any] | None:
         """SIGTERM and SIGINT raise `_Terminated` in the waiting (main) thread; None where handlers cannot
-        be set (not the main thread) or are not wanted."""
+        be set (not the main thread) or are not wanted.
+
+        This process sees the step pod's SIGTERM: Argo's emissary (the container's PID 1) starts the
+        command in a process group of its own and forwards signals to the whole group
+        (argo-workflows workflow/executor/osspecific: Setpgid, Kill(-pgid)), and KFP's launcher runs this
+        Python as a plain child in that group (kubeflow/pipelines backend/src/v2/component/launcher_v2.go,
+        exec.Command)."""
         if not self.settings.handle_signals or threading.current_thread() is not threading.main_thread():
             return None
 
