@@ -314,3 +314,27 @@ def test_image_recipes_compose_with_the_upstream_keys(size):
     name = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}[size]
     initializer = cfg.trainer.checkpoint.model_weight_initializer.state_dict
     assert initializer.checkpoint_path == f"./checkpoints/sam2.1_hiera_{name}.pt"
+
+
+def test_extraction_takes_the_coco_file_itself_and_an_annotations_folder_layout(tmp_path, export):
+    from sam2.data.frame_extraction import extract_dataset
+    from sam2.tools.extract_frames import main as extract_main
+
+    assert extract_main(["--input", str(export), "--output", str(tmp_path / "from_file")]) == 0
+    assert (tmp_path / "from_file" / "images" / "img_05.jpg").is_file()
+
+    # COCO's own layout (CVAT too): annotations/instances_default.json beside the images folder.
+    cvat = tmp_path / "cvat"
+    (cvat / "annotations").mkdir(parents=True)
+    export.rename(cvat / "annotations" / "instances_default.json")
+    export.parent.rename(cvat / "images")
+    result = extract_dataset(cvat, tmp_path / "from_cvat", workers=1)
+    assert result.num_videos == 6
+    assert (tmp_path / "from_cvat" / "images" / "img_00.jpg").is_file()
+
+    # Images nowhere to be found: one error naming the file and the image.
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "instances.json").write_text((cvat / "annotations" / "instances_default.json").read_text())
+    with pytest.raises(CocoFormatError, match=r"instances\.json, image id \d+: image file 'img_\d+\.jpg'"):
+        extract_dataset(lonely, tmp_path / "from_lonely", workers=1)

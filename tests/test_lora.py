@@ -249,3 +249,37 @@ def test_pipeline_parameter_lora_rank_reaches_the_train_step():
     assert wired["componentInputParameter"] == "lora_rank"
     component = spec["components"]["comp-train-model"]["inputDefinitions"]["parameters"]["lora_rank"]
     assert component["defaultValue"] == 0
+
+
+@pytest.mark.slow
+def test_lora_memory_benchmark_prints_its_table():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    args = [
+        "--sizes",
+        "t",
+        "--ranks",
+        "4",
+        "--resolution",
+        "64",
+        "--frames",
+        "1",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "lora_memory.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split()[1]: line.split() for line in proc.stdout.splitlines() if line.startswith("t ")}
+    assert set(rows) == {"full", "lora"}, proc.stdout
+    assert rows["full"][2] == "38,962,498" and float(rows["full"][-4]) == 1.0
+    assert 0 < float(rows["lora"][-4]) < 0.05, proc.stdout  # trainable share of full fine-tuning
