@@ -164,3 +164,117 @@ def test_step_with_non_finite_gradients_is_skipped_and_counted(tmp_path):
     # The skipped step moved nothing: no AdamW step count goes past the two good steps.
     state = trainer.optim.optimizer.state
     assert max(int(s["step"]) for s in state.values()) == 2 and int(state[target]["step"]) == 2
+
+
+# A small model both packages build the same way (the official configs state widths without `scratch`).
+SMALL_TRUNK = [
+    "model.image_encoder.trunk.embed_dim=8",
+    "model.image_encoder.trunk.stages=[1,1,1,1]",
+    "model.image_encoder.trunk.global_att_blocks=[2]",
+    "model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[4,4]",
+    "model.image_encoder.trunk.window_spec=[4,4,2,2]",
+    "model.image_encoder.neck.backbone_channel_list=[64,32,16,8]",
+    "model.memory_attention.num_layers=1",
+    "model.image_size=64",
+]
+
+# Upstream's optimizer from the wheel's own recipe (its trainer.optim block) over the official model,
+# one AdamW step with a seeded random gradient per parameter, saved as upstream's trainer saves it.
+# fvcore (the recipe's schedulers) is no dependency here; the two schedulers are stood in by their
+# definitions (constant; cosine from start to end value), which only set each group's lr/weight decay.
+_UPSTREAM_CHECKPOINT = """
+import math, types
+from omegaconf import OmegaConf
+
+
+class ConstantParamScheduler:
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, where):
+        return self.value
+
+
+class CosineParamScheduler:
+    def __init__(self, start_value, end_value):
+        self.start_value, self.end_value = start_value, end_value
+
+    def __call__(self, where):
+        return self.end_value + 0.5 * (self.start_value - self.end_value) * (1 + math.cos(math.pi * where))
+
+
+for name in ("fvcore", "fvcore.common", "fvcore.common.param_scheduler"):
+    sys.modules[name] = types.ModuleType(name)
+sys.modules["fvcore.common.param_scheduler"].ConstantParamScheduler = ConstantParamScheduler
+sys.modules["fvcore.common.param_scheduler"].CosineParamScheduler = CosineParamScheduler
+OmegaConf.register_new_resolver("divide", lambda a, b: a / b)
+OmegaConf.register_new_resolver("times", lambda a, b: a * b)
+from sam2.build_sam import build_sam2
+from training.optimizer import construct_optimizer
+
+torch.manual_seed(0)
+model = build_sam2(inputs["config"], None, device="cpu", hydra_overrides_extra=inputs["overrides"])
+recipe = OmegaConf.load(inputs["recipe"])
+optim = recipe.trainer.optim
+opt = construct_optimizer(model, optim.optimizer, optim.options, optim.param_group_modifiers)
+gen = torch.Generator().manual_seed(0)
+for _, p in model.named_parameters():
+    p.grad = torch.randn(p.shape, generator=gen)
+opt.step(where=0.0, step=0)
+state = opt.optimizer.state
+outputs["by_name"] = {
+    n: (float(state[p]["exp_avg"].double().sum()), float(state[p]["exp_avg_sq"].double().sum()))
+    for n, p in model.named_parameters()
+}
+outputs["num_groups"] = len(opt.optimizer.param_groups)
+torch.save(
+    {
+        "model": model.state_dict(),
+        "optimizer": opt.optimizer.state_dict(),
+        "epoch": 1,
+        "loss": {},
+        "steps": {"train": 1, "val": 0},
+        "time_elapsed": 3.0,
+        "best_meter_values": {},
+    },
+    inputs["out"],
+)
+"""
+
+
+def test_checkpoint_of_upstreams_trainer_resumes_its_optimizer_state(tmp_path):
+    """A checkpoint.pt as upstream's trainer writes it, optimizer state in upstream's param-group layout
+    (its own construct_optimizer over the same recipe block): our trainer resumes model, epoch, steps and
+    every parameter's AdamW moments."""
+    from sam2_oracle import require_oracle, run_oracle
+
+    oracle = require_oracle()
+    save_dir = tmp_path / "run" / "checkpoints"
+    save_dir.mkdir(parents=True)
+    official = run_oracle(
+        _UPSTREAM_CHECKPOINT,
+        {
+            "config": "configs/sam2.1/sam2.1_hiera_t.yaml",
+            "overrides": [f"++{o}" for o in SMALL_TRUNK],
+            "recipe": str(oracle / "sam2/configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml"),
+            "out": str(save_dir / "checkpoint.pt"),
+        },
+    )
+    img, gt = make_clips(tmp_path / "data", {"clip": NUM_FRAMES})
+    overrides = [
+        o
+        for o in training_overrides(img, gt, tmp_path / "run", num_epochs=2)
+        if not o.startswith(("scratch.d_model", "scratch.mem_dim", "+model.memory_encoder", "model."))
+    ]
+    cfg = compose_training_config(TRAIN_CONFIG, [*overrides, *SMALL_TRUNK[:-1]])
+    trainer = instantiate(cfg.trainer, _recursive_=False)
+    assert (trainer.epoch, trainer.steps) == (1, 1)
+    groups = trainer.optim.optimizer.param_groups
+    assert len(groups) != official["num_groups"]  # the layouts differ: a positional load would misplace
+    state = trainer.optim.optimizer.state
+    for name, param in trainer.model.named_parameters():
+        exp_avg, exp_avg_sq = official["by_name"][name]
+        assert float(state[param]["exp_avg"].double().sum()) == pytest.approx(exp_avg, rel=1e-6, abs=1e-9), (
+            name
+        )
+        assert float(state[param]["exp_avg_sq"].double().sum()) == pytest.approx(exp_avg_sq, rel=1e-6), name

@@ -9,11 +9,13 @@ group; schedulers are evaluated at `where`, the fraction of training done, in [0
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from hydra.utils import get_class
@@ -255,3 +257,113 @@ def build_optimizer_from_config(model: nn.Module, optim_conf: Mapping) -> Schedu
     }
     modifiers = [instantiate(m) for m in optim_conf.get("param_group_modifiers") or []]
     return construct_optimizer(model, instantiate(optimizer_conf, _partial_=True), options, modifiers)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Upstream's param-group layout, to read the optimizer state of a checkpoint upstream's trainer wrote
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _config_get(conf: Any, key: str, default: Any = None) -> Any:
+    getter = getattr(conf, "get", None)
+    return getter(key, default) if getter is not None else default
+
+
+def upstream_param_groups(model: nn.Module, optim_conf: Mapping) -> list[list[str]]:
+    """The parameter names of each param group, in the order upstream's `construct_optimizer` builds
+    them for the same `trainer.optim` block (training/optimizer.py in the sam2==1.1.0 wheel): every
+    option's rules in config order, each lr rule split by layer id by the layer-decay modifier (over
+    sorted names, an override pattern being its own id), the groups the product of those rules (lr first)
+    leaving out empty ones, and each group's parameters in `named_parameters` order, frozen ones
+    included. Raises ValueError for a param_group_modifier other than layer_decay_param_modifier.
+    """
+    named = [n for n, _ in model.named_parameters()]
+    all_names = set(named)
+    per_option: list[list[set[str]]] = []
+    for option, rules in (_config_get(optim_conf, "options") or {}).items():
+        sets: list[set[str] | None] = []
+        for rule in rules:
+            param_names = list(_config_get(rule, "param_names") or [])
+            cls_names = list(_config_get(rule, "module_cls_names") or [])
+            if not param_names and not cls_names:
+                sets.append(None)
+                continue
+            claimed = {n for n in named if any(fnmatch.fnmatchcase(n, pat) for pat in param_names)}
+            classes = {get_class(c) for c in cls_names}
+            for module_name, module in model.named_modules():
+                if type(module) in classes:  # upstream keys modules by their exact class
+                    for param_name, _ in module.named_parameters(recurse=False):
+                        claimed.add(f"{module_name}.{param_name}" if module_name else param_name)
+            sets.append(claimed)
+        constrained = [s for s in sets if s is not None]
+        default = all_names - set().union(*constrained) if constrained else set(all_names)
+        resolved = [default if s is None else s for s in sets]
+        if all(s is not None for s in sets):
+            resolved.append(default)
+        per_option.append((option, resolved))  # type: ignore[arg-type]
+    for modifier in _config_get(optim_conf, "param_group_modifiers") or []:
+        target = str(_config_get(modifier, "_target_", ""))
+        if not target.endswith("layer_decay_param_modifier"):
+            raise ValueError(f"optim.param_group_modifiers: no upstream layout known for {target!r}")
+        apply_to = str(_config_get(modifier, "apply_to", ""))
+        overrides = [str(o["pattern"]) for o in _config_get(modifier, "overrides") or []]
+        trunk = model.get_submodule(apply_to)
+        num_layers = trunk.get_num_layers() + 1
+        expanded = []
+        for option, sets in per_option:
+            if option != "lr":
+                expanded.append((option, sets))
+                continue
+            split: list[set[str]] = []
+            for names in sets:
+                by_layer: dict[Any, set[str]] = {}
+                for name in sorted(names):
+                    layer: Any = num_layers
+                    if name.startswith(apply_to):
+                        layer = trunk.get_layer_id(name)
+                        layer = next((p for p in overrides if fnmatch.fnmatchcase(name, p)), layer)
+                    by_layer.setdefault(layer, set()).add(name)
+                split.extend(by_layer.values())
+            expanded.append((option, split))
+        per_option = expanded
+    groups = []
+    for combo in itertools.product(*(sets for _, sets in per_option)):
+        members = set.intersection(*combo) if combo else set(all_names)
+        names = [n for n in named if n in members]
+        if names:
+            groups.append(names)
+    return groups
+
+
+def optimizer_state_from_upstream(
+    optim: ScheduledOptimizer, model: nn.Module, optim_conf: Mapping, upstream_state: Mapping
+) -> dict:
+    """`upstream_state` (an optimizer state dict upstream's trainer saved for this model and
+    `trainer.optim` block) re-indexed for `optim`, parameter by parameter through their names.
+
+    Raises ValueError when the saved groups are not those upstream builds for this model and block."""
+    groups = upstream_param_groups(model, optim_conf)
+    saved = upstream_state["param_groups"]
+    if [len(g) for g in groups] != [len(g["params"]) for g in saved]:
+        raise ValueError(
+            f"the optimizer state has {len(saved)} param groups of sizes {[len(g['params']) for g in saved]}, "
+            f"but upstream builds {len(groups)} of sizes {[len(g) for g in groups]} for this model and "
+            "trainer.optim; was it written for another model or optimizer config?"
+        )
+    name_of_saved = {
+        idx: name
+        for names, g in zip(groups, saved, strict=True)
+        for name, idx in zip(names, g["params"], strict=True)
+    }
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    ours = optim.optimizer.state_dict()
+    index_of: dict[str, int] = {}
+    for group, group_state in zip(optim.optimizer.param_groups, ours["param_groups"], strict=True):
+        for param, idx in zip(group["params"], group_state["params"], strict=True):
+            index_of[name_of[id(param)]] = idx
+    state = {
+        index_of[name_of_saved[idx]]: value
+        for idx, value in upstream_state["state"].items()
+        if name_of_saved.get(idx) in index_of
+    }
+    return {"state": state, "param_groups": ours["param_groups"]}

@@ -47,7 +47,12 @@ from sam2.training.lora import (
     merged_state_dict,
 )
 from sam2.training.loss_fns import CORE_LOSS_KEY
-from sam2.training.optimizer import GradientClipper, build_optimizer_from_config
+from sam2.training.optimizer import (
+    GradientClipper,
+    build_optimizer_from_config,
+    optimizer_state_from_upstream,
+    upstream_param_groups,
+)
 from sam2.training.utils.checkpoint_utils import local_copy, save_checkpoint_atomic
 from sam2.training.utils.distributed import (
     DistributedContext,
@@ -300,6 +305,7 @@ class Trainer:
             raise ValueError("trainer.loss is empty; configure trainer.loss.all (MultiStepMultiMasksAndIous)")
 
         optim = optim or OmegaConf.create({})
+        self.optim_conf = optim
         amp_conf = optim.get("amp") or {}
         self.amp_dtype = getattr(torch, amp_conf.get("amp_dtype", "bfloat16"))
         self.amp_enabled = bool(amp_conf.get("enabled", False)) and self.device.type == "cuda"
@@ -420,8 +426,11 @@ class Trainer:
             if self.initialize_after_preemption:
                 self._initialize_weights()
             self._load_model_state(state["model"], point.source)
-        if self.optim is not None and "optimizer" in state:
-            self.optim.load_state_dict(state["optimizer"])
+        if self.optim is not None and state.get("optimizer") is not None:
+            optimizer_state = state["optimizer"]
+            if isinstance(state.get("steps"), Mapping) and self.lora is None:
+                optimizer_state = self._optimizer_state_of_upstream(optimizer_state, point.source)
+            self.optim.load_state_dict(optimizer_state)
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state.get("epoch", 0))
@@ -437,6 +446,24 @@ class Trainer:
             self.batches_done_in_epoch,
         )
         return True
+
+    def _optimizer_state_of_upstream(self, saved: Mapping, source: str) -> Mapping:
+        """A checkpoint of upstream's trainer (its `steps` is a dict) holds the optimizer state in
+        upstream's param-group layout: re-indexed for ours through parameter names."""
+        sizes = [len(g["params"]) for g in saved["param_groups"]]
+        if sizes == [len(g["params"]) for g in self.optim.optimizer.param_groups]:
+            try:
+                upstream = [len(g) for g in upstream_param_groups(self.model, self.optim_conf)]
+            except ValueError:
+                upstream = None
+            if upstream != sizes:
+                return saved  # our own layout (a converted checkpoint)
+        try:
+            remapped = optimizer_state_from_upstream(self.optim, self.model, self.optim_conf, saved)
+        except ValueError as err:
+            raise ValueError(f"checkpoint {source}: {err}") from None
+        logger.info("optimizer state of %s read in upstream's param-group layout", source)
+        return remapped
 
     def _load_model_state(self, model_state: Mapping[str, torch.Tensor], source: str) -> None:
         """Strict, except the skip_saving_parameters a checkpoint leaves out (upstream's rule)."""
