@@ -3,10 +3,13 @@ official sam2==1.1.0 package measured in the same run.
 
 Each measurement runs in its own subprocess: ours with the project on the path, the official one with the
 oracle directory (tests/sam2_oracle.py installs it under .cache/sam2_ref) first on PYTHONPATH and a working
-directory outside the repository, so the two packages named `sam2` never meet. Both get random weights,
-the same synthetic JPEG video and one mask-prompted object; on CUDA both run under bf16 autocast.
+directory outside the repository, so the two packages named `sam2` never meet. Both get the same random
+weights (seeded), the same synthetic JPEG video and two objects, one prompted with a mask and one with a
+click on frame 0; on CUDA both run under bf16 autocast. With `--rounds R` the two packages alternate R
+times (who goes first swaps every round), so a change in machine load hits both alike, and the table
+quotes the medians over rounds.
 
-    python benchmarks/vos_fps.py --sizes t --resolution 256 --frames 6 --device cpu
+    python benchmarks/vos_fps.py --sizes t,s --frames 8 --frame-size 240x320 --device cpu --rounds 5
     python benchmarks/vos_fps.py --sizes t,s,b+,l --device cuda --compile
 """
 
@@ -16,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +38,8 @@ RESULT_PREFIX = "VOS_FPS_RESULT "
 
 
 def write_video(folder: Path, num_frames: int, height: int, width: int) -> None:
-    """A moving disk over a gradient, as `<index>.jpg` frames, plus `mask.npy` (the disk on frame 0)."""
+    """A moving disk and a moving square over a gradient, as `<index>.jpg` frames, plus `mask.npy` (the
+    disk on frame 0, object 1's prompt) and `click.npy` (the square's centre on frame 0, object 2's)."""
     import numpy as np
     from PIL import Image
 
@@ -48,8 +53,11 @@ def write_video(folder: Path, num_frames: int, height: int, width: int) -> None:
         img[..., 2] = 90
         cx, cy = width // 3 + 3 * t, height // 2
         img[(xx - cx) ** 2 + (yy - cy) ** 2 < radius**2] = (220, 40, 40)
+        sx, sy = 3 * width // 4 - 2 * t, height // 4
+        img[(abs(xx - sx) < radius) & (abs(yy - sy) < radius)] = (40, 180, 220)
         Image.fromarray(img).save(folder / f"{t:05d}.jpg", quality=95)
     np.save(folder / "mask.npy", (xx - width // 3) ** 2 + (yy - height // 2) ** 2 < radius**2)
+    np.save(folder / "click.npy", np.array([[3 * width // 4, height // 4]], dtype=np.float32))
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -61,6 +69,7 @@ def worker(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # the same random weights in both packages (same modules, same init order)
     device = torch.device(args.device)
     overrides = [] if args.resolution == 1024 else [f"++model.image_size={args.resolution}"]
     predictor = build_sam2_video_predictor(
@@ -72,6 +81,7 @@ def worker(args: argparse.Namespace) -> None:
         vos_optimized=args.compile,
     )
     mask = np.load(Path(args.video) / "mask.npy")
+    click = np.load(Path(args.video) / "click.npy")
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )
@@ -82,12 +92,15 @@ def worker(args: argparse.Namespace) -> None:
 
     timings = []
     with torch.inference_mode(), autocast:
-        for _ in range(args.repeats + 1):  # the first pass warms up (and compiles, with --compile)
+        for rep in range(args.repeats + 1):  # the first pass warms up (and compiles, with --compile)
+            # A shorter warm-up (--warmup-frames) is enough for eager CPU runs.
+            limit = args.warmup_frames - 1 if rep == 0 and args.warmup_frames else None
             state = predictor.init_state(args.video)
             predictor.add_new_mask(state, 0, 1, mask)
+            predictor.add_new_points_or_box(state, 0, 2, points=click, labels=np.array([1], np.int32))
             sync()
             start = time.perf_counter()
-            tracked = sum(1 for _ in predictor.propagate_in_video(state))
+            tracked = sum(1 for _ in predictor.propagate_in_video(state, max_frame_num_to_track=limit))
             sync()
             timings.append((time.perf_counter() - start, tracked))
     measured = timings[1:]
@@ -120,6 +133,8 @@ def run_worker(official: bool, size: str, video: Path, args: argparse.Namespace,
         str(args.repeats),
         "--threads",
         str(args.threads),
+        "--warmup-frames",
+        str(args.warmup_frames),
     ]
     if args.compile:
         cmd.append("--compile")
@@ -152,6 +167,10 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--repeats", type=int, default=1, help="timed passes after one warm-up pass")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating ours/official rounds (median)")
+    parser.add_argument(
+        "--warmup-frames", type=int, default=0, help="frames of the warm-up pass (0: the whole video)"
+    )
     parser.add_argument("--compile", action="store_true", help="vos_optimized=True (torch.compile) on both")
     parser.add_argument(
         "--no-postprocessing",
@@ -193,20 +212,37 @@ def main() -> None:
         write_video(video, args.frames, height, width)
         rows = []
         for size in sizes:
-            ours = run_worker(False, size, video, args, args.official_dir)
-            ref = run_worker(True, size, video, args, args.official_dir) if with_official else None
-            rows.append((size, ours, ref))
+            ours_runs, ref_runs = [], []
+            for round_idx in range(args.rounds):
+                order = [False, True] if round_idx % 2 == 0 else [True, False]
+                for official in order:
+                    if official and not with_official:
+                        continue
+                    result = run_worker(official, size, video, args, args.official_dir)
+                    (ref_runs if official else ours_runs).append(result["fps"])
+                    who = "official" if official else "ours"
+                    print(f"  {size} round {round_idx + 1} {who}: {result['fps']:.3f} FPS", flush=True)
+            ours = statistics.median(ours_runs)
+            ref = statistics.median(ref_runs) if ref_runs else None
+            ratios = [o / r for o, r in zip(ours_runs, ref_runs, strict=False)]
+            rows.append((size, ours, ref, statistics.median(ratios) if ratios else None))
 
     print(
-        f"\nVOS propagation, {args.frames} frames {height}x{width}, image_size {args.resolution}, "
-        f"device {args.device}{', compiled' if args.compile else ''}"
-        f"{', no post-processing' if args.no_postprocessing else ''}, {args.repeats} timed pass(es)"
+        f"\nVOS propagation, 2 objects (a mask and a click), {args.frames} frames {height}x{width}, "
+        f"image_size {args.resolution}, device {args.device}, {torch_threads(args)}"
+        f"{', compiled' if args.compile else ''}"
+        f"{', no post-processing' if args.no_postprocessing else ''}, median of {args.rounds} round(s)"
     )
-    print(f"{'size':<6}{'ours FPS':>10}{'official FPS':>14}{'ours/official':>15}")
-    for size, ours, ref in rows:
-        ref_fps = f"{ref['fps']:.2f}" if ref else "n/a"
-        ratio = f"{ours['fps'] / ref['fps']:.2f}" if ref else "n/a"
-        print(f"{size:<6}{ours['fps']:>10.2f}{ref_fps:>14}{ratio:>15}")
+    print("| size | ours FPS | official FPS | ours/official (median of per-round ratios) |")
+    print("| --- | --- | --- | --- |")
+    for size, ours, ref, ratio in rows:
+        ref_fps = f"{ref:.3f}" if ref else "n/a"
+        ratio_text = f"{ratio:.3f}" if ratio else "n/a (official package absent)"
+        print(f"| {size} | {ours:.3f} | {ref_fps} | {ratio_text} |")
+
+
+def torch_threads(args: argparse.Namespace) -> str:
+    return f"{args.threads} thread(s)" if args.threads else "torch's default threads"
 
 
 if __name__ == "__main__":
