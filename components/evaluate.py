@@ -43,7 +43,11 @@ def evaluate_predictions(
         pred_roots[key] = work / "predictions" / key
         store.sync_to_local(entry["uri"], pred_roots[key])
         results[key] = evaluate(
-            data / "Annotations", pred_roots[key], videos=videos, protocol=protocol, num_processes=cpu_budget()
+            data / "Annotations",
+            pred_roots[key],
+            videos=videos,
+            protocol=protocol,
+            num_processes=cpu_budget(),
         )
     fetch_report_frames(store, splits.metadata["uri"], data, results[NEW])
     curves = None
