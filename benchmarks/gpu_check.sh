@@ -19,6 +19,9 @@ set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 REPO=$(pwd)
 PYTHON=${PYTHON:-python3}
+if [[ "$PYTHON" == */* && "$PYTHON" != /* ]]; then
+    PYTHON="$REPO/$PYTHON" # a relative path still works after a cd
+fi
 DRY=${GPU_CHECK_DRY_RUN:-0}
 BUDGET=${GPU_CHECK_BUDGET_S:-470}
 LOGDIR=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
