@@ -321,15 +321,7 @@ class PyTorchJobLauncher:
         created = self._create(job)
         if created is None:  # another attempt of this step created it in the meantime
             logger.info("PyTorchJob %s/%s was created meanwhile; attaching to it", ns, name)
-            return self._api(
-                f"reading PyTorchJob {ns}/{name}",
-                self.custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                ns,
-                PLURAL,
-                name,
-            )
+            return self._read(name)
         logger.info("created PyTorchJob %s/%s anew", ns, name)
         return created
 
@@ -388,21 +380,25 @@ class PyTorchJobLauncher:
                 f"could not create PyTorchJob {ns}/{name}: {exc.status} {exc.reason}"
             ) from exc
 
+    def _read(self, name: str) -> dict[str, Any]:
+        """The job as the API server has it now; `ApiException` (404 included) when it answers no."""
+        ns = self.settings.namespace
+        return self._api(
+            f"reading PyTorchJob {ns}/{name}",
+            self.custom.get_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            name,
+        )
+
     def _get(self, name: str) -> dict[str, Any] | None:
         """The job, or None when there is none of that name."""
         from kubernetes.client.exceptions import ApiException
 
-        ns = self.settings.namespace
         try:
-            return self._api(
-                f"reading PyTorchJob {ns}/{name}",
-                self.custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                ns,
-                PLURAL,
-                name,
-            )
+            return self._read(name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -549,15 +545,7 @@ class PyTorchJobLauncher:
         deadline = time.monotonic() + self.settings.timeout_s
         state = _WatchState(since=time.monotonic())
         while True:
-            job = self._api(
-                f"reading PyTorchJob {ns}/{name}",
-                self.custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                ns,
-                PLURAL,
-                name,
-            )
+            job = self._read(name)
             if _condition(job, "Succeeded"):
                 logger.info("PyTorchJob %s/%s succeeded", ns, name)
                 return job
