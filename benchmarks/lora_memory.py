@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_step import run_single  # noqa: E402  (a sibling script, found through the line above)
 
 SIZES = ("t", "s", "b+", "l")
 
@@ -39,7 +38,7 @@ def measure(args: argparse.Namespace) -> dict:
     import peft  # noqa: F401  (imported by every configuration, so the RSS baseline is the same)
     import torch
     from hydra.utils import instantiate
-    from train_step import _batch
+    from train_step import _batch, peak_memory_gib, timed_steps, training_step
 
     from sam2.training.lora import LoRASettings, add_lora_adapters, trainable_parameter_count
     from sam2.training.optimizer import build_optimizer_from_config
@@ -58,43 +57,17 @@ def measure(args: argparse.Namespace) -> dict:
         lora_conf = {**cfg.trainer.lora, "rank": args.rank, "alpha": 2 * args.rank}
         add_lora_adapters(model, LoRASettings.from_config(lora_conf))
     optim = build_optimizer_from_config(model, cfg.trainer.optim)
-    loss_fn = instantiate(cfg.trainer.loss.all)
-    clipper = instantiate(cfg.trainer.optim.gradient_clip)
-    batch = _batch(args.frames, args.objects, args.resolution, device)
-    use_amp = device.type == "cuda"
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            losses = loss_fn(model(batch), batch.masks)
-        losses["core_loss"].backward()
-        clipper(model)
-        optim.step()
-        optim.zero_grad()
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+    step = training_step(
+        cfg, model, optim, _batch(args.frames, args.objects, args.resolution, device), device
+    )
     built_gib = _current_rss_gib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for _ in range(args.warmup):
         step()
-    times = []
-    for _ in range(args.steps):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak_gib = torch.cuda.max_memory_allocated() / 2**30
-        above_gib = peak_gib
-        name = torch.cuda.get_device_name()
-    else:
-        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-        above_gib = peak_gib - built_gib
-        name = "cpu"
+    times = timed_steps(step, args.steps, device)
+    peak_gib, name = peak_memory_gib(device)
+    above_gib = peak_gib if device.type == "cuda" else peak_gib - built_gib
     return {
         "size": args.size,
         "rank": args.rank,
@@ -111,11 +84,7 @@ def _run_one(base: argparse.Namespace, size: str, rank: int) -> dict:
     cmd = [sys.executable, __file__, "--single", "--device", base.device, "--size", size]
     cmd += ["--rank", str(rank), "--resolution", str(base.resolution), "--frames", str(base.frames)]
     cmd += ["--objects", str(base.objects), "--steps", str(base.steps), "--warmup", str(base.warmup)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
-        return {"size": size, "rank": rank, "error": tail[0]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_single(cmd, {"size": size, "rank": rank})
 
 
 def print_table(rows: list[dict], base: argparse.Namespace) -> None:

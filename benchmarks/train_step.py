@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 SIZES = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
 SAVERS = [
@@ -54,6 +55,64 @@ def _batch(num_frames: int, num_objects: int, resolution: int, device):
     ).to(device)
 
 
+def training_step(cfg, model, optim, batch, device) -> Callable[[], None]:
+    """One full training step as the recipe's trainer takes it (loss, backward, gradient clipping, optimizer
+    step), under bf16 autocast on CUDA; shared with lora_memory.py so both time the same step."""
+    import torch
+    from hydra.utils import instantiate
+
+    loss_fn = instantiate(cfg.trainer.loss.all)
+    clipper = instantiate(cfg.trainer.optim.gradient_clip)
+    use_amp = device.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            losses = loss_fn(model(batch), batch.masks)
+        losses["core_loss"].backward()
+        clipper(model)
+        optim.step()
+        optim.zero_grad()
+
+    return step
+
+
+def timed_steps(step: Callable[[], None], count: int, device) -> list[float]:
+    """Wall seconds of each of `count` calls of `step`, synchronised on CUDA so queued kernels count."""
+    import torch
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = []
+    for _ in range(count):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory_gib(device) -> tuple[float, str]:
+    """This process's peak memory in GiB (CUDA max allocated, else peak RSS) and the device's name."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30, torch.cuda.get_device_name()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "cpu"  # KiB -> GiB
+
+
+def run_single(cmd: list[str], identity: dict) -> dict:
+    """The JSON row a `--single` subprocess prints last, or `identity` with its last stderr line as the
+    error when it fails."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
+        return {**identity, "error": tail[0]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measure(args: argparse.Namespace) -> dict:
     """One configuration in this process: warm-up steps, then timed full training steps."""
     import torch
@@ -75,23 +134,9 @@ def measure(args: argparse.Namespace) -> dict:
     model = instantiate(cfg.trainer.model, _convert_="all").to(device).train()
     model.reseed_prompts(0)
     optim = build_optimizer_from_config(model, cfg.trainer.optim)
-    loss_fn = instantiate(cfg.trainer.loss.all)
-    clipper = instantiate(cfg.trainer.optim.gradient_clip)
-    batch = _batch(args.frames, args.objects, args.resolution, device)
-    use_amp = device.type == "cuda"
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            losses = loss_fn(model(batch), batch.masks)
-        losses["core_loss"].backward()
-        clipper(model)
-        optim.step()
-        optim.zero_grad()
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
+    step = training_step(
+        cfg, model, optim, _batch(args.frames, args.objects, args.resolution, device), device
+    )
     for _ in range(args.warmup):
         step()
     flops = None
@@ -104,19 +149,8 @@ def measure(args: argparse.Namespace) -> dict:
         flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak_gb = torch.cuda.max_memory_allocated() / 2**30
-        name = torch.cuda.get_device_name()
-    else:
-        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-        name = "cpu"
+    times = timed_steps(step, args.steps, device)
+    peak_gb, name = peak_memory_gib(device)
     step_s = statistics.median(times)
     return {
         "size": args.size,
@@ -155,11 +189,7 @@ def _run_one(base: argparse.Namespace, size: str, resolution: int, frames: int, 
         cmd.append("--savers")
     if base.count_flops:
         cmd.append("--count-flops")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
-        return {"size": size, "resolution": resolution, "frames": frames, "savers": savers, "error": tail[0]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_single(cmd, {"size": size, "resolution": resolution, "frames": frames, "savers": savers})
 
 
 def _mfu(row: dict) -> str:
