@@ -8,7 +8,6 @@ HTTP server on 127.0.0.1.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -22,33 +21,18 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_cluster import FakeCluster, api_error, connection_reset, done, event, running
+from pytorchjob_crd import validate_against_crd
 
 from sam2.launch.kubeflow import ClusterSettings, PendingTimeout, PyTorchJobLauncher, is_transient
 from sam2.launch.launcher import TrainingFailed, TrainingRequest
 from sam2.launch.pytorchjob import KUEUE_QUEUE_LABEL, PyTorchJobSpec, job_name_for, render_pytorchjob
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD = ROOT.parent / "shared" / "schemas" / "kubeflow.org_pytorchjobs.yaml"
 NAME = job_name_for("run-7")
 GPU_MESSAGE = (
     "0/4 nodes are available: 4 Insufficient nvidia.com/gpu. preemption: 0/4 nodes are available: "
     "4 No preemption victims found for incoming pod."
 )
-
-
-@functools.cache
-def _crd_validator():
-    import jsonschema
-
-    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return jsonschema.Draft7Validator(v1["schema"]["openAPIV3Schema"])
-
-
-def _validate(job: dict) -> None:
-    if not CRD.exists():
-        pytest.skip(f"the PyTorchJob CRD is not at {CRD}")
-    _crd_validator().validate(job)
 
 
 def _request(**kw) -> TrainingRequest:
@@ -80,7 +64,7 @@ def test_the_job_is_owned_by_the_steps_pod_and_collected_with_the_run(caplog):
     assert job["metadata"]["ownerReferences"] == [
         {"apiVersion": "v1", "kind": "Pod", "name": "step-1", "uid": "uid-step-1"}
     ]
-    _validate(job)
+    validate_against_crd(job)
     caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
     _launcher(cluster, owner_pod=("team-a", "step-2", "uid-step-2")).launch(_request())
     assert [o["uid"] for o in cluster.jobs[NAME]["metadata"]["ownerReferences"]] == [
@@ -142,7 +126,7 @@ def test_the_steps_timeout_deletes_the_job_and_sets_active_deadline_seconds():
     assert cluster.deleted == [(NAME, "Background")]
     job = _launcher(FakeCluster(), timeout_s=7200).render(_request())
     assert job["spec"]["runPolicy"]["activeDeadlineSeconds"] == 7200
-    _validate(job)
+    validate_against_crd(job)
 
 
 # -- transient API errors ----------------------------------------------------------------------------------
@@ -404,7 +388,7 @@ def test_volcano_rendering_gangs_all_replicas():
     job = _launcher(
         FakeCluster(), scheduler="volcano", queue="gpu-queue", priority_class="training-high"
     ).render(_request(num_nodes=4, procs_per_node=8))
-    _validate(job)
+    validate_against_crd(job)
     assert job["spec"]["runPolicy"]["schedulingPolicy"] == {
         "minAvailable": 4,
         "queue": "gpu-queue",
@@ -418,7 +402,7 @@ def test_volcano_rendering_gangs_all_replicas():
 
 def test_kueue_rendering_labels_the_queue_and_creates_the_job_suspended():
     job = _launcher(FakeCluster(), scheduler="kueue", queue="team-a-gpus").render(_request())
-    _validate(job)
+    validate_against_crd(job)
     assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a-gpus"
     assert job["spec"]["runPolicy"]["suspend"] is True
     assert "schedulingPolicy" not in job["spec"]["runPolicy"]
@@ -444,7 +428,7 @@ def test_placement_and_dataloader_workers_follow_the_settings():
         priority_class="batch-low",
         cpu_per_gpu="6",
     ).render(_request(procs_per_node=4))
-    _validate(job)
+    validate_against_crd(job)
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         pod_spec = replica["template"]["spec"]
         assert pod_spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}

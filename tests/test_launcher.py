@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from pathlib import Path
@@ -10,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from pytorchjob_crd import validate_against_crd
 
 from sam2.launch.kubeflow import ClusterSettings, PyTorchJobLauncher
 from sam2.launch.launcher import TrainingFailed, TrainingRequest
@@ -22,22 +22,6 @@ from sam2.launch.pytorchjob import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD = ROOT.parent / "shared" / "schemas" / "kubeflow.org_pytorchjobs.yaml"
-
-
-@functools.cache
-def _crd_validator():
-    import jsonschema
-
-    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return jsonschema.Draft7Validator(v1["schema"]["openAPIV3Schema"])
-
-
-def _validate_against_crd(job: dict) -> None:
-    if not CRD.exists():
-        pytest.skip(f"the PyTorchJob CRD is not at {CRD} (../shared/schemas is absent in this clone)")
-    _crd_validator().validate(job)
 
 
 def _request(**kw) -> TrainingRequest:
@@ -76,7 +60,7 @@ def test_rendering_for_n_nodes_is_schema_and_webhook_valid(nodes, gpus):
             namespace="team-a",
         )
     )
-    _validate_against_crd(job)
+    validate_against_crd(job)
     assert admission_problems(job) == []
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert replicas["Master"]["replicas"] == 1
@@ -106,7 +90,7 @@ def _master_pod(job: dict) -> dict:
 def test_resources_scale_with_the_gpus_of_a_node(gpus, cpu, memory, shm):
     """Every pod asked 8 CPU / 48 Gi whatever its GPUs: with 4 GPUs, 40 DataLoader workers on 8 CPUs."""
     job = render_pytorchjob(PyTorchJobSpec(name="j", image="i:1", args=[], num_nodes=2, gpus_per_node=gpus))
-    _validate_against_crd(job)
+    validate_against_crd(job)
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         pod = replica["template"]["spec"]
         res = pod["containers"][0]["resources"]
@@ -162,7 +146,7 @@ def test_cpu_rendering_requests_no_gpu():
             name="cpu-job", image="i:1", args=[], num_nodes=2, gpus_per_node=0, cpu_procs_per_node=3
         )
     )
-    _validate_against_crd(job)
+    validate_against_crd(job)
     assert job["spec"]["nprocPerNode"] == "3"
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         res = replica["template"]["spec"]["containers"][0]["resources"]
@@ -287,7 +271,7 @@ def test_cluster_launch_creates_once_attaches_on_retry_and_cleans_up():
     assert result.checkpoints_uri == "s3://sam2-runs/run-42/checkpoints"
     name = job_name_for("Pipeline Run 42")
     assert set(cluster.jobs) == {name}
-    _validate_against_crd(cluster.jobs[name])
+    validate_against_crd(cluster.jobs[name])
     # A retried step (same run id) attaches to the existing job instead of creating a second one.
     cluster.statuses = [_done("Succeeded")]
     _launcher(cluster, cleanup="on-success").launch(_request(num_nodes=3))
@@ -317,7 +301,7 @@ def test_a_retry_deletes_a_failed_job_waits_until_it_is_gone_and_creates_it_anew
     assert cluster.creates == 2
     assert "annotations" not in cluster.jobs[name]["metadata"], "the failed job is still there"
     assert "status" not in cluster.jobs[name]
-    _validate_against_crd(cluster.jobs[name])
+    validate_against_crd(cluster.jobs[name])
     text = caplog.text
     assert "it failed (BackoffLimitExceeded): deleting it and creating it anew" in text
     assert f"PyTorchJob team-a/{name} is gone" in text and "created PyTorchJob" in text
