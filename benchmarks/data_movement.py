@@ -323,8 +323,8 @@ def _mb(num: int) -> str:
 
 
 def _ratio(before: int, after: int) -> str:
-    if before == 0 and after == 0:
-        return "    -"
+    if before == 0:
+        return "    -"  # nothing to compare with (e.g. the merge step is new)
     if after == 0:
         return "  inf"
     return f"{before / after:5.1f}x"
@@ -388,6 +388,7 @@ def shard_scaling(
     from sam2.build_sam import build_sam2
 
     torch.manual_seed(0)
+    work.mkdir(parents=True, exist_ok=True)
     ckpt = work / "tiny.pt"
     torch.save(
         {"model": build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu").state_dict()}, ckpt
@@ -439,34 +440,11 @@ def shard_scaling(
         print(f"| {label} | {len(videos)} | {seconds:.1f} | {reference / seconds:.2f}x |")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", type=Path, help="a worktree of the code before the change")
-    parser.add_argument("--videos", type=int, default=1000)
-    parser.add_argument("--frames", type=int, default=3)
-    parser.add_argument("--val_fraction", type=float, default=0.2)
-    parser.add_argument(
-        "--checkpoint_kb",
-        type=int,
-        default=1,
-        help="size of the stand-in checkpoint infer downloads (both trees)",
-    )
-    parser.add_argument("--shards", default="1,2,4", help="shard counts to time (empty: skip)")
-    parser.add_argument("--shard_videos", type=int, default=8, help="val videos the shard timing runs on")
-    parser.add_argument("--shard_frames", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per shard process")
-    parser.add_argument("--image_size", type=int, default=128, help="model input size of the shard timing")
-    parser.add_argument("--work", type=Path, default=None, help="keep the work folder here")
-    args = parser.parse_args(argv)
-    if args.frames < 3:
-        parser.error("--frames must be >= 3: evaluation skips the first and the last frame")
-
+def measure_bytes(args, work: Path, log: Path) -> None:
+    """The bytes table: every data step of both trees against a private SeaweedFS server."""
     from sam2.data.demo import generate_demo_dataset
     from sam2.tools.s3_server import SeaweedS3Server, free_port
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="sam2-bench-data-"))
-    work.mkdir(parents=True, exist_ok=True)
-    log = work / "probes.log"
     server = SeaweedS3Server(data_dir=work / "seaweedfs", access_key="BENCH" + os.urandom(4).hex().upper(),
                              secret_key=os.urandom(18).hex(), s3_port=free_port())  # fmt: skip
     server.start(timeout_s=90)
@@ -494,6 +472,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(per-step logs: {log})")
     finally:
         server.stop(grace_s=0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", type=Path, help="a worktree of the code before the change")
+    parser.add_argument("--videos", type=int, default=1000)
+    parser.add_argument("--frames", type=int, default=3)
+    parser.add_argument("--val_fraction", type=float, default=0.2)
+    parser.add_argument(
+        "--checkpoint_kb",
+        type=int,
+        default=1,
+        help="size of the stand-in checkpoint infer downloads (both trees)",
+    )
+    parser.add_argument("--shards", default="1,2,4", help="shard counts to time (empty: skip)")
+    parser.add_argument("--shard_videos", type=int, default=8, help="val videos the shard timing runs on")
+    parser.add_argument("--shard_frames", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per shard process")
+    parser.add_argument("--image_size", type=int, default=128, help="model input size of the shard timing")
+    parser.add_argument("--work", type=Path, default=None, help="keep the work folder here")
+    parser.add_argument("--no_bytes", action="store_true", help="skip the bytes part (shard timing only)")
+    args = parser.parse_args(argv)
+    if args.frames < 3:
+        parser.error("--frames must be >= 3: evaluation skips the first and the last frame")
+
+    from sam2.data.demo import generate_demo_dataset
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="sam2-bench-data-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "probes.log"
+    if not args.no_bytes:
+        measure_bytes(args, work, log)
 
     counts = [int(s) for s in args.shards.split(",") if s.strip()]
     if counts:
