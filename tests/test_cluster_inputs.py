@@ -1,18 +1,14 @@
 """A local MOSE_ROOT reaches a cluster run through the data bucket: uploaded once per content, resumable."""
 
 import io
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 from kfp_api_server import KfpApiServer
+from pipelines_cli import run_pipelines_cli
 
 from pipelines.cluster_inputs import is_local_source, source_digest, stage_source
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _mose_like(root: Path, videos: int = 3) -> Path:
@@ -73,22 +69,6 @@ def test_an_archive_is_one_object_under_its_content_hash(tmp_path, s3_store, s3_
     assert not stage_source(archive, s3_bucket, "mose", store=s3_store).uploaded
 
 
-def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("KFP_", "KF_PIPELINES", "MOSE_", "SAM2_INIT"))
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.run", *args],
-        cwd=ROOT,
-        env=base | {"HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")} | env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_cluster_run_with_a_local_mose_root_gets_its_s3_uri(tmp_path, s3_env, s3_bucket):
     source = _mose_like(tmp_path / "MOSE" / "train")
     args = (
@@ -101,8 +81,8 @@ def test_cluster_run_with_a_local_mose_root_gets_its_s3_uri(tmp_path, s3_env, s3
         "init_checkpoint_uri=s3://m/b.pt",
     )
     with KfpApiServer(multi_user=False) as server:
-        first = _cli(tmp_path, *args, KFP_HOST=server.url, MOSE_ROOT=str(tmp_path / "MOSE"))
-        second = _cli(tmp_path, *args, KFP_HOST=server.url, MOSE_ROOT=str(tmp_path / "MOSE"))
+        first = run_pipelines_cli(tmp_path, *args, KFP_HOST=server.url, MOSE_ROOT=str(tmp_path / "MOSE"))
+        second = run_pipelines_cli(tmp_path, *args, KFP_HOST=server.url, MOSE_ROOT=str(tmp_path / "MOSE"))
         assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
         expected = f"s3://{s3_bucket}/sources/mose/{source_digest(tmp_path / 'MOSE')[0][:16]}"
         assert f"uploaded to {expected}" in first.stdout
@@ -120,7 +100,7 @@ def test_cluster_run_with_a_local_mose_root_and_no_s3_settings_says_what_to_set(
     _mose_like(tmp_path / "train")
     env = {k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_ENDPOINT_URL")}
     with KfpApiServer(multi_user=False) as server:
-        proc = _cli(
+        proc = run_pipelines_cli(
             tmp_path,
             "submit",
             "--dataset",
@@ -140,7 +120,7 @@ def test_cluster_run_with_a_local_mose_root_and_no_s3_settings_says_what_to_set(
 def test_a_rejected_login_stops_before_the_data_set_is_uploaded(tmp_path, s3_env, s3_store, s3_bucket):
     _mose_like(tmp_path / "train")
     with KfpApiServer(token="right", multi_user=False) as server:
-        proc = _cli(
+        proc = run_pipelines_cli(
             tmp_path,
             "submit",
             "--dataset",

@@ -10,14 +10,13 @@ duplicated, and a rejected login says which setting to fix.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from kfp_api_server import KfpApiServer
+from pipelines_cli import run_pipelines_cli
 
 from pipelines import cluster
 from pipelines.compile import COMPILED
@@ -271,28 +270,12 @@ def test_the_backend_rejects_what_the_pipeline_does_not_declare(tmp_path):
             cluster.submit(connection, {"epochs": "many"}, "demo", package=COMPILED)
 
 
-def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("KFP_", "KF_PIPELINES", "MOSE_", "SAM2_INIT"))
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.run", *args],
-        cwd=ROOT,
-        env=base | {"HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")} | env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_cli_submit_takes_node_counts_from_the_pipeline_or_the_caller_not_the_laptop_preset(tmp_path):
     with KfpApiServer(token="t", multi_user=True) as server:
         env = {"KFP_HOST": server.url, "KFP_TOKEN": "t", "KFP_NAMESPACE": "team-a"}
-        plain = _cli(tmp_path, "submit", "--dataset", "demo", **env)
+        plain = run_pipelines_cli(tmp_path, "submit", "--dataset", "demo", **env)
         assert plain.returncode == 0, plain.stderr
-        scaled = _cli(
+        scaled = run_pipelines_cli(
             tmp_path, "submit", "--dataset", "demo", "--set", "num_nodes=4", "--set", "gpus_per_node=8", **env
         )
         assert scaled.returncode == 0, scaled.stderr
@@ -313,20 +296,20 @@ def test_cli_schedule_says_what_it_did(tmp_path):
     with KfpApiServer(multi_user=False) as server:
         env = {"KFP_HOST": server.url}
         outputs = [
-            _cli(tmp_path, "schedule", "--dataset", "demo", "--cron", cron, **env)
+            run_pipelines_cli(tmp_path, "schedule", "--dataset", "demo", "--cron", cron, **env)
             for cron in (CRON, CRON, "0 0 5 * * *")
         ]
         assert [o.returncode for o in outputs] == [0, 0, 0], [o.stderr for o in outputs]
         assert " created: " in outputs[0].stdout and " unchanged: " in outputs[1].stdout
         assert " replaced (replaced recurring-" in outputs[2].stdout
         assert len(server.state.recurring_runs) == 1
-        bad = _cli(tmp_path, "schedule", "--dataset", "demo", "--cron", "0 3 * * 0", **env)
+        bad = run_pipelines_cli(tmp_path, "schedule", "--dataset", "demo", "--cron", "0 3 * * 0", **env)
         assert bad.returncode == 2 and "six fields" in bad.stderr
 
 
 def test_cli_rejected_token_is_one_clear_line(tmp_path):
     with KfpApiServer(token="right", multi_user=True) as server:
-        proc = _cli(
+        proc = run_pipelines_cli(
             tmp_path, "submit", "--dataset", "demo", KFP_HOST=server.url, KFP_TOKEN="wrong", KFP_NAMESPACE="x"
         )
         assert proc.returncode == 1
@@ -335,7 +318,7 @@ def test_cli_rejected_token_is_one_clear_line(tmp_path):
 
 def test_a_non_demo_run_without_initial_weights_is_refused_at_submission(tmp_path):
     env = {"KFP_HOST": "http://127.0.0.1:1", "MOSE_ROOT": "s3://data/mose/train.tar.gz"}
-    proc = _cli(tmp_path, "submit", "--dataset", "mose", **env)
+    proc = run_pipelines_cli(tmp_path, "submit", "--dataset", "mose", **env)
     assert (
         proc.returncode == 2
         and "allow_random_init=true" in proc.stderr
@@ -344,7 +327,9 @@ def test_a_non_demo_run_without_initial_weights_is_refused_at_submission(tmp_pat
     assert "Traceback" not in proc.stderr
     with KfpApiServer(multi_user=False) as server:
         for extra in (["--set", "allow_random_init=true"], ["--set", "init_checkpoint_uri=s3://m/b+.pt"]):
-            ok = _cli(tmp_path, "submit", "--dataset", "mose", *extra, **(env | {"KFP_HOST": server.url}))
+            ok = run_pipelines_cli(
+                tmp_path, "submit", "--dataset", "mose", *extra, **(env | {"KFP_HOST": server.url})
+            )
             assert ok.returncode == 0, ok.stderr
         params = [c.body["runtime_config"]["parameters"] for c in _api(server) if c.path.endswith("/runs")]
         assert params[0]["allow_random_init"] is True and params[1]["init_checkpoint_uri"] == "s3://m/b+.pt"
