@@ -305,13 +305,12 @@ def test_same_masks_as_official_on_a_trained_checkpoint(
 
 # ---- sam2.utils.amg against the official helpers ------------------------------------------------------
 
-_AMG_SCRIPT = (
-    _CV2_COMPONENTS
-    + """
-from sam2.utils import amg
+# The calls, run once with the official amg (in the oracle) and once with ours: the names `amg`,
+# `SAM2AutomaticMaskGenerator`, `np`, `torch`, `inputs` and `outputs` are each side's.
+_AMG_CALLS = """
 res = {}
-res["grids"] = [amg.build_all_layer_point_grids(n, layers, scale) for n, layers, scale in inputs["grid_args"]]
-res["crops"] = [amg.generate_crop_boxes(size, layers, ratio) for size, layers, ratio in inputs["crop_args"]]
+res["grids"] = [amg.build_all_layer_point_grids(*args) for args in inputs["grid_args"]]
+res["crops"] = [amg.generate_crop_boxes(*args) for args in inputs["crop_args"]]
 masks = inputs["masks"]
 res["rles"] = amg.mask_to_rle_pytorch(masks)
 res["decoded"] = [amg.rle_to_mask(rle) for rle in res["rles"]]
@@ -332,11 +331,17 @@ data.cat(amg.MaskData(rles=res["rles"][:2], boxes=res["boxes"][:2].clone(), scor
 data.filter(torch.tensor([3, 0, 1]))
 res["maskdata"] = dict(data.items())
 mask_data = amg.MaskData(rles=list(res["rles"]), boxes=res["boxes"].clone())
-from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 cleaned = SAM2AutomaticMaskGenerator.postprocess_small_regions(mask_data, 6, 0.7)
 res["postprocessed"] = dict(cleaned.items())
 outputs["res"] = res
 """
+_AMG_SCRIPT = (
+    _CV2_COMPONENTS
+    + """
+from sam2.utils import amg
+from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+"""
+    + _AMG_CALLS
 )
 
 
@@ -399,32 +404,10 @@ def test_amg_helpers_match_the_official_ones(opencv_dir: str) -> None:
     }
     ref = run_oracle(_AMG_SCRIPT, {**inputs, "opencv_dir": opencv_dir})["res"]
 
-    ours = {
-        "grids": [amg.build_all_layer_point_grids(*args) for args in inputs["grid_args"]],
-        "crops": [amg.generate_crop_boxes(*args) for args in inputs["crop_args"]],
-        "rles": amg.mask_to_rle_pytorch(masks),
-    }
-    ours["decoded"] = [amg.rle_to_mask(rle) for rle in ours["rles"]]
-    ours["areas"] = [amg.area_from_rle(rle) for rle in ours["rles"]]
-    ours["coco"] = [amg.coco_encode_rle(rle) for rle in ours["rles"]]
-    ours["boxes"] = amg.batched_mask_to_box(masks)
-    ours["boxes_4d"] = amg.batched_mask_to_box(masks.reshape(2, -1, *masks.shape[-2:]))
-    ours["stability"] = amg.calculate_stability_score(inputs["logits"], 0.0, 0.7)
-    ours["near_edge"] = amg.is_box_near_crop_edge(inputs["boxes"], inputs["crop"], inputs["orig"])
-    ours["uncrop_boxes"] = amg.uncrop_boxes_xyxy(inputs["boxes"], inputs["crop"])
-    ours["uncrop_points"] = amg.uncrop_points(inputs["points"], inputs["crop"])
-    ours["uncrop_masks"] = amg.uncrop_masks(masks, inputs["crop"], 40, 50)
-    ours["xywh"] = amg.box_xyxy_to_xywh(inputs["boxes"][0])
-    ours["regions"] = [amg.remove_small_regions(m, t, mode) for m, t, mode in inputs["region_cases"]]
-    data = amg.MaskData(rles=list(ours["rles"]), boxes=ours["boxes"].clone(), scores=np.arange(len(masks)))
-    data.filter(torch.tensor([i % 2 == 0 for i in range(len(masks))]))
-    data.cat(amg.MaskData(rles=ours["rles"][:2], boxes=ours["boxes"][:2].clone(), scores=np.arange(2)))
-    data.filter(torch.tensor([3, 0, 1]))
-    ours["maskdata"] = dict(data.items())
-    mask_data = amg.MaskData(rles=list(ours["rles"]), boxes=ours["boxes"].clone())
-    ours["postprocessed"] = dict(
-        SAM2AutomaticMaskGenerator.postprocess_small_regions(mask_data, 6, 0.7).items()
-    )
+    names = {"amg": amg, "SAM2AutomaticMaskGenerator": SAM2AutomaticMaskGenerator, "np": np, "torch": torch}
+    outputs: dict = {}
+    exec(_AMG_CALLS, {**names, "inputs": inputs, "outputs": outputs})
+    ours = outputs["res"]
 
     assert any(changed for _, changed in ours["regions"]) and not all(c for _, c in ours["regions"])
     for key in ref:
