@@ -270,6 +270,11 @@ def done(kind: str, reason: str = "", message: str = "") -> dict:
 # -- the same cluster behind HTTP, for the real `kubernetes` client ------------------------------------------
 
 
+def _v1_list(kind: str, items: list[Any]) -> dict[str, Any]:
+    """The core/v1 list object (PodList, EventList) the API server answers a list call with."""
+    return {"kind": kind, "apiVersion": "v1", "metadata": {}, "items": _to_json(items)}
+
+
 def _to_json(obj: Any) -> Any:
     """A SimpleNamespace tree as the API server's JSON (camelCase keys, as the OpenAPI models name them)."""
     if isinstance(obj, SimpleNamespace):
@@ -358,17 +363,11 @@ def serve(cluster: FakeCluster):
                         items = cluster.list_namespaced_pod(
                             ns, label_selector=query.get("labelSelector", "")
                         ).items
-                        return self._reply(
-                            200,
-                            {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": _to_json(items)},
-                        )
+                        return self._reply(200, _v1_list("PodList", items))
                     items = cluster.list_namespaced_event(
                         ns, field_selector=query.get("fieldSelector", "")
                     ).items
-                    return self._reply(
-                        200,
-                        {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": _to_json(items)},
-                    )
+                    return self._reply(200, _v1_list("EventList", items))
                 return self._reply(
                     404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
                 )
