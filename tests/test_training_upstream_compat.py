@@ -47,7 +47,7 @@ def test_upstream_trainer_arguments_and_checkpoint_keys_are_accepted(tmp_path, m
             "+trainer.checkpoint.save_best_meters=null",
             "+trainer.checkpoint.skip_saving_parameters=[]",
             "+trainer.checkpoint.initialize_after_preemption=null",
-            "+trainer.logging.log_level_primary=INFO",
+            "+trainer.logging.log_level_primary=WARNING",
             "+trainer.logging.log_level_secondary=ERROR",
             "+trainer.logging.log_scalar_frequency=100",
             "+trainer.logging.log_visual_frequency=100",
@@ -64,6 +64,8 @@ def test_upstream_trainer_arguments_and_checkpoint_keys_are_accepted(tmp_path, m
     saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
     # save_list [1]: the checkpoint after the first epoch is kept too (save_freq 0 keeps none)
     assert saved == ["checkpoint.pt", "checkpoint_0.pt"]
+    # log_level_primary=WARNING: rank 0's log file holds no INFO lines (e.g. "saved checkpoint")
+    assert "saved checkpoint" not in (tmp_path / "run" / "logs" / "log_rank0.txt").read_text()
 
 
 @pytest.mark.parametrize(

@@ -193,6 +193,9 @@ class Trainer:
     block takes save_list (epochs that also keep checkpoint_<epoch>.pt), skip_saving_parameters (name
     patterns left out of saved checkpoints; they must be frozen) and initialize_after_preemption (rerun
     the weight initializer before resuming; default: whether skip_saving_parameters is set).
+    The logging block takes upstream's log_level_primary / log_level_secondary (the rank log file's level
+    on rank 0 / other ranks, where given); log_scalar_frequency, log_visual_frequency, scalar_keys_to_log
+    and log_batch_stats are accepted and read by nothing (TensorBoard scalars follow log_freq).
     A step whose gradients are not finite is skipped and counted (as upstream's GradScaler does).
     lora: the `trainer.lora` block (sam2.training.lora.LoRASettings); rank > 0 trains LoRA adapters on
         the frozen initial weights: checkpoints then hold the adapters alone, and the end of training
@@ -256,6 +259,12 @@ class Trainer:
         dist_conf = distributed or {}
         # The log file first, so that joining the process group is recorded too.
         self._log_handler = add_rank_log_file(logging.log_dir, int(os.environ.get("RANK", "0")))
+        # Upstream's log levels, where given: log_level_primary on rank 0, log_level_secondary elsewhere.
+        level = logging.get(
+            "log_level_primary" if os.environ.get("RANK", "0") == "0" else "log_level_secondary"
+        )
+        if level:
+            self._log_handler.setLevel(str(level).upper())
         self.ctx: DistributedContext = setup_distributed(
             accelerator,
             backend=dist_conf.get("backend"),
