@@ -47,7 +47,12 @@ def test_demo_pipeline_end_to_end_twice(tmp_path, s3_env, s3_store, monkeypatch)
     assert "baseline not scored: training started from random weights" in first["comparison"]
     assert "champion not scored: no champion registered yet" in first["comparison"]
 
-    second = run_locally(args, pipeline_root=tmp_path / "kfp")
+    # The replay infers as two shards (one val video each): the merged predictions score exactly the same.
+    second = run_locally(args | {"infer_shards": 2}, pipeline_root=tmp_path / "kfp")
+    assert sorted(s3_store.list_objects(f"{second['run_uri']}/predictions/_shards")) == [
+        "0000-of-0002.json",
+        "0001-of-0002.json",
+    ]
     assert second["decision"] == "challenger"
     # The champion was scored again in the second run, on the same videos: the same model, difference 0.
     assert "(new minus champion: +0.00)" in second["comparison"]
