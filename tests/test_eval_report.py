@@ -110,6 +110,7 @@ def test_comparison_report_shows_all_three_models_the_change_and_the_curves(tmp_
     keys = ("baseline", "champion", "new")
     results = {k: evaluate(tmp_path / "gt", tmp_path / k, num_processes=1, progress=False) for k in keys}
     curves = {"train_loss": [(0, 1.0), (1, 0.6)], "val_J&F": [(0, 5.0), (1, 9.5)]}
+    curves["train_loss_per_step"] = [(step, 1.0 / (step + 1)) for step in range(40)]
     out = tmp_path / "report"
     markdown = write_comparison_report(
         results,
@@ -172,7 +173,7 @@ def test_training_curves_come_from_the_runs_tensorboard_logs(tmp_path: Path) -> 
     writer = SummaryWriter(str(tmp_path / "tb"))
     for epoch in range(3):
         writer.add_scalar("train_epoch/core_loss", 1.0 / (epoch + 1), epoch)
-        writer.add_scalar("train/core_loss", 9.0, epoch)  # per step: not the epoch curve
+        writer.add_scalar("train/core_loss", 9.0, epoch)  # per step: its own curve
         writer.add_scalar("val/J&F", 10.0 * epoch, epoch)
     writer.close()
     resumed = SummaryWriter(str(tmp_path / "tb" / "resumed"))  # a resumed run logs epoch 2 again
@@ -181,4 +182,9 @@ def test_training_curves_come_from_the_runs_tensorboard_logs(tmp_path: Path) -> 
     curves = read_training_curves(tmp_path / "tb")
     assert curves["train_loss"] == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
     assert curves["val_J&F"] == [(0, 0.0), (1, 10.0), (2, 25.0)]
-    assert read_training_curves(tmp_path / "missing") == {"train_loss": [], "val_J&F": []}
+    assert curves["train_loss_per_step"] == [(0, 9.0), (1, 9.0), (2, 9.0)]
+    assert read_training_curves(tmp_path / "missing") == {
+        "train_loss": [],
+        "train_loss_per_step": [],
+        "val_J&F": [],
+    }

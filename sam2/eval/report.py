@@ -274,18 +274,20 @@ def change_chart_png(changes: list[tuple[str, float]], reference: str) -> bytes:
 
 
 def curves_png(curves: dict[str, list[tuple[int, float]]]) -> bytes:
-    """Training loss and val J&F per epoch, side by side."""
+    """Training loss (per logged step when the logs have it, else per epoch) and val J&F per epoch."""
     figure, panels = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+    loss = ("train_loss_per_step", "step") if curves.get("train_loss_per_step") else ("train_loss", "epoch")
     try:
-        for axes, (name, ylabel) in zip(
-            panels, (("train_loss", "train loss (core)"), ("val_J&F", "val J&F (%)")), strict=True
+        for axes, (name, xlabel, ylabel) in zip(
+            panels, ((*loss, "train loss (core)"), ("val_J&F", "epoch", "val J&F (%)")), strict=True
         ):
             points = curves.get(name) or []
             if points:
-                axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="#4C72B0")
+                marker = "o" if len(points) < 30 else None
+                axes.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color="#4C72B0")
             else:
                 axes.text(0.5, 0.5, "not logged", ha="center", va="center", transform=axes.transAxes)
-            axes.set_xlabel("epoch")
+            axes.set_xlabel(xlabel)
             axes.set_ylabel(ylabel)
             axes.grid(alpha=0.3)
         figure.suptitle("Training curves (TensorBoard logs of this run)")

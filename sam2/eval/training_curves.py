@@ -1,7 +1,9 @@
-"""Learning curves read back from a run's TensorBoard logs: train loss per epoch, val J&F per epoch.
+"""Learning curves read back from a run's TensorBoard logs: train loss per epoch and per logged step,
+val J&F per epoch.
 
 The trainer writes `train_epoch/<loss>` (mean over the epoch) and `val/J&F` (in percent) with the epoch
-as step; the report plots them and the registry logs them as MLflow metrics with the same steps.
+as step, and `train/<loss>` every logging period with the optimizer step; the report plots them and the
+registry logs them as MLflow metrics with the same steps.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ logger = logging.getLogger(__name__)
 
 TRAIN_LOSS_TAG = "train_epoch/core_loss"
 VAL_JF_TAG = "val/J&F"
-CURVE_TAGS = {"train_loss": TRAIN_LOSS_TAG, "val_J&F": VAL_JF_TAG}
+TRAIN_STEP_LOSS_TAG = "train/core_loss"
+CURVE_TAGS = {"train_loss": TRAIN_LOSS_TAG, "train_loss_per_step": TRAIN_STEP_LOSS_TAG, "val_J&F": VAL_JF_TAG}
 
 Curves = dict[str, list[tuple[int, float]]]
 
 
 def read_training_curves(log_dir: str | os.PathLike) -> Curves:
-    """{"train_loss": [(epoch, loss)], "val_J&F": [(epoch, J&F)]} from every event file under `log_dir`.
+    """{"train_loss": [(epoch, loss)], "train_loss_per_step": [(step, loss)], "val_J&F": [(epoch, J&F)]}
+    from every event file under `log_dir`.
 
     A curve the logs do not hold is an empty list; a step logged twice (a resumed run) keeps the value
     written last. A missing folder gives empty curves (the run logged nothing), with a warning.
