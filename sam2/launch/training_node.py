@@ -85,6 +85,21 @@ def dataset_overrides(data_dir: Path, file_list: Path) -> list[str]:
     ]
 
 
+def refuse_in_training_validation(overrides: Sequence[str]) -> None:
+    """A node stages only the train videos, so `trainer.mode=train` (validate during training) has nothing to
+    validate on: the recipe's val list names videos that are not on the node. The pipeline scores its val
+    split in the infer and evaluate steps instead. Raises ValueError naming the override."""
+    for item in overrides:
+        key, _, value = item.lstrip("+").partition("=")
+        if key == "trainer.mode" and value.strip() != "train_only":
+            raise ValueError(
+                f"training override {item!r}: a training node stages only the train split, so it cannot "
+                "validate during training; the pipeline scores the val split in its infer and evaluate steps. "
+                "Leave trainer.mode at train_only, or run `python -m sam2.training.train` yourself with "
+                "dataset.val_file_list_txt pointing at staged val videos."
+            )
+
+
 def torchrun_command(
     config: str,
     topology: NodeTopology,
@@ -313,6 +328,7 @@ def run_node(
 
     Raises FileNotFoundError for missing inputs and subprocess.CalledProcessError when training fails.
     """
+    refuse_in_training_validation(overrides)
     topology = topology or NodeTopology.from_env(env)
     needs_s3 = any(is_s3_uri(u) for u in (dataset_uri, run_uri, train_list, init_checkpoint_uri or ""))
     store = ObjectStore() if needs_s3 else None
