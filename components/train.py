@@ -37,6 +37,7 @@ def train_model(
     scheduler: str = "none",
     queue: str = "",
     pending_timeout_minutes: float = 30.0,
+    shared_data_pvc: str = "",
 ) -> str:
     """Train and publish checkpoints at s3://<runs_bucket>/<run_id>/checkpoints/; returns the checkpoint URI.
 
@@ -56,6 +57,9 @@ def train_model(
     the operator's PodGroup, `queue` = Volcano queue) or "kueue" (`queue` = LocalQueue, required);
     `pending_timeout_minutes`: fail when its pods have not all started by then (0: wait), with the
     scheduler's last message. The job is owned by this step's pod (POD_NAME/POD_UID from the downward API).
+    `shared_data_pvc`: a ReadWriteMany claim (k8s/shared-data-pvc.yaml) the job's pods mount at
+    /shared-data to stage the train videos once per data set version; the pipeline passes the claim it
+    was compiled with (empty: none, each node downloads into its scratch volume).
     """
     import logging
 
@@ -114,6 +118,7 @@ def train_model(
             scheduler=scheduler,
             queue=queue,
             pending_timeout_minutes=pending_timeout_minutes,
+            shared_data_pvc=shared_data_pvc,
         )
         job_launcher = PyTorchJobLauncher(settings)
     else:

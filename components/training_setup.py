@@ -74,6 +74,7 @@ def cluster_settings(
     queue: str = "",
     pending_timeout_minutes: float = 30.0,
     env: Mapping[str, str] | None = None,
+    shared_data_pvc: str = "",
 ) -> ClusterSettings:
     """Where the PyTorchJob runs: `namespace` (default: the namespace this pod runs in), the image (default:
     `component_image()`, which inside a pod is the default image: the pipeline passes the one it was compiled
@@ -81,6 +82,7 @@ def cluster_settings(
 
     The job's owner is this step's pod, from the downward API variables the pipeline sets (POD_NAME,
     POD_UID, POD_NAMESPACE in `env`, default os.environ); without them the job has no owner (a warning).
+    `shared_data_pvc` (empty: none) is the ReadWriteMany claim the job's pods mount for the data set.
     Raises ValueError naming the parameter for a bad node selector, toleration, scheduler or queue.
     """
     from components.images import component_image
@@ -142,4 +144,5 @@ def cluster_settings(
         queue=queue or None,
         pending_timeout_s=pending_timeout_minutes * 60,
         owner_pod=owner,
+        shared_data_pvc=shared_data_pvc.strip() or None,
     )

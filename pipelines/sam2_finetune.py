@@ -38,7 +38,8 @@ Parameters (defaults are for a cluster; `python -m pipelines.run --dataset demo`
 
 Compile-time option: with `SAM2_SHARED_DATA_PVC=<claim>` set when compiling (k8s/shared-data-pvc.yaml),
 validate, split, infer and evaluate mount that ReadWriteMany claim at /shared-data and keep one copy of
-each data set version there (SAM2_SHARED_DATA_DIR) instead of fetching into their scratch disks.
+each data set version there (SAM2_SHARED_DATA_DIR) instead of fetching into their scratch disks; the train
+step passes the claim to the PyTorchJob, whose Master and Workers mount it the same way.
 """
 
 import os
@@ -190,6 +191,7 @@ def sam2_finetune(
         scheduler=scheduler,
         queue=scheduler_queue,
         pending_timeout_minutes=pending_timeout_minutes,
+        shared_data_pvc=SHARED_DATA_PVC,
     ).set_display_name("train")
 
     # The champion and the zero-shot baseline, scored beside the new model on the same videos.

@@ -70,6 +70,8 @@ class ClusterSettings:
     `owner_pod` is (namespace, name, uid) of the pod that creates the job (the step's, from the downward
     API): the job gets an ownerReference to it when it is in the same namespace (Kubernetes ignores a
     cross-namespace owner and would delete the job at once). `pending_timeout_s` 0 waits forever.
+    `shared_data_pvc`: a ReadWriteMany claim (k8s/shared-data-pvc.yaml) every replica mounts at
+    /shared-data to stage the data set there once and reuse it; None: none.
     """
 
     namespace: str
@@ -96,6 +98,7 @@ class ClusterSettings:
     api_retry_s: float = 300.0
     owner_pod: tuple[str, str, str] | None = None
     handle_signals: bool = True
+    shared_data_pvc: str | None = None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -257,6 +260,7 @@ class PyTorchJobLauncher:
             scheduler=s.scheduler,
             queue=s.queue,
             service_account=s.service_account,
+            shared_data_pvc=s.shared_data_pvc,
         )
         return render_pytorchjob(spec)
 

@@ -21,6 +21,7 @@ TEMPLATE_RESOURCE = "pytorchjob.yaml"
 CONTAINER_NAME = "pytorch"
 GPU_RESOURCE = "nvidia.com/gpu"
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 
 # Per GPU (or per CPU training process): what one training process and its DataLoader workers need. The
@@ -36,6 +37,11 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # The operator's gang scheduling (--gang-scheduler-name=volcano) creates a PodGroup from
 # runPolicy.schedulingPolicy and sets this scheduler on pods that name none (pkg/controller.v1/common/pod.go).
 VOLCANO_SCHEDULER = "volcano"
+# The optional ReadWriteMany claim holding data set copies (k8s/shared-data-pvc.yaml): the volume's name,
+# where the pipeline's steps mount it too, and the variable training_node.SHARED_DATA_ENV reads.
+SHARED_DATA_VOLUME = "shared-data"
+SHARED_DATA_MOUNT = "/shared-data"
+SHARED_DATA_ENV = "SAM2_SHARED_DATA_DIR"
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ class PyTorchJobSpec:
     `scratch_bytes` (the data set's size) sizes the scratch emptyDir (`sizeLimit`, plus
     `SCRATCH_HEADROOM_BYTES` for checkpoints) and its ephemeral-storage request; None leaves it unbounded.
     `owner` is an ownerReference (the step's pod), so deleting the run garbage-collects the job.
+    `shared_data_pvc`: a ReadWriteMany claim mounted at `shared_data_mount` on every replica, with
+    SAM2_SHARED_DATA_DIR set to it, so the nodes stage the train videos there once per data set version
+    and reuse that copy (None: no such volume, each node downloads into its scratch emptyDir).
     `scheduler`: "none", "volcano" (gang: schedulingPolicy with minAvailable = all replicas, `queue`,
     `priority_class`) or "kueue" (the `queue` label; created suspended, Kueue admits it whole).
     """
@@ -78,6 +87,8 @@ class PyTorchJobSpec:
     scheduler: str = "none"
     queue: str | None = None
     service_account: str | None = None
+    shared_data_pvc: str | None = None
+    shared_data_mount: str = SHARED_DATA_MOUNT
 
 
 def scale_quantity(quantity: str, factor: int) -> str:
@@ -141,6 +152,14 @@ def render_pytorchjob(spec: PyTorchJobSpec) -> dict[str, Any]:
         raise ValueError("scheduler=kueue needs a queue: the name of a Kueue LocalQueue in the namespace")
     if spec.scratch_bytes is not None and spec.scratch_bytes < 0:
         raise ValueError(f"scratch_bytes must be >= 0, got {spec.scratch_bytes}")
+    if spec.shared_data_pvc is not None:
+        if len(spec.shared_data_pvc) > 253 or not _DNS1123_SUBDOMAIN.match(spec.shared_data_pvc):
+            raise ValueError(
+                f"shared_data_pvc {spec.shared_data_pvc!r} is not a PersistentVolumeClaim name "
+                "(a DNS-1123 subdomain: lower-case letters, digits, '-' and '.')"
+            )
+        if not spec.shared_data_mount.startswith("/"):
+            raise ValueError(f"shared_data_mount must be an absolute path, got {spec.shared_data_mount!r}")
     job = load_template()
     job["metadata"]["name"] = spec.name
     if spec.namespace:
@@ -204,7 +223,7 @@ def _procs(spec: PyTorchJobSpec) -> int:
 
 
 def _fill_pod(pod: dict[str, Any], spec: PyTorchJobSpec) -> None:
-    """Placement, account, and the sizes of the shared-memory and scratch volumes."""
+    """Placement, account, the sizes of the shared-memory and scratch volumes, the shared data claim."""
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
@@ -220,6 +239,9 @@ def _fill_pod(pod: dict[str, Any], spec: PyTorchJobSpec) -> None:
         volumes["dshm"]["emptyDir"]["sizeLimit"] = scale_quantity(spec.shm_per_gpu, _procs(spec))
     if spec.scratch_bytes is not None and "scratch" in volumes:
         volumes["scratch"]["emptyDir"] = {"sizeLimit": _mebibytes(scratch_size_bytes(spec.scratch_bytes))}
+    if spec.shared_data_pvc is not None:
+        claim = {"name": SHARED_DATA_VOLUME, "persistentVolumeClaim": {"claimName": spec.shared_data_pvc}}
+        pod.setdefault("volumes", []).append(claim)
 
 
 def scratch_size_bytes(dataset_bytes: int) -> int:
@@ -236,12 +258,18 @@ def _fill_container(container: dict[str, Any], spec: PyTorchJobSpec) -> None:
 
     env = container.setdefault("env", [])
     by_name = {item["name"]: item for item in env}
-    for key, value in spec.env.items():
+    values = dict(spec.env)
+    if spec.shared_data_pvc is not None:
+        values[SHARED_DATA_ENV] = spec.shared_data_mount
+    for key, value in values.items():
         if key in by_name:
             by_name[key].clear()
             by_name[key].update({"name": key, "value": value})
         else:
             env.append({"name": key, "value": value})
+    if spec.shared_data_pvc is not None:
+        mount = {"name": SHARED_DATA_VOLUME, "mountPath": spec.shared_data_mount}
+        container.setdefault("volumeMounts", []).append(mount)
     if spec.s3_secret_name:
         for item in env:
             ref = item.get("valueFrom", {}).get("secretKeyRef")
