@@ -18,29 +18,13 @@ from PIL import Image as PILImage
 
 from sam2.data.coco import CROWD_MODES, CocoFormatError, CocoImage, image_objects, load_coco
 from sam2.training.dataset.errors import DatasetError
-from sam2.training.dataset.vos_raw_dataset import VOSFrame, VOSRawDataset, VOSVideo
+from sam2.training.dataset.vos_raw_dataset import VOSFrame, VOSRawDataset, VOSVideo, read_name_list
 from sam2.training.dataset.vos_segment_loader import LazySegments, _decode_rles
 
 logger = logging.getLogger(__name__)
 
 # What crowd regions are painted with under crowd="mask_out": the normalisation mean (0 after NormalizeAPI).
 _MEAN_RGB = (0.485, 0.456, 0.406)
-
-
-def _read_names(paths: str | Sequence[str] | None, setting: str) -> list[str] | None:
-    """Image file names, one a line, as the COCO file spells them (split and validation lists)."""
-    if paths is None:
-        return None
-    if isinstance(paths, str | os.PathLike):
-        paths = [paths]
-    names: list[str] = []
-    for path in paths:
-        try:
-            with open(path) as f:
-                names.extend(line.strip() for line in f if line.strip())
-        except OSError as err:
-            raise DatasetError(f"cannot read {setting} {str(path)!r}: {err.strerror}") from err
-    return names
 
 
 class COCOSegmentLoader:
@@ -101,7 +85,7 @@ class COCORawDataset(VOSRawDataset):
         except CocoFormatError as err:
             raise DatasetError(str(err)) from err
         by_name = coco.by_name
-        wanted = _read_names(file_list_txt, "file_list_txt")
+        wanted = read_name_list(file_list_txt, "file_list_txt", drop_extension=False)
         if wanted is None:
             wanted = sorted(by_name)
         unknown = sorted(set(wanted) - set(by_name))
@@ -110,7 +94,9 @@ class COCORawDataset(VOSRawDataset):
                 f"file_list_txt names {len(unknown)} image(s) that {ann_file!r} does not list (e.g. "
                 f"{unknown[0]!r}); lists hold file names as the COCO file spells them"
             )
-        excluded = set(_read_names(excluded_videos_list_txt, "excluded_videos_list_txt") or [])
+        excluded = set(
+            read_name_list(excluded_videos_list_txt, "excluded_videos_list_txt", drop_extension=False) or []
+        )
         self._images: dict[str, CocoImage] = {}
         self._objects: dict[str, list] = {}
         self._crowds: dict[str, list[dict]] = {}

@@ -63,8 +63,11 @@ class VOSRawDataset:
         raise NotImplementedError
 
 
-def _read_name_list(paths: str | Sequence[str] | None, setting: str) -> list[str] | None:
-    """Video names (extension dropped, blank lines skipped) from one or several list files."""
+def read_name_list(
+    paths: str | Sequence[str] | None, setting: str, drop_extension: bool = True
+) -> list[str] | None:
+    """Names, one a line (blank lines skipped; the extension dropped for video names, kept for image file
+    names), from one or several list files; DatasetError naming `setting` and the file when one is unreadable."""
     if paths is None:
         return None
     if isinstance(paths, str | os.PathLike):
@@ -73,7 +76,8 @@ def _read_name_list(paths: str | Sequence[str] | None, setting: str) -> list[str
     for path in paths:
         try:
             with open(path) as f:
-                names.extend(os.path.splitext(line.strip())[0] for line in f if line.strip())
+                stripped = (line.strip() for line in f)
+                names.extend(os.path.splitext(n)[0] if drop_extension else n for n in stripped if n)
         except OSError as err:
             raise DatasetError(f"cannot read {setting} {str(path)!r}: {err.strerror}") from err
     return names
@@ -87,10 +91,10 @@ def select_videos(
     """Sorted video names: those of `file_list_txt` (or every entry of img_folder) minus the excluded."""
     if not os.path.isdir(img_folder):
         raise DatasetError(f"img_folder {img_folder!r} does not exist or is not a folder")
-    subset = _read_name_list(file_list_txt, "file_list_txt")
+    subset = read_name_list(file_list_txt, "file_list_txt")
     if subset is None:
         subset = [n for n in os.listdir(img_folder) if not n.startswith(".")]
-    excluded = set(_read_name_list(excluded_videos_list_txt, "excluded_videos_list_txt") or [])
+    excluded = set(read_name_list(excluded_videos_list_txt, "excluded_videos_list_txt") or [])
     names = sorted({n for n in subset if n not in excluded})
     if not names:
         raise DatasetError(
@@ -311,8 +315,8 @@ class SA1BRawDataset(VOSRawDataset):
                 )
             names = [os.path.splitext(n)[0] for n in listed if n.endswith(".jpg")]
         else:
-            names = _read_name_list(file_list_txt, "file_list_txt") or []
-        excluded = set(_read_name_list(excluded_videos_list_txt, "excluded_videos_list_txt") or [])
+            names = read_name_list(file_list_txt, "file_list_txt") or []
+        excluded = set(read_name_list(excluded_videos_list_txt, "excluded_videos_list_txt") or [])
         self.video_names = sorted(n for n in names if n not in excluded)
         if not self.video_names:
             raise DatasetError(f"no images selected from {img_folder!r}")
