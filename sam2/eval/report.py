@@ -223,13 +223,7 @@ def write_report(
                     "",
                 ]
                 lines += [f"![{video.name} {worst.frame}]({ref})", ""]
-    markdown = "\n".join(lines)
-    atomic_write_bytes(folder / "report.md", markdown.encode("utf-8"))
-    if embed_images:
-        for name, data in written.items():
-            uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-            markdown = markdown.replace(f"]({name})", f"]({uri})")
-    return markdown
+    return _write_markdown(folder, lines, written, embed_images)
 
 
 # -- comparison of several models on the same videos --------------------------------------------------
@@ -431,6 +425,12 @@ def write_comparison_report(
                 link = image_ref(png, f"compare_{name}_{Path(worst.frame).stem}.png")
                 lines += [f"Frame `{worst.frame}`: new mean J {100 * worst.mean_j:.1f}", ""]
                 lines += [f"![{name} {worst.frame}]({link})", ""]
+    return _write_markdown(folder, lines, written, embed_images)
+
+
+def _write_markdown(folder: Path, lines: list[str], written: dict[str, bytes], embed_images: bool) -> str:
+    """Write `report.md` with its PNGs referenced by file name; return the Markdown, with the images inlined
+    as data URIs when `embed_images` (the KFP Markdown artifact, which has no folder beside it)."""
     markdown = "\n".join(lines)
     atomic_write_bytes(folder / "report.md", markdown.encode("utf-8"))
     if embed_images:
