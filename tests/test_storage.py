@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,25 @@ def test_excluded_paths_are_neither_uploaded_nor_listed(
     expected = sorted([*kept, ".statefile"])
     assert sorted(s3_store.read_marker(uri)["files"]) == expected
     assert sorted(s3_store.list_objects(uri)) == sorted([*expected, MARKER_NAME])
+
+
+def test_server_has_room_for_a_bucket_per_test(s3_server, s3_store: ObjectStore) -> None:
+    """Each bucket is a SeaweedFS collection with volumes of its own. With SeaweedFS's defaults (seven new
+    volumes per collection, slots derived from free disk) the suite's buckets exhausted the slots on CI
+    ("no free volumes left", an S3 InternalError on upload) after a few dozen buckets."""
+    status_url = f"http://127.0.0.1:{s3_server.ports['master']}/dir/status"
+
+    def topology() -> dict:
+        with urllib.request.urlopen(status_url, timeout=10) as answer:  # master API, /dir/status
+            return json.load(answer)["Topology"]
+
+    assert topology()["Max"] >= 1000
+    before = topology()["Free"]
+    for index in range(3):
+        bucket = f"room-{uuid.uuid4().hex[:8]}-{index}"
+        s3_store.ensure_bucket(bucket)
+        s3_store.write_bytes(f"s3://{bucket}/x", b"x")
+    assert before - topology()["Free"] == 3  # one volume per new bucket
 
 
 def test_single_objects_and_checksums(s3_store: ObjectStore, s3_bucket: str, tmp_path: Path) -> None:

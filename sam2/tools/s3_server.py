@@ -58,6 +58,19 @@ def find_weed_binary() -> Path:
     )
 
 
+MAX_VOLUMES = 2000
+"""Volume slots of the local server; each bucket uses one (see :func:`_weed_env`)."""
+
+
+def _weed_env() -> dict[str, str]:
+    """The environment of ``weed``: one new volume per collection instead of SeaweedFS's default seven.
+
+    ``WEED_MASTER_VOLUME_GROWTH_COPY_1`` is ``master.toml``'s ``[master.volume_growth] copy_1`` (SeaweedFS
+    reads ``WEED_``-prefixed variables for its TOML settings); a single-node test server needs no spread.
+    """
+    return os.environ | {"WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -141,7 +154,11 @@ class SeaweedS3Server:
             "-master.resumeState=false",
             f"-volume.port={p['volume']}",
             f"-volume.port.grpc={p['volume.grpc']}",
-            "-volume.max=0",
+            # A fixed slot count: with 0 SeaweedFS derives it from free disk / volume size (about 190
+            # slots on 48 GB free, far fewer on a small CI disk), and each bucket is a collection that
+            # takes its own volumes, so a test suite making a bucket per test ran out ("no free volumes
+            # left"). Volumes are not preallocated; a slot costs no disk until written.
+            f"-volume.max={MAX_VOLUMES}",
             "-volume.preStopSeconds=0",
             "-filer",
             f"-filer.port={p['filer']}",
@@ -165,7 +182,12 @@ class SeaweedS3Server:
         cmd = self.command()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                cmd,
+                env=_weed_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self.wait_ready(timeout_s)
 
