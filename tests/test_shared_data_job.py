@@ -19,7 +19,13 @@ from pipelines import sam2_finetune
 from sam2.launch import training_node
 from sam2.launch.kubeflow import ClusterSettings, PyTorchJobLauncher
 from sam2.launch.launcher import TrainingRequest
-from sam2.launch.pytorchjob import SHARED_DATA_ENV, SHARED_DATA_MOUNT, PyTorchJobSpec, render_pytorchjob
+from sam2.launch.pytorchjob import (
+    SCRATCH_HEADROOM_BYTES,
+    SHARED_DATA_ENV,
+    SHARED_DATA_MOUNT,
+    PyTorchJobSpec,
+    render_pytorchjob,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAIM = "sam2-shared-data"
@@ -75,6 +81,47 @@ def test_without_the_claim_nothing_changes():
         assert "SAM2_SHARED_DATA_DIR" not in {e["name"] for e in pod["containers"][0]["env"]}
     shared = render_pytorchjob(PyTorchJobSpec(**base, shared_data_pvc=CLAIM))
     assert shared != plain
+
+
+def _scratch(pod: dict) -> tuple[str, str]:
+    """The scratch emptyDir's sizeLimit and the container's ephemeral-storage request."""
+    limit = {v["name"]: v for v in pod["volumes"]}["scratch"]["emptyDir"].get("sizeLimit", "")
+    return limit, pod["containers"][0]["resources"]["requests"]["ephemeral-storage"]
+
+
+def test_with_the_claim_the_scratch_is_sized_without_the_data_set():
+    """The train videos go to the claim, so the scratch holds only checkpoints, logs and caches: the
+    builder's checkpoint room, whatever the data set's size; without the claim the data is on it too."""
+    train_bytes = 200 * 2**30
+    base = dict(name="j", image="i:1", args=[], num_nodes=2, scratch_bytes=train_bytes)
+    headroom_mib = SCRATCH_HEADROOM_BYTES // 2**20
+    template_mib = 8 * 1024  # the template's own request: /tmp and $HOME
+    for role, pod in _pods(render_pytorchjob(PyTorchJobSpec(**base, shared_data_pvc=CLAIM))).items():
+        assert _scratch(pod) == (f"{headroom_mib}Mi", f"{headroom_mib + template_mib}Mi"), role
+    data_mib = train_bytes * 11 // 10 // 2**20 + headroom_mib  # the data, 10% slack, the checkpoints
+    for role, pod in _pods(render_pytorchjob(PyTorchJobSpec(**base))).items():
+        assert _scratch(pod) == (f"{data_mib}Mi", f"{data_mib + template_mib}Mi"), role
+    # Unknown size (scratch_bytes None): unbounded, claim or not, as before.
+    for claim in (None, CLAIM):
+        pod = _pods(render_pytorchjob(PyTorchJobSpec(name="j", image="i:1", args=[], shared_data_pvc=claim)))
+        assert _scratch(pod["Master"]) == ("", "8Gi"), claim
+
+
+def test_the_launcher_sizes_a_claim_jobs_scratch_without_the_train_videos():
+    """The train step's `train_bytes` (TrainingRequest.scratch_bytes) no longer sizes the scratch when the
+    cluster settings name the claim."""
+    request = TrainingRequest(
+        "r", "c.yaml", "s3://d/datasets/demo/v1", "s3://r/r", num_nodes=2, scratch_bytes=50 * 2**30
+    )
+    shared = ClusterSettings(namespace="n", image="i:1", shared_data_pvc=CLAIM)
+    job = PyTorchJobLauncher(shared, object(), object()).render(request)
+    assert {_scratch(p)[0] for p in _pods(job).values()} == {f"{SCRATCH_HEADROOM_BYTES // 2**20}Mi"}
+    plain = PyTorchJobLauncher(ClusterSettings(namespace="n", image="i:1"), object(), object()).render(
+        request
+    )
+    assert {_scratch(p)[0] for p in _pods(plain).values()} == {
+        f"{(55 * 2**30 + SCRATCH_HEADROOM_BYTES) // 2**20}Mi"
+    }
 
 
 def test_a_bad_claim_name_or_mount_path_is_refused_naming_the_setting():

@@ -29,8 +29,8 @@ _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 DEFAULT_CPU_PER_GPU = "8"
 DEFAULT_MEMORY_PER_GPU = "64Gi"
 DEFAULT_SHM_PER_GPU = "16Gi"
-# The scratch volume holds the data set plus the run's checkpoints (the newest, a staging copy, the initial
-# weights: a few GiB for Hiera-L with optimizer state) and TensorBoard logs.
+# The scratch volume holds the data set (unless the shared data claim does) plus the run's checkpoints (the
+# newest, a staging copy, the initial weights: a few GiB for Hiera-L with optimizer state) and TensorBoard logs.
 SCRATCH_HEADROOM_BYTES = 16 * 2**30
 SCHEDULERS = ("none", "volcano", "kueue")
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -53,6 +53,7 @@ class PyTorchJobSpec:
     are per training process and scale with their number; `cpu`/`memory` override the whole pod's.
     `scratch_bytes` (the data set's size) sizes the scratch emptyDir (`sizeLimit`, plus
     `SCRATCH_HEADROOM_BYTES` for checkpoints) and its ephemeral-storage request; None leaves it unbounded.
+    With `shared_data_pvc` the data lives on the claim, so the scratch is sized without it (the headroom).
     `owner` is an ownerReference (the step's pod), so deleting the run garbage-collects the job.
     `shared_data_pvc`: a ReadWriteMany claim mounted at `shared_data_mount` on every replica, with
     SAM2_SHARED_DATA_DIR set to it, so the nodes stage the train videos there once per data set version
@@ -237,8 +238,9 @@ def _fill_pod(pod: dict[str, Any], spec: PyTorchJobSpec) -> None:
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     if "dshm" in volumes:
         volumes["dshm"]["emptyDir"]["sizeLimit"] = scale_quantity(spec.shm_per_gpu, _procs(spec))
-    if spec.scratch_bytes is not None and "scratch" in volumes:
-        volumes["scratch"]["emptyDir"] = {"sizeLimit": _mebibytes(scratch_size_bytes(spec.scratch_bytes))}
+    scratch = _scratch_bytes(spec)
+    if scratch is not None and "scratch" in volumes:
+        volumes["scratch"]["emptyDir"] = {"sizeLimit": _mebibytes(scratch)}
     if spec.shared_data_pvc is not None:
         claim = {"name": SHARED_DATA_VOLUME, "persistentVolumeClaim": {"claimName": spec.shared_data_pvc}}
         pod.setdefault("volumes", []).append(claim)
@@ -247,6 +249,17 @@ def _fill_pod(pod: dict[str, Any], spec: PyTorchJobSpec) -> None:
 def scratch_size_bytes(dataset_bytes: int) -> int:
     """The scratch volume for a data set of `dataset_bytes`: the data, 10% slack, the checkpoints' room."""
     return -(-dataset_bytes * 11 // 10) + SCRATCH_HEADROOM_BYTES
+
+
+def _scratch_bytes(spec: PyTorchJobSpec) -> int | None:
+    """The scratch volume of `spec`'s pods, None when unbounded (no `scratch_bytes`). With the shared data
+    claim the train videos are staged there, not on the scratch: it holds only the run's checkpoints,
+    logs and caches."""
+    if spec.scratch_bytes is None:
+        return None
+    return (
+        SCRATCH_HEADROOM_BYTES if spec.shared_data_pvc is not None else scratch_size_bytes(spec.scratch_bytes)
+    )
 
 
 def _fill_container(container: dict[str, Any], spec: PyTorchJobSpec) -> None:
@@ -292,9 +305,10 @@ def _fill_container(container: dict[str, Any], spec: PyTorchJobSpec) -> None:
     # scheduler reserved nor killed first under node memory pressure.
     requests["cpu"] = limits["cpu"] = cpu
     requests["memory"] = limits["memory"] = memory
-    if spec.scratch_bytes is not None:
+    scratch = _scratch_bytes(spec)
+    if scratch is not None:
         base = _quantity_bytes(requests.get("ephemeral-storage", "0"))
-        requests["ephemeral-storage"] = _mebibytes(base + scratch_size_bytes(spec.scratch_bytes))
+        requests["ephemeral-storage"] = _mebibytes(base + scratch)
 
 
 def admission_problems(job: dict[str, Any]) -> list[str]:
