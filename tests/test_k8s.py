@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,11 @@ K8S = ROOT / "k8s"
 SCHEMAS = ROOT.parent / "shared" / "schemas"
 CRD = SCHEMAS / "kubeflow.org_pytorchjobs.yaml"
 MANIFESTS = sorted(p.name for p in K8S.glob("*.yaml"))
+# The project's own image: each team builds and pushes it (`make image`) and sets its tag in
+# kustomization.yaml / the compiled pipeline, so no digest can be written here ahead of the build.
+OWN_IMAGE = "ghcr.io/sam2-kubeflow/sam2-kubeflow"
+# `name:tag@sha256:<digest>`: the tag for readers, the digest for the kubelet.
+TAG_AND_DIGEST = re.compile(r"^[a-z0-9][a-z0-9./_-]*:[A-Za-z0-9_][A-Za-z0-9_.-]*@sha256:[0-9a-f]{64}$")
 
 
 def _kubernetes_validate() -> str:
@@ -232,3 +238,75 @@ def test_network_policies_admit_exactly_the_projects_pods_to_minio_and_mlflow():
         for labels in job_pods + step_pods:
             assert _matches(source["podSelector"], labels), (name, labels)
         assert not _matches(source["podSelector"], {"app": "notebook"}), "others are refused"
+
+
+def _container_images(node) -> list[str]:
+    """Every container's image in a manifest object, wherever it nests its pod template."""
+    if isinstance(node, list):
+        return [image for item in node for image in _container_images(item)]
+    if not isinstance(node, dict):
+        return []
+    images = []
+    for key, value in node.items():
+        if key in ("containers", "initContainers") and isinstance(value, list):
+            images += [c["image"] for c in value if isinstance(c, dict) and "image" in c]
+        images += _container_images(value)
+    return images
+
+
+def _repository(image: str) -> str:
+    name = image.split("@", 1)[0]
+    return name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+def test_every_third_party_image_is_pinned_by_tag_and_digest():
+    """A tag can be moved to other content; a digest cannot (checkov CKV_K8S_43, no skip left for it).
+    Only the image the team builds itself is referenced by tag."""
+    images = {
+        (name, image)
+        for name in MANIFESTS
+        for image in _container_images(list(yaml.safe_load_all((K8S / name).read_text())))
+    }
+    repositories = {_repository(image) for _, image in images}
+    # the walk really reaches the pod templates: both servers and the training job
+    assert {"quay.io/minio/minio", "ghcr.io/mlflow/mlflow", OWN_IMAGE} <= repositories, repositories
+    unpinned = [(n, i) for n, i in images if _repository(i) != OWN_IMAGE and not TAG_AND_DIGEST.match(i)]
+    assert unpinned == [], "pin these as name:tag@sha256:<digest>"
+    for name in MANIFESTS:
+        assert "CKV_K8S_43" not in (K8S / name).read_text(), f"{name} still skips the digest check"
+
+
+def test_mlflow_server_answers_the_host_the_pipeline_calls_it_by():
+    """MLflow's server answers a Host header outside --allowed-hosts (default: localhost and private IPs)
+    with 403, /health excepted, so the pod would look healthy while every client failed. The pipeline's
+    default tracking URI, the namespaced Service names and a port-forward must get through, any other host
+    must not. The container's args are parsed by MLflow's own CLI and matched with its own rule
+    (mlflow/cli/__init__.py, mlflow/server/security_utils.py: is_allowed_host_header)."""
+    from urllib.parse import urlsplit
+
+    from mlflow.cli import server
+    from mlflow.server.security_utils import get_default_allowed_hosts, is_allowed_host_header
+
+    (deployment,) = [
+        d for d in yaml.safe_load_all((K8S / "mlflow.yaml").read_text()) if d["kind"] == "Deployment"
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["mlflow", "server"]
+    params = server.make_context("server", list(container["args"])).params
+    allowed = (
+        [host.strip() for host in params["allowed_hosts"].split(",")]
+        if params["allowed_hosts"]
+        else get_default_allowed_hosts()
+    )
+    pipeline = next(yaml.safe_load_all((ROOT / "pipelines" / "sam2_finetune.yaml").read_text()))
+    tracking_uri = pipeline["root"]["inputDefinitions"]["parameters"]["mlflow_tracking_uri"]["defaultValue"]
+    namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
+    port = params["port"]
+    for host in (
+        urlsplit(tracking_uri).netloc,
+        f"mlflow.{namespace}.svc:{port}",
+        f"mlflow.{namespace}.svc.cluster.local:{port}",
+        "localhost:8080",  # kubectl port-forward svc/mlflow 8080:5000
+    ):
+        assert is_allowed_host_header(allowed, host), host
+    assert not is_allowed_host_header(allowed, f"mlflow.attacker.example:{port}")
