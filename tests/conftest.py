@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 pytest_plugins = ["pytester", "s3_server"]  # s3_server: private SeaweedFS fixtures (DATA-PREP)
@@ -10,6 +12,20 @@ pytest_plugins = ["pytester", "s3_server"]  # s3_server: private SeaweedFS fixtu
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
     config.addinivalue_line("markers", "slow: longer than a few seconds; run with `make test-all`")
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Undo root-logger handlers a test adds: a CLI ``main()`` called in-process runs ``logging.basicConfig``,
+    whose handler holds that test's captured stderr; once pytest closes it, every later log record printed
+    "--- Logging error --- ValueError: I/O operation on closed file" into other tests' output."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture
