@@ -9,14 +9,21 @@ the local launcher, so the cluster and the laptop share one code path:
    lock in the data folder, so processes sharing it (the local ranks of a node, or every node on a
    ReadWriteMany volume named by `SAM2_SHARED_DATA_DIR`) download once and the others wait; stamped
    videos are skipped after a restart, so an interrupted staging resumes;
-2. the run's published checkpoints are synced back into the experiment folder, so a restarted pod (the
-   job's restartPolicy is OnFailure) resumes from the newest checkpoint: the trainer auto-resumes from
-   `<experiment_log_dir>/checkpoints/checkpoint.pt`;
+2. the run's published checkpoints are synced back into the experiment folder, so a replaced pod (the
+   job's restartPolicy ExitCode replaces it after a signal) resumes from the newest checkpoint: the
+   trainer auto-resumes from `<experiment_log_dir>/checkpoints/checkpoint.pt`;
 3. `torchrun -m sam2.training.train -c CONFIG --use-cluster 0 ...` runs; torchrun takes the node count,
    node rank, processes per node and master address from the `PET_*` variables the training operator
    (or the local launcher) sets;
 4. node rank 0 mirrors checkpoints to the run folder while training runs and publishes checkpoints and
    TensorBoard logs when it ends.
+
+The node is PID 1 of its container, and PID 1 ignores a signal it has no handler for, so `main` installs
+SIGTERM/SIGINT handlers (`GracefulStop`): the kubelet's SIGTERM (eviction, preemption, the job deleted) is
+forwarded to torchrun, which stops its workers; after at most `--stop-grace-s` node rank 0 uploads the
+newest local checkpoint through the same mirror, where a restarted replica resumes from, and the node
+exits 128 + the signal (143), which `restartPolicy: ExitCode` retries. A second signal does not cut the
+upload short. The pod's terminationGracePeriodSeconds (k8s/pytorchjob.yaml) leaves time for both.
 
 `--run-uri` and `--dataset-uri` may be `s3://` URIs (credentials from the environment, see
 `sam2.storage`) or local folders.
@@ -25,17 +32,21 @@ the local launcher, so the cluster and the laptop share one code path:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sam2.data.staging import StagingError, stage_videos
 from sam2.storage import ObjectStore, is_s3_uri, parse_s3_uri
@@ -49,6 +60,10 @@ TENSORBOARD = "tensorboard"
 INIT_CHECKPOINT_OVERRIDE = "trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path"
 SHARED_DATA_ENV = "SAM2_SHARED_DATA_DIR"
 """Mount path of a ReadWriteMany volume holding data set copies (k8s/shared-data-pvc.yaml); unset: none."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+DEFAULT_STOP_GRACE_S = 90.0
+"""How long a stopping node waits for torchrun (which gives its workers 30 s, then SIGKILLs them) before
+killing it; the pod's terminationGracePeriodSeconds must leave room for the checkpoint upload after it."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +191,107 @@ def exit_code_for_torchrun_failure(returncode: int, env: Mapping[str, str] | Non
     return returncode or 1
 
 
+class NodeStopped(Exception):
+    """The node got SIGTERM/SIGINT and stopped training; it exits `exit_code` (128 + the signal)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class GracefulStop:
+    """SIGTERM/SIGINT handling of a training node (PID 1 of its pod), one instance per node process.
+
+    Before training starts (staging, resume download) a signal ends the process at once with 128 + the
+    signal: both are resumable and there is nothing new to upload. Once `run_torchrun` is about to start,
+    the first signal is forwarded to torchrun (in a session of its own, so it gets it exactly once) and
+    torchrun gets `grace_s` to stop before it is SIGKILLed; the caller then uploads and raises
+    `NodeStopped`. Later signals are logged and otherwise ignored, so they cannot cut the upload short.
+    """
+
+    def __init__(self, grace_s: float = DEFAULT_STOP_GRACE_S) -> None:
+        self.grace_s = grace_s
+        self.signum: int | None = None
+        self._signalled_at = 0.0
+        self._training = False
+        self._forwarded = False
+        self._child: subprocess.Popen[bytes] | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Handle STOP_SIGNALS in this (the main) thread until `restore`."""
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            logger.warning(
+                "got %s while stopping (after %s): the checkpoint upload goes on",
+                name,
+                signal.Signals(self.signum).name,
+            )
+            return
+        self.signum, self._signalled_at = signum, time.monotonic()
+        if not self._training:
+            logger.warning("got %s before training started: exiting %d (staging resumes)", name, 128 + signum)
+            logging.shutdown()
+            os._exit(128 + signum)
+        logger.warning(
+            "got %s: stopping torchrun (up to %.0f s), then uploading the newest checkpoint",
+            name,
+            self.grace_s,
+        )
+        self._forward()
+
+    def _forward(self) -> None:
+        child = self._child
+        if child is not None and self.signum is not None and not self._forwarded and child.poll() is None:
+            self._forwarded = True
+            child.send_signal(self.signum)
+
+    def run_torchrun(self, cmd: Sequence[str], env: Mapping[str, str] | None) -> int:
+        """Run `cmd` to its end, or stop it on a signal; its return code (negative: killed by a signal).
+        Returns -SIGTERM at once when a signal came before it started."""
+        self._training = True
+        if self.signum is not None:
+            return -self.signum
+        self._child = subprocess.Popen(
+            list(cmd), env=None if env is None else dict(env), start_new_session=True
+        )
+        self._forward()  # a signal that came while it was starting
+        while True:
+            try:
+                return self._child.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.signum is not None and time.monotonic() > self._signalled_at + self.grace_s:
+                logger.error("torchrun did not stop within %.0f s of the signal: killing it", self.grace_s)
+                _kill_with_children(self._child)
+                return self._child.wait()
+
+
+def _kill_with_children(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL `proc` and its direct children (torchrun's workers, each in a session of its own, would
+    outlive it otherwise); the children are read from /proc (Linux), best effort elsewhere."""
+    children: list[int] = []
+    for task in Path(f"/proc/{proc.pid}/task").glob("*"):
+        try:
+            children += [int(pid) for pid in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    proc.kill()
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 class _Location:
     """A run or data folder that is either an `s3://` prefix or a local directory."""
 
@@ -242,16 +358,23 @@ class _CheckpointMirror(threading.Thread):
         self.ckpt_dir, self.target, self.interval_s, self.staging = ckpt_dir, target, interval_s, staging
         self.stop_event = threading.Event()
         self._last: dict[str, float] = {}
+        self._lock = threading.Lock()  # the final sync waits for an upload the thread is doing
 
-    def sync_once(self) -> None:
-        current = (
-            {p.name: p.stat().st_mtime for p in self.ckpt_dir.glob("*.pt")} if self.ckpt_dir.is_dir() else {}
-        )
-        if not current or current == self._last:
-            return
-        if _stage_checkpoints(self.ckpt_dir, self.staging):
-            self.target.publish(self.staging)
-            self._last = current
+    def sync_once(self) -> list[str]:
+        """Publish the checkpoints when they changed since the last publish; the names published."""
+        with self._lock:
+            current = (
+                {p.name: p.stat().st_mtime for p in self.ckpt_dir.glob("*.pt")}
+                if self.ckpt_dir.is_dir()
+                else {}
+            )
+            if not current or current == self._last:
+                return []
+            if _stage_checkpoints(self.ckpt_dir, self.staging):
+                self.target.publish(self.staging)
+                self._last = current
+                return sorted(current)
+            return []
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval_s):
@@ -312,6 +435,29 @@ def _stage_train_data(
     return data_dir
 
 
+def _publish_outputs(mirror: _CheckpointMirror, exp_dir: Path, run: _Location, signum: int | None) -> None:
+    """Node rank 0's last upload: the newest checkpoints (the mirror's path), then the TensorBoard logs."""
+    mirror.stop_event.set()
+    mirror.join(timeout=5)
+    started = time.monotonic()
+    if signum is not None:
+        logger.warning(
+            "after %s: uploading the newest checkpoints to %s", signal.Signals(signum).name, mirror.target.uri
+        )
+    published = mirror.sync_once()
+    if signum is not None:
+        logger.warning(
+            "after %s: uploaded %s to %s in %.1f s",
+            signal.Signals(signum).name,
+            ", ".join(published) or "no new checkpoint (the mirror had the newest already)",
+            mirror.target.uri,
+            time.monotonic() - started,
+        )
+    if (exp_dir / TENSORBOARD).is_dir():
+        run.child(TENSORBOARD).publish(exp_dir / TENSORBOARD)
+    logger.info("published checkpoints and logs under %s", run.uri)
+
+
 def run_node(
     config: str,
     dataset_uri: str,
@@ -323,11 +469,15 @@ def run_node(
     mirror_interval_s: float = 300.0,
     topology: NodeTopology | None = None,
     env: dict[str, str] | None = None,
+    stop: GracefulStop | None = None,
 ) -> Path:
     """Run this node's share of the training; returns the local experiment folder.
 
-    Raises FileNotFoundError for missing inputs and subprocess.CalledProcessError when training fails.
+    `stop`: the signal handling `main` installed (default: none installed, torchrun runs to its end).
+    Raises FileNotFoundError for missing inputs, subprocess.CalledProcessError when training fails, and
+    NodeStopped after a signal stopped it (node rank 0 has uploaded the newest checkpoint by then).
     """
+    stop = stop or GracefulStop()
     refuse_in_training_validation(overrides)
     topology = topology or NodeTopology.from_env(env)
     needs_s3 = any(is_s3_uri(u) for u in (dataset_uri, run_uri, train_list, init_checkpoint_uri or ""))
@@ -367,16 +517,21 @@ def run_node(
     cmd = torchrun_command(config, topology, all_overrides)
     logger.info("node %d: %s", topology.node_rank, redact_command(cmd))
     try:
-        subprocess.run(cmd, check=True, env=None if env is None else {**os.environ, **env})
+        returncode = stop.run_torchrun(cmd, None if env is None else {**os.environ, **env})
     finally:
-        # Publish even after a failure: the restarted pod resumes from what was saved.
+        # Publish even after a failure or a stop: the restarted pod resumes from what was saved.
         if mirror is not None:
-            mirror.stop_event.set()
-            mirror.join(timeout=5)
-            mirror.sync_once()
-            if (exp_dir / TENSORBOARD).is_dir():
-                run.child(TENSORBOARD).publish(exp_dir / TENSORBOARD)
-            logger.info("published checkpoints and logs under %s", run.uri)
+            try:
+                _publish_outputs(mirror, exp_dir, run, stop.signum)
+            except Exception as exc:
+                if stop.signum is None:
+                    raise
+                # Still a retryable stop: the restarted node resumes from the last checkpoint mirrored.
+                logger.error("the upload after %s failed: %s", signal.Signals(stop.signum).name, exc)
+    if stop.signum is not None:
+        raise NodeStopped(stop.signum)
+    if returncode != 0:
+        raise subprocess.CalledProcessError(returncode, cmd)
     return exp_dir
 
 
@@ -391,11 +546,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scratch-dir", default=os.environ.get("SAM2_SCRATCH", "/scratch"))
     parser.add_argument("--init-checkpoint-uri", default=None, help="weights to start from (s3:// or path)")
     parser.add_argument("--mirror-interval-s", type=float, default=300.0, help="checkpoint upload period")
+    parser.add_argument(
+        "--stop-grace-s",
+        type=float,
+        default=DEFAULT_STOP_GRACE_S,
+        help="after SIGTERM/SIGINT, how long torchrun may take to stop before the checkpoint upload",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if os.environ.get(TORCHRUN_ERROR_FILE):  # an earlier run's error must not decide this one's exit code
         Path(os.environ[TORCHRUN_ERROR_FILE]).unlink(missing_ok=True)
+    stop = GracefulStop(args.stop_grace_s)
+    if threading.current_thread() is threading.main_thread():
+        stop.install()
     try:
         run_node(
             args.config,
@@ -406,13 +570,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides,
             args.init_checkpoint_uri,
             args.mirror_interval_s,
+            stop=stop,
         )
+    except NodeStopped as exc:
+        logger.warning("training %s: exiting %d, retried under restartPolicy ExitCode", exc, exc.exit_code)
+        return exc.exit_code
     except subprocess.CalledProcessError as exc:
         logger.error("training exited with status %d", exc.returncode)
         return exit_code_for_torchrun_failure(exc.returncode)
     except (FileNotFoundError, ValueError, StagingError) as exc:
         logger.error("%s", exc)
         return 2
+    finally:
+        if stop.signum is None:  # after a signal the handlers stay: a second one must not kill the exit
+            stop.restore()
     return 0
 
 
