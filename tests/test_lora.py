@@ -199,7 +199,7 @@ def test_lora_cli_resumes_from_adapter_checkpoint_bit_identically(tmp_path, base
     )
     assert main(["-c", TRAIN_CONFIG, "--use-cluster", "0", "--num-gpus", "1", *overrides]) == 0
     (resumed_dir / "checkpoints").mkdir(parents=True)
-    shutil.copy(full_dir / "checkpoints" / "checkpoint_0.pt", resumed_dir / "checkpoints" / "checkpoint.pt")
+    shutil.copy(full_dir / "checkpoints" / "checkpoint_1.pt", resumed_dir / "checkpoints" / "checkpoint.pt")
     resumed_overrides = [o for o in overrides if not o.startswith("launcher.experiment_log_dir=")]
     argv = ["-c", TRAIN_CONFIG, "--use-cluster", "0", "--num-gpus", "1", *resumed_overrides]
     assert main([*argv, f"launcher.experiment_log_dir={resumed_dir}"]) == 0

@@ -91,7 +91,7 @@ def test_two_gloo_workers_match_one_process_with_the_same_global_batch(tmp_path,
     ckpt = torch.load(ddp_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
     assert ckpt["steps"] == 4  # 2 epochs x (4 clips / global batch 2)
     one, two = _model_state(single_dir), _model_state(ddp_dir)
-    start = _model_state(single_dir, "checkpoint_0.pt")
+    start = _model_state(single_dir, "checkpoint_1.pt")
     moved = max((one[k] - start[k]).abs().max().item() for k in one)
     assert moved > 1e-6, "training did not change the parameters"
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
@@ -133,7 +133,7 @@ def test_ranks_resume_from_rank_0s_checkpoint_when_a_node_holds_an_older_one(tmp
 
     reference = tmp_path / "reference"
     (reference / "checkpoints").mkdir(parents=True)
-    shutil.copy(first / "checkpoints" / "checkpoint_1.pt", reference / "checkpoints" / "checkpoint.pt")
+    shutil.copy(first / "checkpoints" / "checkpoint_2.pt", reference / "checkpoints" / "checkpoint.pt")
     assert (
         main(
             [*args, *training_overrides(img, gt, reference, num_epochs=3, batch_size=2, extra=DETERMINISTIC)]
@@ -143,7 +143,7 @@ def test_ranks_resume_from_rank_0s_checkpoint_when_a_node_holds_an_older_one(tmp
 
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     newer, older = (node / "checkpoints" / "checkpoint.pt" for node in nodes)
-    for held, dest in (("checkpoint_1.pt", newer), ("checkpoint_0.pt", older)):
+    for held, dest in (("checkpoint_2.pt", newer), ("checkpoint_1.pt", older)):
         dest.parent.mkdir(parents=True)
         shutil.copy(first / "checkpoints" / held, dest)
     _run_two_nodes(img, gt, nodes, num_epochs=3)
@@ -157,7 +157,7 @@ def test_ranks_resume_from_rank_0s_checkpoint_when_a_node_holds_an_older_one(tmp
     assert (final["epoch"], final["steps"]) == (3, 6)
     # The third epoch trained as one process with the same global batch trains it from epoch 2.
     ref, ddp = _model_state(reference), _model_state(nodes[0])
-    start = _model_state(first, "checkpoint_1.pt")
+    start = _model_state(first, "checkpoint_2.pt")
     moved = max((ref[k] - start[k]).abs().max().item() for k in ref)
     assert moved > 1e-6, "the third epoch did not change the parameters"
     worst = max((ref[k] - ddp[k]).abs().max().item() for k in ref)

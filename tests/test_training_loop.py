@@ -88,14 +88,14 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(three_epoch_run):
     resumed_dir = root / "resumed"
     (resumed_dir / "checkpoints").mkdir(parents=True)
     shutil.copy(
-        root / "full" / "checkpoints" / "checkpoint_1.pt", resumed_dir / "checkpoints" / "checkpoint.pt"
+        root / "full" / "checkpoints" / "checkpoint_2.pt", resumed_dir / "checkpoints" / "checkpoint.pt"
     )
     resumed_overrides = [o for o in overrides if not o.startswith("launcher.experiment_log_dir=")]
     assert _cli([*resumed_overrides, f"launcher.experiment_log_dir={resumed_dir}"]) == 0
     resumed = torch.load(resumed_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
 
     assert resumed["epoch"] == 3 and resumed["steps"] == 6
-    mid = torch.load(root / "full" / "checkpoints" / "checkpoint_1.pt", weights_only=True)
+    mid = torch.load(root / "full" / "checkpoints" / "checkpoint_2.pt", weights_only=True)
     assert any(not torch.equal(mid["model"][k], full["model"][k]) for k in full["model"]), (
         "epoch 3 changed nothing"
     )

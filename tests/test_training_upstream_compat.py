@@ -12,9 +12,11 @@ from collections import OrderedDict
 import pytest
 import torch
 from hydra.utils import instantiate
+from sam2_oracle import require_oracle, run_oracle
 from training_loop_support import NUM_FRAMES, TRAIN_CONFIG, make_clips, training_overrides
 
 from sam2.training.train import compose_training_config
+from sam2.training.trainer import epoch_checkpoint_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +65,7 @@ def test_upstream_trainer_arguments_and_checkpoint_keys_are_accepted(tmp_path, m
     trainer.run()
     saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
     # save_list [1]: the checkpoint after the first epoch is kept too (save_freq 0 keeps none)
-    assert saved == ["checkpoint.pt", "checkpoint_0.pt"]
+    assert saved == ["checkpoint.pt", "checkpoint_1.pt"]
     # log_level_primary=WARNING: rank 0's log file holds no INFO lines (e.g. "saved checkpoint")
     assert "saved checkpoint" not in (tmp_path / "run" / "logs" / "log_rank0.txt").read_text()
 
@@ -125,7 +127,7 @@ def test_checkpoint_in_upstreams_format_resumes(tmp_path):
     extra = ["trainer.checkpoint.save_freq=1", "scratch.base_lr=1e-4"]
     full = _trainer(tmp_path, "full", extra, num_epochs=2, videos={"a": 5, "b": 4})
     full.run()
-    first = torch.load(tmp_path / "full" / "checkpoints" / "checkpoint_0.pt", weights_only=True)
+    first = torch.load(tmp_path / "full" / "checkpoints" / "checkpoint_1.pt", weights_only=True)
     resumed_dir = tmp_path / "resumed" / "checkpoints"
     resumed_dir.mkdir(parents=True)
     torch.save(_as_upstream_checkpoint(first), resumed_dir / "checkpoint.pt")
@@ -280,3 +282,104 @@ def test_checkpoint_of_upstreams_trainer_resumes_its_optimizer_state(tmp_path):
             name
         )
         assert float(state[param]["exp_avg_sq"].double().sum()) == pytest.approx(exp_avg_sq, rel=1e-6), name
+
+
+# Upstream's own epoch loop and checkpoint writer (Trainer.run_train and Trainer.save_checkpoint of
+# training/trainer.py in the sam2==1.1.0 wheel) on a stand-in trainer whose epochs train and validate
+# nothing: which files each (max_epochs, save_freq, save_list) leaves, and the "epoch" stored in each.
+_UPSTREAM_EPOCH_CHECKPOINTS = """
+import os, tempfile, types
+shim = types.ModuleType("tensordict")
+shim.tensorclass = lambda cls: cls  # imported by training.utils.data_utils; not used here
+sys.modules["tensordict"] = shim
+from training.trainer import CheckpointConf, Trainer
+
+
+class EmptyEpochs(Trainer):
+    def __init__(self, root, max_epochs, save_freq, save_list):
+        self.epoch, self.max_epochs, self.val_epoch_freq = 0, max_epochs, 1
+        self.checkpoint_conf = CheckpointConf(
+            save_dir=os.path.join(root, "checkpoints"), save_freq=save_freq, save_list=save_list
+        ).infer_missing()
+        self.logging_conf = types.SimpleNamespace(log_dir=root)
+        self.distributed_rank = 0
+        self.model = torch.nn.Linear(1, 1)
+        self.optim = types.SimpleNamespace(optimizer=torch.optim.SGD(self.model.parameters(), lr=0.1))
+        self.optim_conf = types.SimpleNamespace(amp=types.SimpleNamespace(enabled=False))
+        self.loss = torch.nn.Module()
+        self.steps = {"train": 0, "val": 0}
+        self.time_elapsed_meter = types.SimpleNamespace(val=0.0)
+        self.best_meter_values, self.where = {}, 0.0
+        self.train_dataset = types.SimpleNamespace(get_loader=lambda epoch: [])
+        self.logger = types.SimpleNamespace(log_dict=lambda *args, **kwargs: None)
+
+    def train_epoch(self, loader):
+        self.steps["train"] += 1
+        return {}
+
+    def run_val(self):
+        pass
+
+
+for case in inputs["cases"]:
+    max_epochs, save_freq, save_list = case
+    with tempfile.TemporaryDirectory() as root:
+        EmptyEpochs(root, max_epochs, save_freq, list(save_list)).run_train()
+        folder = os.path.join(root, "checkpoints")
+        outputs[case] = {
+            name: torch.load(os.path.join(folder, name), weights_only=False)["epoch"]
+            for name in sorted(os.listdir(folder))
+        }
+"""
+
+# (max_epochs, save_freq, save_list): neither, each alone, both overlapping, entries outside the run.
+_CASES = [
+    (3, 0, ()),
+    (4, 1, ()),
+    (7, 3, ()),
+    (5, 0, (1, 4)),
+    (6, 2, (1, 2, 5)),
+    (3, 0, (0, 3, 9)),
+    (3, 2, (1,)),
+]
+
+
+@pytest.fixture(scope="module")
+def upstream_epoch_checkpoints() -> dict[tuple, dict[str, int]]:
+    require_oracle()
+    return run_oracle(_UPSTREAM_EPOCH_CHECKPOINTS, {"cases": _CASES}, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "case", _CASES, ids=lambda c: f"epochs{c[0]}-freq{c[1]}-list{'_'.join(map(str, c[2]))}"
+)
+def test_epoch_checkpoints_are_the_ones_upstreams_trainer_keeps(upstream_epoch_checkpoints, case):
+    """checkpoint_<k>.pt is named by epochs done (k = 1 after the first) and kept when save_freq divides
+    k or save_list holds k, as upstream's trainer decides; checkpoint.pt is always the newest."""
+    max_epochs, save_freq, save_list = case
+    upstream = upstream_epoch_checkpoints[case]
+    ours = {"checkpoint.pt": max_epochs}
+    for done in range(1, max_epochs + 1):
+        name = epoch_checkpoint_name(done, save_freq, save_list)
+        if name is not None:
+            ours[name] = done
+    assert ours == upstream
+
+
+def test_training_run_writes_upstreams_epoch_checkpoints_and_resumes_from_them(
+    tmp_path, upstream_epoch_checkpoints
+):
+    """A real 3-epoch run with save_freq 2 and save_list [1]: the same files as upstream's trainer, each
+    holding upstream's "epoch"; resuming from checkpoint_1.pt starts at the second epoch."""
+    case = (3, 2, (1,))
+    extra = ["trainer.checkpoint.save_freq=2", "+trainer.checkpoint.save_list=[1]"]
+    _trainer(tmp_path, "run", extra, num_epochs=case[0]).run()
+    folder = tmp_path / "run" / "checkpoints"
+    written = {p.name: torch.load(p, weights_only=True)["epoch"] for p in sorted(folder.glob("*.pt"))}
+    assert written == upstream_epoch_checkpoints[case]
+
+    resumed_dir = tmp_path / "resumed" / "checkpoints"
+    resumed_dir.mkdir(parents=True)
+    (resumed_dir / "checkpoint.pt").write_bytes((folder / "checkpoint_1.pt").read_bytes())
+    resumed = _trainer(tmp_path, "resumed", extra, num_epochs=case[0])
+    assert resumed.epoch == 1  # epochs done: the next one trained is the second, as upstream's run_train

@@ -98,6 +98,17 @@ BEST_CHECKPOINT_NAME = "checkpoint_best.pt"
 MERGED_CHECKPOINT_NAME = "checkpoint_merged.pt"
 
 
+def epoch_checkpoint_name(epochs_done: int, save_freq: int, save_list: Iterable[int]) -> str | None:
+    """The file that also keeps the state after `epochs_done` epochs (1 after the first), or None.
+
+    Upstream's rule (training/trainer.py, Trainer.save_checkpoint, called with epoch + 1 by run_train):
+    checkpoint_<epochs done>.pt when save_freq > 0 divides that number or save_list holds it. The state
+    inside records the same number as its "epoch", the epoch a resumed run starts at.
+    """
+    kept = (save_freq > 0 and epochs_done % save_freq == 0) or epochs_done in set(save_list)
+    return f"checkpoint_{epochs_done}.pt" if kept else None
+
+
 def _check_keys(block: str, conf: Mapping | None, known: set[str]) -> None:
     unknown = sorted(set(conf or {}) - known)
     if unknown:
@@ -190,7 +201,7 @@ class Trainer:
     Upstream's other arguments mean what they mean there: env_variables (set before anything else),
     cuda (cuDNN / TF32 switches), optim_overrides (read by nothing, as upstream), meters (must be empty:
     upstream's meter classes are not part of this package; mode "train" scores J&F itself). The checkpoint
-    block takes save_list (epochs that also keep checkpoint_<epoch>.pt), skip_saving_parameters (name
+    block takes save_list (epoch counts that also keep checkpoint_<N>.pt), skip_saving_parameters (name
     patterns left out of saved checkpoints; they must be frozen) and initialize_after_preemption (rerun
     the weight initializer before resuming; default: whether skip_saving_parameters is set).
     The logging block takes upstream's log_level_primary / log_level_secondary (the rank log file's level
@@ -620,8 +631,9 @@ class Trainer:
                     self.loss_state["best_val_jf"] = metrics["J&F"]
                     self.save_checkpoint(BEST_CHECKPOINT_NAME)
             self.save_checkpoint()
-            if (self.save_freq > 0 and self.epoch % self.save_freq == 0) or self.epoch in self.save_list:
-                self.save_checkpoint(f"checkpoint_{self.epoch - 1}.pt")
+            kept = epoch_checkpoint_name(self.epoch, self.save_freq, self.save_list)
+            if kept is not None:
+                self.save_checkpoint(kept)
             barrier()
         self.save_merged_checkpoint()
         return metrics
