@@ -10,6 +10,12 @@ safe:
   uploads every file, and only then writes a new marker listing each file with its size and checksum.
   Readers (:meth:`ObjectStore.download_folder`, :meth:`ObjectStore.sync_to_local`) refuse a prefix without
   a marker and fetch exactly the files it lists, so nobody sees half a data set.
+- Replace-in-place without a gap: a folder rewritten while it is read back after a crash (a training
+  run's ``checkpoints/``) goes through :meth:`ObjectStore.replace_folder`, which first publishes the new
+  set whole under ``<folder>.incoming/`` (its own marker), and only then moves it into the folder. At
+  every moment one of the two holds a complete, marked set (the previous or the new one), whatever
+  instant the writer is killed at; :meth:`ObjectStore.complete_versions` names them newest first and
+  :meth:`ObjectStore.fetch_version` downloads one, each file checked against its marker.
 - Selective reads: :meth:`ObjectStore.sync_to_local` takes ``include`` (relative files or folders, e.g.
   ``JPEGImages/<video>``), so a step fetches only the videos and parts it reads, still checked against the
   marker.
@@ -55,6 +61,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import REPLACE, CopySource
 from minio.error import InvalidResponseError, S3Error, ServerError
 from tqdm import tqdm
 
@@ -64,6 +71,9 @@ logger = logging.getLogger(__name__)
 
 MARKER_NAME = "_SUCCESS"
 """Name of the completion marker written last under a published prefix."""
+
+INCOMING_SUFFIX = ".incoming"
+"""Suffix of the sibling prefix :meth:`ObjectStore.replace_folder` publishes a new set under first."""
 
 CHECKSUM_META_KEY = "sha256"
 """User metadata key holding an object's SHA-256 (sent as ``x-amz-meta-sha256``)."""
@@ -221,6 +231,34 @@ class TransferResult:
     skipped: int
     bytes_transferred: int
     seconds: float
+
+
+def incoming_uri(uri: str) -> str:
+    """The sibling prefix :meth:`ObjectStore.replace_folder` publishes a new set of ``uri`` under first."""
+    return f"{uri.rstrip('/')}{INCOMING_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class FolderVersion:
+    """One complete, marked set of files of a folder written by :meth:`ObjectStore.replace_folder`.
+
+    ``uri``: the prefix whose marker lists the set (the folder, or its ``.incoming`` sibling while a
+    replacement is being moved in); ``marker``: that marker; ``sources``: relative path -> URI of the
+    object holding the file; ``reason``: in words, why this is the set to read.
+    """
+
+    uri: str
+    marker: dict
+    sources: dict[str, str]
+    reason: str
+
+    def describe(self) -> str:
+        """``3 files, 8.1 MB: checkpoint.pt (sha256 1a2b3c4d5e6f…), ...`` for a log line."""
+        files = self.marker["files"]
+        listed = ", ".join(f"{rel} (sha256 {info['sha256'][:12]}…)" for rel, info in sorted(files.items()))
+        total = sum(info["size"] for info in files.values())
+        published = f", published {self.marker['published_at']}" if self.marker.get("published_at") else ""
+        return f"{len(files)} file(s), {total / 1e6:.1f} MB{published}: {listed}"
 
 
 class TransferCounters:
@@ -792,6 +830,201 @@ class ObjectStore:
     def download_folder(self, uri: str, local_dir: str | Path) -> TransferResult:
         """Download the published folder ``uri`` into ``local_dir`` (same as :meth:`sync_to_local`)."""
         return self.sync_to_local(uri, local_dir, require_marker=True)
+
+    # ---- replace-in-place folders (no moment without a complete set) ----------------------------
+
+    def _marker_or_none(self, uri: str) -> dict | None:
+        try:
+            return self.read_marker(uri)
+        except IncompletePublishError:
+            return None
+
+    def replace_folder(self, local_dir: str | Path, uri: str) -> TransferResult:
+        """Publish ``local_dir`` as the new content of the folder ``uri`` so that a reader always finds a
+        whole set, the previous one or the new one, however the writer dies (SIGKILL, OOM, node loss).
+
+        1. An earlier replacement left unfinished (a marked ``<uri>.incoming``) is finished first, so the
+           newest complete set is never dropped for an older one.
+        2. The files that differ from the folder's marker are uploaded under ``<uri>.incoming/`` (each
+           object carries its SHA-256; a single PUT is atomic), then that prefix's marker is written,
+           listing the whole set and which files stay where they are (``kept``).
+        3. Only then is the folder's marker removed, the changed files copied into it server-side, its
+           new marker written, and the ``.incoming`` prefix deleted.
+
+        Readers use :meth:`complete_versions`: while step 3 runs, the ``.incoming`` set is complete.
+        Objects under ``uri`` that the new set does not list stay (as with :meth:`upload_folder`).
+        """
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"cannot upload {root}: not a folder")
+        start = time.perf_counter()
+        loc = parse_s3_uri(uri)
+        self.ensure_bucket(loc.bucket)
+        incoming = incoming_uri(uri)
+        current = self._marker_or_none(uri)
+        pending = self._marker_or_none(incoming)
+        if pending is not None:
+            if current is not None and current["files"] == pending["files"]:
+                self.delete_prefix(incoming)  # a replacement killed after it had finished the move
+            else:
+                logger.warning(
+                    "%s holds a complete set a replacement of %s did not finish moving in: finishing it first",
+                    incoming,
+                    uri,
+                )
+                self._move_in(incoming, uri, pending)
+                current = pending
+        self.unpublish(incoming)  # an interrupted upload's leftovers are not a set any more
+
+        files = list(_iter_local_files(root))
+        listing: dict[str, dict] = {}
+        kept: list[str] = []
+        jobs: list[Callable[[], int]] = []
+        total = 0
+        leftovers = self.list_objects(incoming)
+        inc = parse_s3_uri(incoming)
+
+        def upload_one(path: Path, dest: S3Uri, digest: str) -> int:
+            self._put_file(path, dest, digest)
+            return path.stat().st_size
+
+        for rel, path in files:
+            size, digest = path.stat().st_size, sha256_of_file(path)
+            listing[rel] = {"size": size, "sha256": digest}
+            if current is not None and current["files"].get(rel) == listing[rel]:
+                kept.append(rel)  # the folder holds these bytes already (its marker says so)
+            elif leftovers.get(rel) == size and self._stored_checksum(inc.join(rel)) == digest:
+                leftovers.pop(rel)  # uploaded by an interrupted attempt: not sent again
+            else:
+                leftovers.pop(rel, None)
+                total += size
+                jobs.append(lambda p=path, d=inc.join(rel), h=digest: upload_one(p, d, h))
+        for rel in sorted(leftovers):  # stale objects of an interrupted attempt
+            key = inc.prefix + rel
+            self._call(
+                f"deleting s3://{inc.bucket}/{key}", lambda k=key: self._client.remove_object(inc.bucket, k)
+            )
+        moved = self._run_parallel(jobs, f"upload {incoming}", total)
+        marker = {
+            "files": listing,
+            "num_files": len(listing),
+            "total_bytes": sum(v["size"] for v in listing.values()),
+            "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "kept": sorted(kept),
+            "replaces": uri,
+        }
+        self.write_bytes(
+            self.marker_uri(incoming),
+            json.dumps(marker, indent=1, sort_keys=True).encode(),
+            "application/json",
+        )
+        self._move_in(incoming, uri, marker)
+        logger.info(
+            "replaced %s: %d files sent, %d unchanged, %.1f MB", uri, len(jobs), len(kept), moved / 1e6
+        )
+        return TransferResult(uri, root, len(jobs), len(kept), moved, time.perf_counter() - start)
+
+    def _move_in(self, incoming: str, uri: str, marker: dict) -> None:
+        """Step 3 of :meth:`replace_folder`: unmark ``uri``, copy the ``incoming`` set's changed files into
+        it (server-side, checksum kept), check them, mark ``uri``, delete ``incoming``."""
+        loc, inc = parse_s3_uri(uri), parse_s3_uri(incoming)
+        kept = set(marker.get("kept", ()))
+        self.unpublish(uri)
+        for rel, info in sorted(marker["files"].items()):
+            if rel in kept:
+                continue
+            src, dest = inc.join(rel), loc.join(rel)
+            self._call(
+                f"copying {src} to {dest}",
+                lambda s=src, d=dest, h=info["sha256"]: self._client.copy_object(
+                    d.bucket,
+                    d.key,
+                    CopySource(s.bucket, s.key),
+                    metadata={CHECKSUM_META_KEY: h},
+                    metadata_directive=REPLACE,
+                ),
+            )
+        stored = self.list_objects(uri)
+        for rel, info in sorted(marker["files"].items()):
+            if stored.get(rel) != info["size"] or (
+                rel not in kept and self._stored_checksum(loc.join(rel)) != info["sha256"]
+            ):
+                raise StorageIntegrityError(
+                    f"{loc.join(rel)} is not stored as {incoming}'s marker lists it after the move; "
+                    f"{incoming} still holds the complete set"
+                )
+        final = {k: marker[k] for k in ("files", "num_files", "total_bytes", "published_at") if k in marker}
+        self.write_bytes(
+            self.marker_uri(uri), json.dumps(final, indent=1, sort_keys=True).encode(), "application/json"
+        )
+        self.delete_prefix(incoming)
+
+    def complete_versions(self, uri: str) -> list[FolderVersion]:
+        """The complete sets of the folder ``uri`` (written by :meth:`replace_folder`), newest first.
+
+        ``<uri>.incoming`` when marked (a replacement was being moved in: it is newer; files it kept are
+        read from ``uri``), then ``uri`` itself when marked. Empty when neither is marked, also when
+        ``uri`` holds objects without a marker: those were never checked as a set and are not offered.
+        """
+        incoming = incoming_uri(uri)
+        loc, inc = parse_s3_uri(uri), parse_s3_uri(incoming)
+        current = self._marker_or_none(uri)
+        pending = self._marker_or_none(incoming)
+        versions: list[FolderVersion] = []
+        if pending is not None:
+            kept = set(pending.get("kept", ()))
+            if current is None:
+                why = (
+                    f"the newest complete set: it was uploaded whole, then the writer stopped while moving it "
+                    f"into {uri}, which has no {MARKER_NAME} marker"
+                )
+            else:
+                why = f"the newest complete set: the writer stopped before it replaced the one in {uri}"
+            versions.append(
+                FolderVersion(
+                    incoming,
+                    pending,
+                    {rel: str((loc if rel in kept else inc).join(rel)) for rel in pending["files"]},
+                    why,
+                )
+            )
+        if current is not None:
+            why = "the complete set published there" if pending is None else "the previous complete set"
+            versions.append(
+                FolderVersion(uri, current, {rel: str(loc.join(rel)) for rel in current["files"]}, why)
+            )
+        return versions
+
+    def fetch_version(self, version: FolderVersion, local_dir: str | Path) -> TransferResult:
+        """Download ``version`` into ``local_dir``: every file checked against its marker's SHA-256 and
+        written atomically, then a copy of the marker (``_SUCCESS``) written last.
+
+        Raises:
+            StorageIntegrityError: a file does not match the marker (files already written stay, each
+                whole; the local marker is not written).
+            StorageNotFoundError: a listed object is gone.
+        """
+        start = time.perf_counter()
+        root = Path(local_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        root.joinpath(MARKER_NAME).unlink(missing_ok=True)
+        jobs: list[Callable[[], int]] = []
+        total = 0
+        for rel, info in sorted(version.marker["files"].items()):
+            dest = (root / rel).resolve()
+            if not dest.is_relative_to(root.resolve()):
+                raise StorageError(
+                    f"{version.uri}: object {rel!r} would land outside the target folder {root}"
+                )
+            total += info["size"]
+            jobs.append(lambda s=version.sources[rel], d=dest, h=info["sha256"]: self.download_file(s, d, h))
+        moved = self._run_parallel(jobs, f"download {version.uri}", total)
+        atomic_write_bytes(
+            root / MARKER_NAME,
+            json.dumps(version.marker, indent=1, sort_keys=True).encode(),
+            temp_suffix=".part",
+        )
+        return TransferResult(version.uri, root, len(jobs), 0, moved, time.perf_counter() - start)
 
 
 # ---- module-level shortcuts on a store built from the environment ------------------------------

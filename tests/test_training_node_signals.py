@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from training_loop_support import MICRO_MODEL_OVERRIDES, NUM_FRAMES, RESOLUTION,
 
 from sam2.launch.pytorchjob import PyTorchJobSpec, render_pytorchjob
 from sam2.launch.training_node import DEFAULT_STOP_GRACE_S, GracefulStop
+from sam2.storage import incoming_uri
 from sam2.tools.s3_server import free_port
 
 # What a training node passes on to the trainer (it sets the data set and the experiment folder itself).
@@ -132,11 +134,13 @@ def _node_env(port: int) -> dict[str, str]:
 class _Node:
     """`python -m sam2.launch.training_node` in a session of its own, its log collected line by line."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(
+        self, args: list[str], log: Path, entry: Sequence[str] = ("-m", "sam2.launch.training_node")
+    ) -> None:
         self.log = log
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sam2.launch.training_node", *args],
+            [sys.executable, *entry, *args],
             env=_node_env(free_port()),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -245,12 +249,97 @@ def test_sigterm_uploads_the_newest_checkpoint_exits_143_and_a_restarted_node_re
     finally:
         again.kill_all()
     assert code == 0, again.text()[-5000:]
-    assert f"resuming from the newest checkpoint published under {ckpts_uri}" in again.text()
+    assert f"resuming from {ckpts_uri}, the complete set published there" in again.text()
     trainer_log = (tmp_path / "scratch2" / "experiment" / "logs" / "log_rank0.txt").read_text()
     assert f"epoch {epoch}, step {saved['steps']}" in trainer_log, trainer_log[-3000:]
     s3_store.download_file(f"{ckpts_uri}/checkpoint.pt", stored)
     final = torch.load(stored, map_location="cpu", weights_only=False)
     assert final["epoch"] == epoch + 1 and final["steps"] == saved["steps"] + 2  # 2 videos, batch 1
+
+
+# The real node, whose Minio client stops before its first server-side copy once a checkpoint set has been
+# published: the second mirror has uploaded the new set whole under checkpoints.incoming/ and removed
+# checkpoints/_SUCCESS. The test then SIGKILLs the node's session (node, torchrun, workers), as the kubelet
+# does after the grace period or the OOM killer does.
+STOP_WHILE_MOVING_IN = """
+import sys, time
+from pathlib import Path
+import minio
+from sam2.launch import training_node
+
+flag = Path(sys.argv.pop(1))
+published = []
+put_object, copy_object = minio.Minio.put_object, minio.Minio.copy_object
+
+
+def put(self, bucket, key, *args, **kwargs):
+    result = put_object(self, bucket, key, *args, **kwargs)
+    if key.endswith("/checkpoints/_SUCCESS"):
+        published.append(key)
+    return result
+
+
+def copy(self, bucket, key, *args, **kwargs):
+    if published:
+        flag.touch()
+        time.sleep(600)
+    return copy_object(self, bucket, key, *args, **kwargs)
+
+
+minio.Minio.put_object, minio.Minio.copy_object = put, copy
+sys.exit(training_node.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow  # 40-50 s here (two real nodes); tests/test_checkpoint_replace.py kills every write in seconds
+def test_a_node_sigkilled_in_the_middle_of_a_mirror_upload_is_resumed_from_the_new_set(
+    tmp_path, tiny_dataset, s3_store, s3_bucket
+):
+    """Before: the mirror removed checkpoints/_SUCCESS first, so this kill left no marker and the restarted
+    node trained from scratch although S3 held whole checkpoints."""
+    run_uri = f"s3://{s3_bucket}/runs/killed"
+    ckpts_uri = f"{run_uri}/checkpoints"
+    flag = tmp_path / "moving-in"
+    args = _node_args(tiny_dataset, run_uri, tmp_path / "scratch1", epochs=500)
+    args[args.index("--mirror-interval-s") + 1] = "0.5"
+    node = _Node([str(flag), *args], tmp_path / "node1.log", entry=("-c", STOP_WHILE_MOVING_IN))
+    try:
+        node.wait_for(flag.exists, "the second mirror moving its set in")
+        os.killpg(node.proc.pid, signal.SIGKILL)
+        assert node.wait(30) == -signal.SIGKILL
+    finally:
+        node.kill_all()
+    assert not s3_store.is_published(ckpts_uri), "the kill came after checkpoints/_SUCCESS was removed"
+    incoming = incoming_uri(ckpts_uri)
+    stored = tmp_path / "incoming.pt"
+    s3_store.download_file(
+        f"{incoming}/checkpoint.pt",
+        stored,
+        s3_store.read_marker(incoming)["files"]["checkpoint.pt"]["sha256"],
+    )
+    saved = torch.load(stored, map_location="cpu", weights_only=False)
+    assert saved["epoch"] >= 2, "the second mirror's set (the first one published epoch 1 or later)"
+
+    epoch = saved["epoch"]
+    again = _Node(
+        _node_args(tiny_dataset, run_uri, tmp_path / "scratch2", epochs=epoch + 1), tmp_path / "node2.log"
+    )
+    try:
+        code = again.wait(300)
+    finally:
+        again.kill_all()
+    assert code == 0, again.text()[-5000:]
+    assert (
+        f"resuming from {incoming}, the newest complete set: it was uploaded whole, then the writer stopped "
+        f"while moving it into {ckpts_uri}" in again.text()
+    ), again.text()[-5000:]
+    trainer_log = (tmp_path / "scratch2" / "experiment" / "logs" / "log_rank0.txt").read_text()
+    assert f"epoch {epoch}, step {saved['steps']}" in trainer_log, trainer_log[-3000:]
+    # Its own publish ends in the plain layout every consumer reads.
+    assert s3_store.is_published(ckpts_uri) and not s3_store.list_objects(incoming)
+    s3_store.download_file(f"{ckpts_uri}/checkpoint.pt", stored)
+    final = torch.load(stored, map_location="cpu", weights_only=False)
+    assert final["epoch"] == epoch + 1 and final["steps"] == saved["steps"] + 2
 
 
 def test_sigterm_while_staging_exits_143_at_once(tmp_path, tiny_dataset, s3_bucket):

@@ -9,14 +9,18 @@ the local launcher, so the cluster and the laptop share one code path:
    lock in the data folder, so processes sharing it (the local ranks of a node, or every node on a
    ReadWriteMany volume named by `SAM2_SHARED_DATA_DIR`) download once and the others wait; stamped
    videos are skipped after a restart, so an interrupted staging resumes;
-2. the run's published checkpoints are synced back into the experiment folder, so a replaced pod (the
-   job's restartPolicy ExitCode replaces it after a signal) resumes from the newest checkpoint: the
-   trainer auto-resumes from `<experiment_log_dir>/checkpoints/checkpoint.pt`;
+2. the run's newest complete checkpoint set is synced back into the experiment folder, each file checked
+   against its marker (`resume_checkpoints`), so a replaced pod (the job's restartPolicy ExitCode replaces
+   it after a signal) resumes from it: the trainer auto-resumes from
+   `<experiment_log_dir>/checkpoints/checkpoint.pt`;
 3. `torchrun -m sam2.training.train -c CONFIG --use-cluster 0 ...` runs; torchrun takes the node count,
    node rank, processes per node and master address from the `PET_*` variables the training operator
    (or the local launcher) sets;
 4. node rank 0 mirrors checkpoints to the run folder while training runs and publishes checkpoints and
-   TensorBoard logs when it ends.
+   TensorBoard logs when it ends. The checkpoints go through `ObjectStore.replace_folder`, so a node
+   killed at any moment of that upload (SIGKILL after the grace period, the OOM killer, node loss) leaves
+   the previous set or the new one whole in S3 (`checkpoints/`, or `checkpoints.incoming/` while a new
+   set is being moved in), never none and never a mix.
 
 The node is PID 1 of its container, and PID 1 ignores a signal it has no handler for, so `main` installs
 SIGTERM/SIGINT handlers (`GracefulStop`): the kubelet's SIGTERM (eviction, preemption, the job deleted) is
@@ -49,7 +53,14 @@ from pathlib import Path
 from typing import Any
 
 from sam2.data.staging import StagingError, stage_videos
-from sam2.storage import ObjectStore, is_s3_uri, parse_s3_uri
+from sam2.storage import (
+    MARKER_NAME,
+    ObjectStore,
+    StorageIntegrityError,
+    StorageNotFoundError,
+    is_s3_uri,
+    parse_s3_uri,
+)
 from sam2.utils.redaction import redact_command
 
 logger = logging.getLogger(__name__)
@@ -320,9 +331,14 @@ class _Location:
             shutil.copytree(src, dest, dirs_exist_ok=True)
         return True
 
-    def publish(self, src: Path) -> None:
+    def publish(self, src: Path, replace: bool = False) -> None:
+        """Upload `src` here. `replace`: through `ObjectStore.replace_folder`, so a reader finds the previous
+        or the new set whole whenever the upload is cut (the checkpoints a restarted node resumes from)."""
         if self.store is not None:
-            self.store.upload_folder(src, self.uri)
+            if replace:
+                self.store.replace_folder(src, self.uri)
+            else:
+                self.store.upload_folder(src, self.uri)
             return
         dest = Path(self.uri)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -350,6 +366,78 @@ def _stage_checkpoints(ckpt_dir: Path, staging: Path) -> bool:
     return found
 
 
+class ResumeError(RuntimeError):
+    """Every complete checkpoint set in the run folder failed verification: nothing safe to resume from."""
+
+
+def resume_checkpoints(source: _Location, dest: Path) -> str | None:
+    """Put the newest whole, verified checkpoint set of `source` (the run's checkpoints/) into `dest`, where
+    the trainer auto-resumes from; returns the prefix it came from, None for a fresh start.
+
+    In S3 the sets are those `ObjectStore.replace_folder` leaves (`ObjectStore.complete_versions`): the
+    folder's, or its `.incoming` sibling's when the mirror was killed while moving a new set in. Each file
+    is checked against its set's marker in a folder of its own and moved into `dest` only when the whole set
+    passed; a set that fails is logged and the previous one tried. Objects without a marker are never used.
+
+    Raises:
+        ResumeError: there are complete sets but none passed verification (training does not start over
+            silently on top of them).
+    """
+    if source.store is None:
+        if source.fetch(dest, required=False):
+            logger.info("resuming from the checkpoints in %s", source.uri)
+            return source.uri
+        logger.info("no checkpoints in %s: training starts from the initial weights", source.uri)
+        return None
+    store = source.store
+    versions = store.complete_versions(source.uri)
+    if not versions:
+        unmarked = store.list_objects(source.uri)
+        if unmarked:
+            logger.warning(
+                "%s holds %d object(s) but no complete checkpoint set (no %s marker: an upload cut short by an "
+                "older version of this node); they are not verified as a set and not used: training starts "
+                "from the initial weights",
+                source.uri,
+                len(unmarked),
+                MARKER_NAME,
+            )
+        else:
+            logger.info(
+                "no checkpoint published under %s: training starts from the initial weights", source.uri
+            )
+        return None
+    failed: list[str] = []
+    for version in versions:
+        landing = dest.parent / f".{dest.name}.resume"
+        shutil.rmtree(landing, ignore_errors=True)
+        try:
+            store.fetch_version(version, landing)
+        except (StorageIntegrityError, StorageNotFoundError) as exc:
+            logger.error("cannot resume from %s (%s): %s", version.uri, version.reason, exc)
+            failed.append(f"{version.uri}: {exc}")
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        dest.joinpath(MARKER_NAME).unlink(missing_ok=True)
+        for rel in sorted(version.marker["files"]):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(landing / rel, dest / rel)
+        os.replace(landing / MARKER_NAME, dest / MARKER_NAME)
+        shutil.rmtree(landing, ignore_errors=True)
+        logger.info(
+            "resuming from %s, %s%s; every file matches its marker: %s",
+            version.uri,
+            version.reason,
+            " (the newer set failed verification)" if failed else "",
+            version.describe(),
+        )
+        return version.uri
+    raise ResumeError(
+        f"no checkpoint set under {source.uri} passed verification ({'; '.join(failed)}). Training does not "
+        "start over on top of them: restore the objects, or delete the prefix to train from the initial weights."
+    )
+
+
 class _CheckpointMirror(threading.Thread):
     """Publishes the checkpoint folder every `interval_s` while training runs (node rank 0 only)."""
 
@@ -371,7 +459,7 @@ class _CheckpointMirror(threading.Thread):
             if not current or current == self._last:
                 return []
             if _stage_checkpoints(self.ckpt_dir, self.staging):
-                self.target.publish(self.staging)
+                self.target.publish(self.staging, replace=True)
                 self._last = current
                 return sorted(current)
             return []
@@ -488,9 +576,7 @@ def run_node(
 
     data_dir = _stage_train_data(dataset_uri, train_list, scratch_dir, store, topology, env)
     file_list = scratch_dir / "train_list.txt"
-    resumed = run.child(CHECKPOINTS).fetch(exp_dir / CHECKPOINTS, required=False)
-    if resumed:
-        logger.info("resuming from the newest checkpoint published under %s", run.child(CHECKPOINTS).uri)
+    resume_checkpoints(run.child(CHECKPOINTS), exp_dir / CHECKPOINTS)
 
     all_overrides = [
         f"launcher.experiment_log_dir={exp_dir}",
@@ -578,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except subprocess.CalledProcessError as exc:
         logger.error("training exited with status %d", exc.returncode)
         return exit_code_for_torchrun_failure(exc.returncode)
-    except (FileNotFoundError, ValueError, StagingError) as exc:
+    except (FileNotFoundError, ValueError, StagingError, ResumeError) as exc:
         logger.error("%s", exc)
         return 2
     finally:
