@@ -919,10 +919,16 @@ class ObjectStore:
             "application/json",
         )
         self._move_in(incoming, uri, marker)
+        seconds = time.perf_counter() - start
         logger.info(
-            "replaced %s: %d files sent, %d unchanged, %.1f MB", uri, len(jobs), len(kept), moved / 1e6
+            "replaced %s: %d files sent, %d unchanged, %.1f MB in %.1f s",
+            uri,
+            len(jobs),
+            len(kept),
+            moved / 1e6,
+            seconds,
         )
-        return TransferResult(uri, root, len(jobs), len(kept), moved, time.perf_counter() - start)
+        return TransferResult(uri, root, len(jobs), len(kept), moved, seconds)
 
     def _move_in(self, incoming: str, uri: str, marker: dict) -> None:
         """Step 3 of :meth:`replace_folder`: unmark ``uri``, copy the ``incoming`` set's changed files into

@@ -69,13 +69,30 @@ print(mirror.sync_once())
 Path(journal + ".done").touch()
 """
 
+# Runs the node's mirror once and SIGKILLs itself KILL_AFTER seconds into it (0: never), wherever it is then:
+# between two requests or in the middle of a file's bytes (a multipart upload).
+TIMED_CHILD = """
+import os, signal, sys, threading, time
+from pathlib import Path
+from sam2.launch.training_node import _CheckpointMirror, _Location
+from sam2.storage import ObjectStore
 
-def _checkpoint(path: Path, epoch: int, seed: int) -> bytes:
-    """A small torch checkpoint (epoch, steps, weights), written as the trainer does; returns its bytes."""
+ckpt_dir, staging, uri, kill_after = sys.argv[1:5]
+mirror = _CheckpointMirror(Path(ckpt_dir), _Location(uri, ObjectStore(retries=0)), 3600, Path(staging))
+if float(kill_after):
+    threading.Timer(float(kill_after), os.kill, (os.getpid(), signal.SIGKILL)).start()
+started = time.monotonic()
+mirror.sync_once()
+print(f"{time.monotonic() - started:.3f}")
+"""
+
+
+def _checkpoint(path: Path, epoch: int, seed: int, numel: int = 40_000) -> bytes:
+    """A torch checkpoint (epoch, steps, weights), written as the trainer does; returns its bytes."""
     generator = torch.Generator().manual_seed(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {"epoch": epoch, "steps": 2 * epoch, "model": {"w": torch.randn(40_000, generator=generator)}}, path
+        {"epoch": epoch, "steps": 2 * epoch, "model": {"w": torch.randn(numel, generator=generator)}}, path
     )
     return path.read_bytes()
 
@@ -218,6 +235,40 @@ def test_a_mirror_killed_before_any_of_its_writes_leaves_a_whole_set_to_resume_f
         assert used == uri and files == new
     # Killed while the new set was being moved in, the node resumed from the incoming copy.
     assert seen == {(False, False), (True, True), (False, True)}, seen
+
+
+def test_a_mirror_killed_at_any_instant_even_mid_file_leaves_the_old_or_the_new_set(
+    tmp_path, s3_store, s3_bucket, s3_env
+):
+    """SIGKILL at moments spread over a whole mirror of a 24 MB checkpoint (a 5-part multipart upload, then
+    its server-side copy): a single object is never half written, so the resumed set is one of the two."""
+    old, _ = _sets(tmp_path)
+    big = {
+        "checkpoint.pt": _checkpoint(tmp_path / "big" / "checkpoint.pt", 3, 3, numel=6_000_000),
+        "checkpoint_1.pt": _checkpoint(tmp_path / "big" / "checkpoint_1.pt", 1, 1),
+    }
+    env = {**os.environ, **s3_env, "OMP_NUM_THREADS": "1"}
+
+    def mirror_in_child(uri: str, kill_after: float) -> subprocess.CompletedProcess:
+        _mirror(tmp_path / "old", uri, s3_store, tmp_path / "staging")
+        staging = tmp_path / f"staging-{kill_after}"
+        cmd = [sys.executable, "-c", TIMED_CHILD, str(tmp_path / "big"), str(staging), uri, str(kill_after)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    done = mirror_in_child(f"s3://{s3_bucket}/runs/timed/checkpoints", 0)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seconds = float(done.stdout.split()[-1])
+    outcomes = []
+    for i, fraction in enumerate((0.15, 0.35, 0.55, 0.75, 0.95)):
+        uri = f"s3://{s3_bucket}/runs/timed-{i}/checkpoints"
+        killed = mirror_in_child(uri, max(0.01, seconds * fraction))
+        assert killed.returncode in (-signal.SIGKILL, 0), killed.stderr[-3000:]
+        _, files = _resumed(_Location(uri, s3_store), tmp_path / f"node-{i}" / "checkpoints")
+        assert files in (old, big), (
+            f"killed {fraction:.0%} into a {seconds:.2f} s mirror: resumed a mixed set"
+        )
+        outcomes.append("new" if files == big else "old")
+    print(f"mirror {seconds:.2f} s; resumed after kills at 15..95%: {outcomes}")
 
 
 def test_the_newest_set_failing_verification_falls_back_to_the_previous_one(
