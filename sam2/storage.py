@@ -956,8 +956,8 @@ class ObjectStore:
                 rel not in kept and self._stored_checksum(loc.join(rel)) != info["sha256"]
             ):
                 raise StorageIntegrityError(
-                    f"{loc.join(rel)} is not stored as {incoming}'s marker lists it after the move; "
-                    f"{incoming} still holds the complete set"
+                    f"{loc.join(rel)} is not stored as {incoming}'s marker lists it after the move "
+                    f"(size or SHA-256 differ); {uri} stays unmarked and {incoming} keeps its marker"
                 )
         final = {k: marker[k] for k in ("files", "num_files", "total_bytes", "published_at") if k in marker}
         self.write_bytes(
