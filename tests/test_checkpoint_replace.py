@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sam2.launch import training_node
 from sam2.launch.training_node import ResumeError, _CheckpointMirror, _Location, resume_checkpoints
 from sam2.storage import MARKER_NAME, incoming_uri
 
@@ -272,8 +273,9 @@ def test_a_mirror_killed_at_any_instant_even_mid_file_leaves_the_old_or_the_new_
 
 
 def test_the_newest_set_failing_verification_falls_back_to_the_previous_one(
-    tmp_path, s3_store, s3_bucket, s3_env, caplog
+    tmp_path, s3_store, s3_bucket, s3_env, caplog, monkeypatch
 ):
+    monkeypatch.setattr(training_node, "RESUME_RETRY_S", 0.05)
     old, new = _sets(tmp_path)
     uri = f"s3://{s3_bucket}/runs/r/checkpoints"
     _mirror(tmp_path / "old", uri, s3_store, tmp_path / "staging")
@@ -292,6 +294,30 @@ def test_the_newest_set_failing_verification_falls_back_to_the_previous_one(
     with pytest.raises(ResumeError, match="no checkpoint set under .* passed verification"):
         resume_checkpoints(_Location(uri, s3_store), tmp_path / "node2" / "checkpoints")
     assert not (tmp_path / "node2" / "checkpoints" / "checkpoint.pt").exists()
+
+
+def test_a_node_reading_while_rank_0_replaces_the_set_lists_the_sets_again(
+    tmp_path, s3_store, s3_bucket, monkeypatch, caplog
+):
+    """A replaced worker node resumes while node rank 0 goes on mirroring: the set it listed can be replaced
+    under it (its checkpoint.pt then fails the old marker's checksum). It lists the sets again."""
+    old, new = _sets(tmp_path)
+    uri = f"s3://{s3_bucket}/runs/r/checkpoints"
+    _mirror(tmp_path / "old", uri, s3_store, tmp_path / "staging")
+    fetch, fetched = s3_store.fetch_version, []
+
+    def fetch_while_rank_0_mirrors(version, local_dir):
+        if not fetched:
+            _mirror(tmp_path / "new", uri, s3_store, tmp_path / "staging-rank0")
+        fetched.append(version.uri)
+        return fetch(version, local_dir)
+
+    monkeypatch.setattr(s3_store, "fetch_version", fetch_while_rank_0_mirrors)
+    monkeypatch.setattr(training_node, "RESUME_RETRY_S", 0.05)
+    with caplog.at_level(logging.INFO, logger="sam2.launch.training_node"):
+        used, files = _resumed(_Location(uri, s3_store), tmp_path / "node" / "checkpoints")
+    assert used == uri and files == new and fetched == [uri, uri]
+    assert "listing them again" in caplog.text
 
 
 def test_objects_without_a_marker_are_not_resumed_from(tmp_path, s3_store, s3_bucket, caplog):

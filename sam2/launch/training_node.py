@@ -55,6 +55,7 @@ from typing import Any
 from sam2.data.staging import StagingError, stage_videos
 from sam2.storage import (
     MARKER_NAME,
+    FolderVersion,
     ObjectStore,
     StorageIntegrityError,
     StorageNotFoundError,
@@ -370,6 +371,12 @@ class ResumeError(RuntimeError):
     """Every complete checkpoint set in the run folder failed verification: nothing safe to resume from."""
 
 
+RESUME_ROUNDS = 3
+RESUME_RETRY_S = 2.0
+"""A node that finds no set passing verification lists the sets again this many times, this far apart: node
+rank 0's mirror may replace them while a replaced worker node reads them."""
+
+
 def resume_checkpoints(source: _Location, dest: Path) -> str | None:
     """Put the newest whole, verified checkpoint set of `source` (the run's checkpoints/) into `dest`, where
     the trainer auto-resumes from; returns the prefix it came from, None for a fresh start.
@@ -377,7 +384,8 @@ def resume_checkpoints(source: _Location, dest: Path) -> str | None:
     In S3 the sets are those `ObjectStore.replace_folder` leaves (`ObjectStore.complete_versions`): the
     folder's, or its `.incoming` sibling's when the mirror was killed while moving a new set in. Each file
     is checked against its set's marker in a folder of its own and moved into `dest` only when the whole set
-    passed; a set that fails is logged and the previous one tried. Objects without a marker are never used.
+    passed; a set that fails is logged and the previous one tried; when none passes, the sets are listed
+    again (`RESUME_ROUNDS`). Objects without a marker are never used.
 
     Raises:
         ResumeError: there are complete sets but none passed verification (training does not start over
@@ -390,52 +398,73 @@ def resume_checkpoints(source: _Location, dest: Path) -> str | None:
         logger.info("no checkpoints in %s: training starts from the initial weights", source.uri)
         return None
     store = source.store
-    versions = store.complete_versions(source.uri)
-    if not versions:
-        unmarked = store.list_objects(source.uri)
-        if unmarked:
-            logger.warning(
-                "%s holds %d object(s) but no complete checkpoint set (no %s marker: an upload cut short by an "
-                "older version of this node); they are not verified as a set and not used: training starts "
-                "from the initial weights",
-                source.uri,
-                len(unmarked),
-                MARKER_NAME,
-            )
-        else:
-            logger.info(
-                "no checkpoint published under %s: training starts from the initial weights", source.uri
-            )
-        return None
     failed: list[str] = []
-    for version in versions:
-        landing = dest.parent / f".{dest.name}.resume"
-        shutil.rmtree(landing, ignore_errors=True)
-        try:
-            store.fetch_version(version, landing)
-        except (StorageIntegrityError, StorageNotFoundError) as exc:
-            logger.error("cannot resume from %s (%s): %s", version.uri, version.reason, exc)
-            failed.append(f"{version.uri}: {exc}")
-            continue
-        dest.mkdir(parents=True, exist_ok=True)
-        dest.joinpath(MARKER_NAME).unlink(missing_ok=True)
-        for rel in sorted(version.marker["files"]):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(landing / rel, dest / rel)
-        os.replace(landing / MARKER_NAME, dest / MARKER_NAME)
-        shutil.rmtree(landing, ignore_errors=True)
-        logger.info(
-            "resuming from %s, %s%s; every file matches its marker: %s",
-            version.uri,
-            version.reason,
-            " (the newer set failed verification)" if failed else "",
-            version.describe(),
-        )
-        return version.uri
+    for attempt in range(RESUME_ROUNDS):
+        versions = store.complete_versions(source.uri)
+        if not versions and attempt == 0:
+            _log_fresh_start(store, source.uri)
+            return None
+        errors_before = len(failed)
+        for version in versions:
+            if _fetch_whole(store, version, dest, failed):
+                logger.info(
+                    "resuming from %s, %s%s; every file matches its marker: %s",
+                    version.uri,
+                    version.reason,
+                    " (the newer set failed verification)" if len(failed) > errors_before else "",
+                    version.describe(),
+                )
+                return version.uri
+        if attempt + 1 < RESUME_ROUNDS:
+            logger.warning(
+                "no checkpoint set under %s passed verification; listing them again in %.0f s (node rank 0's "
+                "mirror may have replaced them while they were read)",
+                source.uri,
+                RESUME_RETRY_S,
+            )
+            time.sleep(RESUME_RETRY_S)
     raise ResumeError(
-        f"no checkpoint set under {source.uri} passed verification ({'; '.join(failed)}). Training does not "
-        "start over on top of them: restore the objects, or delete the prefix to train from the initial weights."
+        f"no checkpoint set under {source.uri} passed verification ({'; '.join(failed) or 'none left'}). "
+        "Training does not start over on top of them: restore the objects, or delete the prefix to train "
+        "from the initial weights."
     )
+
+
+def _log_fresh_start(store: ObjectStore, uri: str) -> None:
+    unmarked = store.list_objects(uri)
+    if unmarked:
+        logger.warning(
+            "%s holds %d object(s) but no complete checkpoint set (no %s marker: an upload cut short by an "
+            "older version of this node); they are not verified as a set and not used: training starts "
+            "from the initial weights",
+            uri,
+            len(unmarked),
+            MARKER_NAME,
+        )
+    else:
+        logger.info("no checkpoint published under %s: training starts from the initial weights", uri)
+
+
+def _fetch_whole(store: ObjectStore, version: FolderVersion, dest: Path, failed: list[str]) -> bool:
+    """Download `version` into a landing folder beside `dest` and move it into `dest` once every file
+    passed; False (the reason appended to `failed`, `dest` untouched) when one did not."""
+    landing = dest.parent / f".{dest.name}.resume"
+    shutil.rmtree(landing, ignore_errors=True)
+    try:
+        store.fetch_version(version, landing)
+    except (StorageIntegrityError, StorageNotFoundError) as exc:
+        logger.error("cannot resume from %s (%s): %s", version.uri, version.reason, exc)
+        failed.append(f"{version.uri}: {exc}")
+        shutil.rmtree(landing, ignore_errors=True)
+        return False
+    dest.mkdir(parents=True, exist_ok=True)
+    dest.joinpath(MARKER_NAME).unlink(missing_ok=True)
+    for rel in sorted(version.marker["files"]):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(landing / rel, dest / rel)
+    os.replace(landing / MARKER_NAME, dest / MARKER_NAME)
+    shutil.rmtree(landing, ignore_errors=True)
+    return True
 
 
 class _CheckpointMirror(threading.Thread):
