@@ -638,6 +638,19 @@ class ObjectStore:
                     bar.update(fut.result())
         return moved
 
+    def _upload_target(self, local_dir: str | Path, uri: str) -> tuple[Path, S3Uri]:
+        """The local folder and the parsed destination of a folder upload, its bucket created.
+
+        Raises:
+            FileNotFoundError: ``local_dir`` is not a folder.
+        """
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"cannot upload {root}: not a folder")
+        loc = parse_s3_uri(uri)
+        self.ensure_bucket(loc.bucket)
+        return root, loc
+
     def upload_folder(self, local_dir: str | Path, uri: str, exclude: Collection[str] = ()) -> TransferResult:
         """Publish ``local_dir`` under the folder ``uri``: unpublish, upload in parallel, write marker.
 
@@ -646,12 +659,8 @@ class ObjectStore:
         that are neither uploaded nor listed in the marker.
         Raises the first transfer error; the prefix then stays unpublished (no marker).
         """
-        root = Path(local_dir)
-        if not root.is_dir():
-            raise FileNotFoundError(f"cannot upload {root}: not a folder")
         start = time.perf_counter()
-        loc = parse_s3_uri(uri)
-        self.ensure_bucket(loc.bucket)
+        root, loc = self._upload_target(local_dir, uri)
         marker_key = loc.join(MARKER_NAME)
         self._call(f"removing {marker_key}", lambda: self._client.remove_object(loc.bucket, marker_key.key))
         remote_sizes = self.list_objects(uri)
@@ -694,11 +703,7 @@ class ObjectStore:
         """Upload every file under ``local_dir`` below the folder ``uri`` without publishing it: no marker
         is removed or written, so several writers (inference shards) can fill disjoint parts of one
         folder. Returns the listing ``{rel: {"size", "sha256"}}`` that :meth:`publish_listing` takes."""
-        root = Path(local_dir)
-        if not root.is_dir():
-            raise FileNotFoundError(f"cannot upload {root}: not a folder")
-        loc = parse_s3_uri(uri)
-        self.ensure_bucket(loc.bucket)
+        root, loc = self._upload_target(local_dir, uri)
         listing: dict[str, dict] = {}
         jobs: list[Callable[[], int]] = []
         total = 0
@@ -854,12 +859,8 @@ class ObjectStore:
         Readers use :meth:`complete_versions`: while step 3 runs, the ``.incoming`` set is complete.
         Objects under ``uri`` that the new set does not list stay (as with :meth:`upload_folder`).
         """
-        root = Path(local_dir)
-        if not root.is_dir():
-            raise FileNotFoundError(f"cannot upload {root}: not a folder")
         start = time.perf_counter()
-        loc = parse_s3_uri(uri)
-        self.ensure_bucket(loc.bucket)
+        root, loc = self._upload_target(local_dir, uri)
         incoming = incoming_uri(uri)
         current = self._marker_or_none(uri)
         pending = self._marker_or_none(incoming)

@@ -205,6 +205,19 @@ def _node_args(dataset_uri: str, run_uri: str, scratch: Path, epochs: int) -> li
     ]
 
 
+def _resume_on_a_fresh_node(tiny_dataset, run_uri: str, tmp_path: Path, epochs: int) -> _Node:
+    """A replacement pod: an empty scratch (``scratch2``) resumes the run and must finish with exit 0."""
+    again = _Node(
+        _node_args(tiny_dataset, run_uri, tmp_path / "scratch2", epochs=epochs), tmp_path / "node2.log"
+    )
+    try:
+        code = again.wait(300)
+    finally:
+        again.kill_all()
+    assert code == 0, again.text()[-5000:]
+    return again
+
+
 def test_sigterm_uploads_the_newest_checkpoint_exits_143_and_a_restarted_node_resumes_from_it(
     tmp_path, tiny_dataset, s3_store, s3_bucket
 ):
@@ -241,14 +254,7 @@ def test_sigterm_uploads_the_newest_checkpoint_exits_143_and_a_restarted_node_re
 
     # A replacement pod (empty scratch) resumes from it and trains the one epoch left.
     epoch = saved["epoch"]
-    again = _Node(
-        _node_args(tiny_dataset, run_uri, tmp_path / "scratch2", epochs=epoch + 1), tmp_path / "node2.log"
-    )
-    try:
-        code = again.wait(300)
-    finally:
-        again.kill_all()
-    assert code == 0, again.text()[-5000:]
+    again = _resume_on_a_fresh_node(tiny_dataset, run_uri, tmp_path, epochs=epoch + 1)
     assert f"resuming from {ckpts_uri}, the complete set published there" in again.text()
     trainer_log = (tmp_path / "scratch2" / "experiment" / "logs" / "log_rank0.txt").read_text()
     assert f"epoch {epoch}, step {saved['steps']}" in trainer_log, trainer_log[-3000:]
@@ -321,14 +327,7 @@ def test_a_node_sigkilled_in_the_middle_of_a_mirror_upload_is_resumed_from_the_n
     assert saved["epoch"] >= 2, "the second mirror's set (the first one published epoch 1 or later)"
 
     epoch = saved["epoch"]
-    again = _Node(
-        _node_args(tiny_dataset, run_uri, tmp_path / "scratch2", epochs=epoch + 1), tmp_path / "node2.log"
-    )
-    try:
-        code = again.wait(300)
-    finally:
-        again.kill_all()
-    assert code == 0, again.text()[-5000:]
+    again = _resume_on_a_fresh_node(tiny_dataset, run_uri, tmp_path, epochs=epoch + 1)
     assert (
         f"resuming from {incoming}, the newest complete set: it was uploaded whole, then the writer stopped "
         f"while moving it into {ckpts_uri}" in again.text()
