@@ -77,6 +77,38 @@ def pod(
     )
 
 
+def step_pod(
+    name: str, uid: str, phase: str = "Running", main_exit: int | None = None, deleting: bool = False
+) -> SimpleNamespace:
+    """A KFP step's pod as the API server returns it: Argo's `wait` and `main` containers (argo-workflows
+    workflow/common/common.go, WaitContainerName/MainContainerName); `main_exit` terminates `main`."""
+
+    def container(cname: str, exit_code: int | None) -> SimpleNamespace:
+        terminated = None
+        if exit_code is not None:
+            terminated = SimpleNamespace(exit_code=exit_code, reason="Error" if exit_code else "Completed")
+        return SimpleNamespace(
+            name=cname,
+            image="ghcr.io/kubeflow/kfp-launcher:2.16.0" if cname == "main" else "argoexec:v3.6",
+            image_id="sha256:0",
+            ready=terminated is None,
+            restart_count=0,
+            state=SimpleNamespace(running=None if terminated else SimpleNamespace(), terminated=terminated),
+        )
+
+    return SimpleNamespace(
+        metadata=SimpleNamespace(
+            name=name,
+            uid=uid,
+            labels={"workflows.argoproj.io/completed": "false"},
+            deletion_timestamp="2026-01-01T00:00:00Z" if deleting else None,
+        ),
+        status=SimpleNamespace(
+            phase=phase, container_statuses=[container("wait", None), container("main", main_exit)]
+        ),
+    )
+
+
 def event(pod_obj: SimpleNamespace, reason: str, message: str, kind: str = "Warning", count: int = 1):
     return SimpleNamespace(
         metadata=SimpleNamespace(uid=f"ev-{next(_uids)}"),
@@ -110,6 +142,7 @@ class FakeCluster:
         self.on_create: Any = None  # called with the job's name once it is stored (the operator's pods)
         self.script: list[Any] = []  # one action (or None) run before each job read, in order
         self.before_delete: Any = None  # called before a job is deleted
+        self.step_pods: dict[str, SimpleNamespace] = {}  # name -> the pipeline steps' pods (`step_pod`)
 
     # -- scripted failures ---------------------------------------------------------------------------
     def _maybe_fail(self, verb: str) -> None:
@@ -192,6 +225,15 @@ class FakeCluster:
                 )
             ]
             return SimpleNamespace(items=items)
+
+    def read_namespaced_pod(self, name, ns):
+        """One pod by name (a step's or a job's); 404 when there is none."""
+        self._maybe_fail("read_pod")
+        with self.lock:
+            found = self.step_pods.get(name) or self.pods.get(name)
+            if found is None:
+                raise api_error(404, "NotFound")
+            return found
 
     def read_namespaced_pod_log(self, name, ns, container=None, tail_lines=None, **kw):
         self._maybe_fail("log")
@@ -309,6 +351,7 @@ def serve(cluster: FakeCluster):
 
     jobs = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
     core = re.compile(r"^/api/v1/namespaces/([^/]+)/(pods|events)(?:/([^/]+)/log)?$")
+    one_pod = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -349,6 +392,10 @@ def serve(cluster: FakeCluster):
                         policy = (body or {}).get("propagationPolicy") or query.get("propagationPolicy")
                         cluster.delete_namespaced_custom_object(*args, name, propagation_policy=policy)
                         return self._reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+                if (match := one_pod.match(url.path)) and method == "GET":
+                    ns, pod_name = match.groups()
+                    found = cluster.read_namespaced_pod(pod_name, ns)
+                    return self._reply(200, {"kind": "Pod", "apiVersion": "v1", **_to_json(found)})
                 if (match := core.match(url.path)) and method == "GET":
                     ns, kind, pod_name = match.groups()
                     if pod_name:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sam2.launch.launcher import TrainingFailed, TrainingRequest, TrainingResult
+from sam2.launch.owner_watch import DEFAULT_POLL_S as DEFAULT_OWNER_POLL_S
+from sam2.launch.owner_watch import OwnerPod, attach_owner_watch_to_pytorchjob
 from sam2.launch.pytorchjob import (
     DEFAULT_CPU_PER_GPU,
     DEFAULT_MEMORY_PER_GPU,
@@ -99,6 +101,7 @@ class ClusterSettings:
     owner_pod: tuple[str, str, str] | None = None
     handle_signals: bool = True
     shared_data_pvc: str | None = None
+    owner_poll_s: float = DEFAULT_OWNER_POLL_S
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -262,7 +265,10 @@ class PyTorchJobLauncher:
             service_account=s.service_account,
             shared_data_pvc=s.shared_data_pvc,
         )
-        return render_pytorchjob(spec)
+        job = render_pytorchjob(spec)
+        if s.owner_pod is not None:  # its nodes end the job when the step's pod is over (owner_watch)
+            attach_owner_watch_to_pytorchjob(job, OwnerPod(*s.owner_pod), s.owner_poll_s)
+        return job
 
     # -- API calls ---------------------------------------------------------------------------------------
 
@@ -496,9 +502,12 @@ class PyTorchJobLauncher:
                     for signum in previous:
                         signal.signal(signum, _log_repeated_signal)
                 job_over.set()
+                if force_delete:  # first thing: KFP's terminate kills this process milliseconds later
+                    self._cleanup(name, succeeded, force_delete)
                 if log_thread is not None:
                     log_thread.join(5.0 if force_delete else LOG_DRAIN_S)
-                self._cleanup(name, succeeded, force_delete)
+                if not force_delete:
+                    self._cleanup(name, succeeded, force_delete)
         finally:
             self._restore_signal_handlers(previous)
         return TrainingResult(

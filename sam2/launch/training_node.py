@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from sam2.data.staging import StagingError, stage_videos
+from sam2.launch.owner_watch import start_owner_watch
 from sam2.storage import (
     MARKER_NAME,
     FolderVersion,
@@ -230,11 +231,22 @@ class GracefulStop:
         self._forwarded = False
         self._child: subprocess.Popen[bytes] | None = None
         self._previous: dict[int, Any] = {}
+        self.final_exit_code: int | None = None  # set by stop_for_good: exit with it, not 128 + signal
 
     def install(self) -> None:
         """Handle STOP_SIGNALS in this (the main) thread until `restore`."""
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
+    def stop_for_good(self, exit_code: int) -> None:
+        """Stop as on SIGTERM (from any thread), but exit `exit_code` instead of 128 + the signal, e.g. a
+        permanent 1-127 when the pipeline step that owns the job is over (`sam2.launch.owner_watch`)."""
+        self.final_exit_code = exit_code
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -252,9 +264,10 @@ class GracefulStop:
             return
         self.signum, self._signalled_at = signum, time.monotonic()
         if not self._training:
-            logger.warning("got %s before training started: exiting %d (staging resumes)", name, 128 + signum)
+            code = self.final_exit_code or 128 + signum
+            logger.warning("got %s before training started: exiting %d (staging resumes)", name, code)
             logging.shutdown()
-            os._exit(128 + signum)
+            os._exit(code)
         logger.warning(
             "got %s: stopping torchrun (up to %.0f s), then uploading the newest checkpoint",
             name,
@@ -676,6 +689,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         stop.install()
     try:
+        if stop.installed:
+            start_owner_watch(
+                stop
+            )  # the job ends when its pipeline step does; no-op without SAM2_OWNER_POD_*
         run_node(
             args.config,
             args.dataset_uri,
@@ -688,6 +705,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop=stop,
         )
     except NodeStopped as exc:
+        if stop.final_exit_code is not None:
+            logger.warning(
+                "training %s: exiting %d for good (its pipeline step is over)", exc, stop.final_exit_code
+            )
+            return stop.final_exit_code
         logger.warning("training %s: exiting %d, retried under restartPolicy ExitCode", exc, exc.exit_code)
         return exc.exit_code
     except subprocess.CalledProcessError as exc:
