@@ -213,7 +213,10 @@ def test_validation_names_bad_images_and_annotations_and_excludes_them(prepared,
 
     assert validate_main(["--root", str(prepared), "--on_bad", "exclude"]) == 0
     out = capsys.readouterr().out
-    report = json.loads((prepared / "validation_report.json").read_text())
+    from sam2.data.validation import default_report_dir
+
+    report_dir = default_report_dir(prepared)  # beside the data set, not inside it
+    report = json.loads((report_dir / "validation_report.json").read_text())
     bad = report["bad"]
     assert set(bad) == {"img_01.jpg", "img_02.jpg", "gone.jpg", "crowd_only.jpg", "wrong_size.jpg"}
     assert (
@@ -226,10 +229,10 @@ def test_validation_names_bad_images_and_annotations_and_excludes_them(prepared,
     assert "no non-crowd annotation" in bad["crowd_only.jpg"][0]
     assert "65x48" in bad["wrong_size.jpg"][0]
     assert "BAD  img_01.jpg" in out
-    valid = (prepared / "valid_videos.txt").read_text().split()
+    valid = (report_dir / "valid_videos.txt").read_text().split()
     assert valid == ["img_00.jpg", "img_03.jpg", "img_04.jpg", "img_05.jpg"]
 
-    assert validate_main(["--root", str(prepared), "--on_bad", "fail"]) == 1
+    assert validate_main(["--root", str(prepared), "--on_bad", "fail"]) == 2
 
     # Training without validation names the same annotation instead of failing in a loader worker.
     with pytest.raises(DatasetError, match="image id 2, annotation id 900"):

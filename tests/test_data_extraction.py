@@ -383,43 +383,52 @@ def test_s3_input_and_output(video_folder: Path, tmp_path: Path, s3_store, s3_bu
 
 
 @pytest.mark.parametrize("bad", ["corrupt_mask", "rgb_mask", "corrupt_png_frame"])
-def test_unreadable_frames_and_masks_are_named_by_their_source_file(tmp_path: Path, bad: str) -> None:
+def test_unreadable_frames_and_masks_are_handed_to_validation(tmp_path: Path, bad: str) -> None:
+    """Extraction keeps a video with a bad mask or frame; validation names the file and excludes the video
+    (on_bad=exclude) or stops (fail), so one bad file never refuses the whole data set."""
+    from sam2.data.validation import DatasetValidationError, validate_dataset, write_report
+
     tree = tmp_path / "DAVIS"
     write_davis_tree(tree, {"bear": 3, "car": 3}, resolution=None)
     if bad == "corrupt_mask":
         culprit = tree / ANNOTATIONS_DIR / "car" / "00001.png"
         culprit.write_bytes(culprit.read_bytes()[:20])
-        expected = "not a readable PNG"
+        expected = "mask 00001.png does not decode"
     elif bad == "rgb_mask":
         culprit = tree / ANNOTATIONS_DIR / "car" / "00001.png"
         Image.new("RGB", (48, 40)).save(culprit)
-        expected = "mode RGB"
+        expected = "mask 00001.png has mode RGB"
     else:
         (tree / IMAGES_DIR / "car" / "00001.jpg").unlink()
         culprit = tree / IMAGES_DIR / "car" / "00001.png"
         culprit.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-        expected = "cannot be decoded"
+        expected = "frame 00001.jpg does not decode"
     out = tmp_path / "out"
-    with pytest.raises(DataPrepError) as info:
-        extract_dataset(tree, out, workers=2)
-    message = str(info.value)
-    assert "1 of 2 videos could not be extracted" in message
-    assert str(culprit) in message and expected in message
-    assert sorted(p.name for p in (out / IMAGES_DIR).iterdir()) == ["bear"]  # car is never visible
-    assert not (out / MANIFEST_NAME).exists()
+    result = extract_dataset(tree, out, workers=2)
+    assert result.num_videos == 2 and (out / MANIFEST_NAME).is_file()
+    report = validate_dataset(out, num_frames=3)
+    assert report.good == ["bear"] and list(report.bad) == ["car"]
+    assert any(expected in problem for problem in report.bad["car"]), report.bad
+    valid = write_report(report, tmp_path / "exclude", on_bad="exclude")
+    assert valid.read_text().split() == ["bear"]
+    with pytest.raises(DatasetValidationError, match=rf"car: .*{re.escape(expected)}"):
+        write_report(report, tmp_path / "fail", on_bad="fail")
+    assert not (tmp_path / "fail" / "valid_videos.txt").exists()
 
 
-def test_cli_reports_a_corrupt_mask_without_a_traceback(tmp_path: Path) -> None:
-    tree = tmp_path / "DAVIS"
-    write_davis_tree(tree, {"bear": 2})
-    (tree / ANNOTATIONS_DIR / "480p" / "bear" / "00000.png").write_bytes(b"not a png")
+def test_cli_refuses_bad_input_in_one_line_with_exit_2(tmp_path: Path) -> None:
+    """A source that cannot be extracted: exit 2, one line naming it, no traceback, no manifest."""
+    whole = make_video(tmp_path / "fs.mp4", 30, movflags="faststart").read_bytes()
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "cut.mp4").write_bytes(whole[: len(whole) // 2])
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "sam2.tools.extract_frames",
             "--input",
-            str(tree),
+            str(source),
             "--output",
             str(tmp_path / "o"),
         ],
@@ -428,8 +437,58 @@ def test_cli_reports_a_corrupt_mask_without_a_traceback(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr and "00000.png" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cut.mp4" in errors[0] and "truncated" in errors[0]
+    assert not (tmp_path / "o" / MANIFEST_NAME).exists()
+    debug = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sam2.tools.extract_frames",
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "o"),
+            "--debug",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def test_mkv_cut_in_half_is_refused_like_a_cut_mp4(tmp_path: Path) -> None:
+    """Matroska states no frame count, only a duration: a file cut in half decodes its first half without
+    an error; the frames ending well before the declared duration refuse it."""
+    whole = make_video(tmp_path / "whole.mkv", 60, codec="mpeg4")
+    assert decoded_count(whole) == 60
+    source = tmp_path / "src"
+    source.mkdir()
+    data = whole.read_bytes()
+    (source / "cut.mkv").write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        DataPrepError, match=r"cut\.mkv: frames end at 2\.\d+ s but the container declares 6\.00 s"
+    ):
+        extract_dataset(source, tmp_path / "out", workers=1)
+    assert not (tmp_path / "out" / IMAGES_DIR / "cut").exists()
+    assert extract_dataset(whole, tmp_path / "ok", workers=1).num_frames == 60  # a whole one passes
+
+
+def test_empty_video_folder_is_reported_as_dropped(tmp_path: Path, capsys) -> None:
+    from sam2.tools.extract_frames import main as extract_main
+
+    tree = tmp_path / "DAVIS"
+    write_davis_tree(tree, {"bear": 3}, resolution=None)
+    (tree / IMAGES_DIR / "empty_video").mkdir()
+    result = extract_dataset(tree, tmp_path / "out", workers=1)
+    assert result.num_videos == 1
+    assert "holds no frame" in result.dropped["empty_video"]
+    assert extract_main(["--input", str(tree), "--output", str(tmp_path / "out2")]) == 0
+    assert "dropped empty_video:" in capsys.readouterr().out
 
 
 def make_colour_video(

@@ -240,7 +240,134 @@ def test_validate_cli_excludes_or_fails_and_writes_reports(demo_copy: Path, tmp_
         text=True,
         timeout=120,
     )
-    assert failed.returncode == 1
+    assert failed.returncode == 2
     assert "Traceback" not in failed.stderr and "demo_002: missing annotations" in failed.stderr
+    assert len([line for line in failed.stderr.splitlines() if line.startswith("error: ")]) == 1
     assert json.loads((tmp_path / "fail" / "validation_report.json").read_text())["num_bad"] == 1
     assert not (tmp_path / "fail" / "valid_videos.txt").exists()
+
+
+def test_a_mask_missing_mid_video_makes_it_bad_as_training_would(demo_copy: Path) -> None:
+    """The training data set reads the mask of every frame a clip draws: validation applies the same rule
+    (sam2.data.rules), so the video is named here instead of crashing training mid-epoch."""
+    from sam2.training.dataset.errors import DatasetError
+    from sam2.training.dataset.vos_segment_loader import PalettisedPNGSegmentLoader
+
+    (demo_copy / ANNOTATIONS_DIR / "demo_003" / "00007.png").unlink()
+    report = validate_dataset(demo_copy, num_frames=8)
+    assert "demo_003" in report.bad and "demo_003" not in report.good
+    assert any("1 frame(s) have no mask (00007.png)" in p for p in report.bad["demo_003"]), report.bad
+    loader = PalettisedPNGSegmentLoader(str(demo_copy / ANNOTATIONS_DIR / "demo_003"))
+    with pytest.raises(DatasetError, match=r"1 frame\(s\) have no mask \(00007\.png\)"):
+        loader.load(7)
+
+
+def _run_tool(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_validate_without_report_dir_leaves_the_data_folder_alone_and_split_reads_its_list(
+    demo_copy: Path, tmp_path: Path
+) -> None:
+    shutil.rmtree(demo_copy / ANNOTATIONS_DIR / "demo_002")
+    (demo_copy / IMAGES_DIR / "demo_002").rename(demo_copy / IMAGES_DIR / "demo_002_bad")
+    before = sorted(str(p.relative_to(demo_copy)) for p in demo_copy.rglob("*"))
+    done = _run_tool("sam2.tools.validate_dataset", "--root", str(demo_copy), "--num_frames", "8")
+    assert done.returncode == 0, done.stderr
+    assert sorted(str(p.relative_to(demo_copy)) for p in demo_copy.rglob("*")) == before
+    report_dir = demo_copy.parent / "demo_validation"
+    assert "demo_002_bad" not in (report_dir / "valid_videos.txt").read_text().split()
+    # The README's split line, without --video_list, splits only the videos validation found good.
+    split = _run_tool(
+        "sam2.tools.split_dataset",
+        "--gt_root",
+        str(demo_copy / ANNOTATIONS_DIR),
+        "--output_dir",
+        str(tmp_path / "s"),
+    )
+    assert split.returncode == 0, split.stderr
+    assert "valid_videos.txt" in split.stderr
+    listed = (tmp_path / "s" / "train.txt").read_text().split() + (
+        tmp_path / "s" / "val.txt"
+    ).read_text().split()
+    assert sorted(listed) == sorted((report_dir / "valid_videos.txt").read_text().split())
+    assert len(listed) == 5  # demo_002 (in the manifest, its frames gone) and demo_002_bad are out
+    assert "demo_002: listed in manifest.json but JPEGImages/demo_002 is missing" in done.stdout
+
+
+def test_split_with_a_video_list_that_is_no_file_is_one_line(demo_root: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "valid_videos.txt"
+    proc = _run_tool(
+        "sam2.tools.split_dataset",
+        "--gt_root",
+        str(demo_root / ANNOTATIONS_DIR),
+        "--output_dir",
+        str(tmp_path / "s"),
+        "--video_list",
+        str(missing),
+    )
+    assert proc.returncode == 2
+    line = _one_error_line(proc)
+    assert "--video_list" in line and str(missing) in line
+    assert not (tmp_path / "s").exists()
+
+
+def test_validate_reads_a_published_s3_data_set_by_its_uri(
+    demo_root: Path, tmp_path: Path, s3_store, s3_bucket: str, s3_env
+) -> None:
+    """`--root s3://bucket/key` is fetched as it is (it was mangled to `s3:/bucket/key` by Path)."""
+    import os
+
+    uri = f"s3://{s3_bucket}/datasets/demo/v1"
+    s3_store.upload_folder(demo_root, uri)
+    env = {**os.environ, **s3_env}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sam2.tools.validate_dataset",
+            "--root",
+            uri,
+            "--work_dir",
+            str(tmp_path / "w"),
+            "--report_dir",
+            str(tmp_path / "r"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "6 good, 0 bad" in proc.stdout
+    assert len((tmp_path / "r" / "valid_videos.txt").read_text().split()) == 6
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sam2.tools.validate_dataset",
+            "--root",
+            f"s3://{s3_bucket}/datasets/none",
+            "--work_dir",
+            str(tmp_path / "w2"),
+            "--report_dir",
+            str(tmp_path / "r2"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert missing.returncode == 2
+    assert f"s3://{s3_bucket}/datasets/none" in _one_error_line(missing)

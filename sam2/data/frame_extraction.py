@@ -107,12 +107,16 @@ class ExtractionResult:
     extracted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    dropped: dict[str, str] = field(default_factory=dict)
+    """Source folders that hold no video to extract, by name, with the reason (e.g. an empty folder)."""
 
     def summary(self) -> str:
-        return (
+        lines = [
             f"{self.num_videos} videos, {self.num_frames} frames -> {self.output} (version {self.version}); "
             f"{len(self.extracted)} extracted, {len(self.skipped)} already done, {self.seconds:.1f}s"
-        )
+        ]
+        lines += [f"  dropped {name}: {reason}" for name, reason in sorted(self.dropped.items())]
+        return "\n".join(lines)
 
 
 # ---- decoding one video ---------------------------------------------------------------------------
@@ -256,6 +260,9 @@ def decode_video_to_frames(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         declared = stream.frames
+        declared_s = _declared_duration_s(container, stream)
+        first_time: float | None = None
+        last_time: float | None = None
         pending: deque[tuple[str, Future[str]]] = deque()
         digests: dict[str, str] = {}
         decoded = kept = 0
@@ -264,6 +271,9 @@ def decode_video_to_frames(
         try:
             for frame in container.decode(stream):
                 decoded += 1
+                if frame.time is not None:
+                    first_time = frame.time if first_time is None else min(first_time, frame.time)
+                    last_time = frame.time if last_time is None else max(last_time, frame.time)
                 if decoded == 1:
                     quarter_turns = upright_quarter_turns(frame, video)
                 if settings.fps is not None:
@@ -303,7 +313,25 @@ def decode_video_to_frames(
             f"{video}: only {decoded} of the {declared} frames its header declares could be decoded; the file is "
             "truncated. Re-download or re-encode it"
         )
+    if declared_s is not None and first_time is not None and last_time is not None:
+        period = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
+        decoded_s = last_time - first_time + period
+        if declared_s - decoded_s > max(1.0, 0.1 * declared_s, 3 * period):
+            raise DataPrepError(
+                f"{video}: frames end at {decoded_s:.2f} s but the container declares {declared_s:.2f} s; the "
+                "file is truncated. Re-download or re-encode it"
+            )
     return digests
+
+
+def _declared_duration_s(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    """The video's duration as its container declares it (the stream's, else the file's), in seconds;
+    None when neither is stated. A Matroska/WebM file states no frame count, only this."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
 
 
 # ---- copying a folder of frames ------------------------------------------------------------------
@@ -338,7 +366,14 @@ def copy_frame_folder(
                 with Image.open(path) as image:
                     image.convert("RGB").save(dest, format="JPEG", quality=settings.jpeg_quality)
             except (OSError, SyntaxError) as err:  # PIL's errors for truncated or non-image files
-                raise DataPrepError(f"video {source.name!r}: frame {path} cannot be decoded ({err})") from err
+                # Kept as it is: validation reports the video (on_bad=exclude drops it, fail stops).
+                logger.warning(
+                    "video %r: frame %s cannot be decoded (%s); validation will report it",
+                    source.name,
+                    path,
+                    err,
+                )
+                shutil.copyfile(path, dest)
     if masks_dir is not None and source.annotations is not None:
         masks_dir.mkdir(parents=True)
         for mask in sorted(source.annotations.glob("*.png")):
@@ -346,8 +381,11 @@ def copy_frame_folder(
                 raise DataPrepError(
                     f"video {source.name!r}: mask {mask} has no frame of the same name in {source.media}"
                 )
-            with open_mask(mask):  # the header only: a bad file is named here by its source path
-                pass
+            try:
+                with open_mask(mask):  # the header only
+                    pass
+            except DataPrepError as err:  # copied as it is: validation reports and excludes the video
+                logger.warning("video %r: %s; validation will report it", source.name, err)
             shutil.copyfile(mask, masks_dir / mask_name(numbering[mask.stem]))
     return len(frames)
 
@@ -367,21 +405,29 @@ def find_images_root(root: Path, max_depth: int = 3) -> Path | None:
     return None
 
 
-def _video_folders(parent: Path) -> dict[str, Path]:
-    """Sub-folders that directly hold frames or masks; a resolution level (DAVIS ``480p``) is descended."""
+def _video_folders(parent: Path, dropped: dict[str, str] | None = None) -> dict[str, Path]:
+    """Sub-folders that directly hold frames or masks; a resolution level (DAVIS ``480p``) is descended.
+
+    Sibling folders that hold no image (an empty video folder) are put in ``dropped`` with the reason.
+    """
     children = {c.name: c for c in sorted(parent.iterdir()) if c.is_dir() and not c.name.startswith(".")}
     has_files = {
         n: c for n, c in children.items() if any(p.suffix.lower() in IMAGE_SUFFIXES for p in c.iterdir())
     }
     if has_files or not children:
+        if dropped is not None:
+            for name in sorted(set(children) - set(has_files)):
+                dropped[name] = f"{children[name]} holds no frame (.jpg/.png); nothing to extract"
         return has_files
     preferred = children.get("480p") or next(iter(children.values()))
     logger.info("descending into %s (resolution level)", preferred)
-    return _video_folders(preferred)
+    return _video_folders(preferred, dropped)
 
 
-def discover_sources(root: Path) -> list[VideoSource]:
+def discover_sources(root: Path, dropped: dict[str, str] | None = None) -> list[VideoSource]:
     """The videos of a local folder or file: a DAVIS/MOSE tree, SA-V videos with JSON, or plain videos.
+
+    ``dropped`` receives the video folders left out (e.g. empty ones) with the reason.
 
     Raises:
         DataPrepError: nothing usable found, or two videos with the same name.
@@ -399,7 +445,7 @@ def discover_sources(root: Path) -> list[VideoSource]:
 
     davis_root = find_images_root(root)
     if davis_root is not None:
-        frames = _video_folders(davis_root / IMAGES_DIR)
+        frames = _video_folders(davis_root / IMAGES_DIR, dropped)
         masks = (
             _video_folders(davis_root / ANNOTATIONS_DIR) if (davis_root / ANNOTATIONS_DIR).is_dir() else {}
         )
@@ -578,8 +624,11 @@ def extract_dataset(
             store_factory().upload_folder(out_root, output_str, exclude=(STATE_DIR,))
         n = coco.num_images
         return ExtractionResult(output_str, coco.version, n, n, seconds=time.perf_counter() - start)
-    sources = discover_sources(local_input)
+    dropped: dict[str, str] = {}
+    sources = discover_sources(local_input, dropped)
     logger.info("%d videos found in %s", len(sources), source)
+    for name, reason in sorted(dropped.items()):
+        logger.warning("video %r dropped: %s", name, reason)
 
     records: dict[str, VideoRecord] = {}
     extracted: list[str] = []
@@ -623,4 +672,5 @@ def extract_dataset(
         extracted=sorted(extracted),
         skipped=sorted(skipped),
         seconds=time.perf_counter() - start,
+        dropped=dropped,
     )

@@ -131,8 +131,11 @@ def scan_video(
     frames = list_frames(frames_dir)
     if not frames:
         raise DataPrepError(f"video {video!r}: no JPEG frames in {frames_dir}")
-    with Image.open(frames[0]) as first:
-        width, height = first.size
+    try:
+        with Image.open(frames[0]) as first:
+            width, height = first.size
+    except (OSError, SyntaxError):  # an unreadable frame: validation reports the video
+        width = height = 0
     if frame_digests is None:
         named = [(p.name, file_sha256(p)) for p in frames]
     elif set(frame_digests) == {p.name for p in frames}:
@@ -157,7 +160,10 @@ def scan_video(
     elif annotations.is_dir():
         masks = sorted(annotations.glob("*.png"))
         for mask in masks:
-            object_ids |= mask_object_ids(mask)
+            try:
+                object_ids |= mask_object_ids(mask)
+            except DataPrepError:  # an unreadable or RGB mask: validation reports and excludes the video
+                continue
         fmt, num_annotated = "png", len(masks)
         ann_digest = combined_digest([(p.name, file_sha256(p)) for p in masks])
     else:

@@ -19,6 +19,7 @@ from sam2.utils.atomic_io import atomic_write_text
 
 TRAIN_LIST_NAME = "train.txt"
 VAL_LIST_NAME = "val.txt"
+VALID_LIST_NAME = "valid_videos.txt"  # validation's list of good videos (sam2.data.validation)
 
 
 @dataclass
@@ -99,6 +100,39 @@ def object_counts(gt_root: Path, videos: list[str]) -> dict[str, int]:
     return counts
 
 
+def read_video_list(path: str | Path, setting: str = "--video_list") -> list[str]:
+    """Video names in a list file, one per line (blank lines skipped).
+
+    Raises:
+        DataPrepError: the file is missing or unreadable (the message names ``setting`` and the path).
+    """
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise DataPrepError(
+            f"{setting} {path}: cannot read it ({reason}); pass a text file with one video name per line"
+        ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def default_video_list(gt_root: Path) -> Path | None:
+    """Validation's ``valid_videos.txt`` when it sits next to the data: in the data set root (where
+    ``validate_dataset --report_dir <root>`` and the pipeline put it) or in ``<root>_validation/``
+    (``validate_dataset``'s default report folder); None when neither exists."""
+    from sam2.data.validation import default_report_dir
+
+    if gt_root.is_file():  # a COCO JSON
+        root = gt_root.parent
+    else:  # a COCO data set root, or the Annotations/ folder of a video data set
+        root = gt_root if coco_annotation_path(gt_root) is not None else gt_root.parent
+    for folder in (root, default_report_dir(root)):
+        candidate = folder / VALID_LIST_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def split_dataset(
     gt_root: str | Path,
     output_dir: str | Path,
@@ -120,7 +154,7 @@ def split_dataset(
     coco_counts = coco_object_counts(coco) if coco is not None else None
     videos = sorted(coco_counts) if coco_counts is not None else videos_in_gt_root(gt_root)
     if video_list is not None:
-        wanted = [line.strip() for line in Path(video_list).read_text().splitlines() if line.strip()]
+        wanted = read_video_list(video_list)
         unknown = sorted(set(wanted) - set(videos))
         if unknown:
             raise DataPrepError(

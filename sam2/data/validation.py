@@ -31,12 +31,20 @@ from sam2.data.layout import (
     list_videos,
 )
 from sam2.data.manifest import combined_digest, load_manifest, sav_object_ids
+from sam2.data.rules import frames_without_masks, missing_masks_problem
 from sam2.utils.atomic_io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "validation_report.json"
 VALID_LIST_NAME = "valid_videos.txt"
+
+
+def default_report_dir(root: str | Path) -> Path:
+    """Where ``validate_dataset`` writes its report without ``--report_dir``: ``<root>_validation/`` beside
+    the data set, so that the user's data folder is left as it was (split_dataset looks there too)."""
+    root = Path(root)
+    return root.parent / f"{root.name}_validation"
 
 
 class DatasetValidationError(DataPrepError):
@@ -173,6 +181,12 @@ def _check_png_masks(
     return ids_all
 
 
+def _frames_missing_masks(frames: list[Path], masks: list[Path]) -> list[int]:
+    """Frame ids (integer file names) without a mask; frames not named by an integer are not counted."""
+    frame_ids = [int(f.stem) for f in frames if f.stem.isdigit()]
+    return frames_without_masks(frame_ids, {int(m.stem) for m in masks if m.stem.isdigit()})
+
+
 def _rle_area(rle: dict) -> int:
     from pycocotools import mask as mask_utils
 
@@ -221,6 +235,8 @@ def check_video(root: Path, video: str, num_frames: int, record: dict | None) ->
     problems: list[str] = []
     notes: list[str] = []
     video_dir = root / IMAGES_DIR / video
+    if not video_dir.is_dir():
+        return [f"listed in manifest.json but {IMAGES_DIR}/{video} is missing; re-run extract_frames"], notes
     frames = list_frames(video_dir)
     if not frames:
         return [f"no JPEG frames in {IMAGES_DIR}/{video}"], notes
@@ -235,6 +251,9 @@ def check_video(root: Path, video: str, num_frames: int, record: dict | None) ->
         ids = _check_sav_json(sav_path, size, problems)
     elif masks:
         ids = _check_png_masks(masks, {f.stem for f in frames}, frames[0].stem, size, problems, notes)
+        missing = _frames_missing_masks(frames, masks)
+        if missing:
+            problems.append(missing_masks_problem(missing))
     else:
         problems.append(
             f"missing annotations: expected PNG masks in {ANNOTATIONS_DIR}/{video}/ or {ANNOTATIONS_DIR}/{video}{SAV_ANNOTATION_SUFFIX}"
@@ -287,6 +306,14 @@ def validate_dataset(root: str | Path, num_frames: int = 8, workers: int | None 
     return report
 
 
+def _bad_videos_line(report: ValidationReport, limit: int = 5) -> str:
+    """``"2 of 6 videos are bad: a (first problem), b (first problem)"``, on one line."""
+    named = [f"{video}: {problems[0]}" for video, problems in sorted(report.bad.items())[:limit]]
+    more = f"; and {len(report.bad) - limit} more" if len(report.bad) > limit else ""
+    total = len(report.good) + len(report.bad)
+    return f"{len(report.bad)} of {total} videos are bad ({'; '.join(named)}{more})"
+
+
 def write_report(report: ValidationReport, output_dir: str | Path, on_bad: str = "exclude") -> Path:
     """Write ``validation_report.json`` and ``valid_videos.txt`` (the good videos, a ``file_list_txt``).
 
@@ -303,10 +330,14 @@ def write_report(report: ValidationReport, output_dir: str | Path, on_bad: str =
     atomic_write_text(out / REPORT_NAME, json.dumps(report.to_dict() | {"policy": on_bad}, indent=1) + "\n")
     if on_bad == "fail" and not report.ok:
         raise DatasetValidationError(
-            report.summary() + f"\n(report: {out / REPORT_NAME}; use on_bad=exclude to skip them)"
+            f"{report.root}: {_bad_videos_line(report)}; report: {out / REPORT_NAME}; fix them, or use "
+            "on_bad=exclude to train without them"
         )
     if not report.good:
-        raise DatasetValidationError(report.summary() + "\nno good video is left to train on")
+        raise DatasetValidationError(
+            f"{report.root}: no good video is left to train on: {_bad_videos_line(report)}; "
+            f"report: {out / REPORT_NAME}"
+        )
     valid = out / VALID_LIST_NAME
     atomic_write_text(valid, "".join(f"{v}\n" for v in report.good))
     if report.bad:

@@ -5,7 +5,8 @@
 
 Frames are JPEGs (libjpeg quality ``--quality``, 90 by default) named ``%05d.jpg`` from 0, every frame
 unless ``--fps`` resamples. Rerunning skips finished videos; an interrupted run resumes. Prints a summary
-with the data set version (the manifest hash); exits 1 with the file at fault on bad input.
+with the data set version (the manifest hash); exits 2 with one line naming the file at fault on bad input
+(docs/errors-and-exit-codes.md).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import logging
 import sys
 
 from sam2.data.frame_extraction import DEFAULT_JPEG_QUALITY, extract_dataset
-from sam2.data.layout import DataPrepError
-from sam2.storage import StorageError
+from sam2.utils.cli_errors import cli_entry
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -36,18 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work_dir", default=None, help="local staging for s3:// input/output and archives")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = extract_dataset(
-            args.input,
-            args.output,
-            fps=args.fps,
-            jpeg_quality=args.quality,
-            workers=args.workers,
-            work_dir=args.work_dir,
-        )
-    except (DataPrepError, StorageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = extract_dataset(
+        args.input,
+        args.output,
+        fps=args.fps,
+        jpeg_quality=args.quality,
+        workers=args.workers,
+        work_dir=args.work_dir,
+    )
     print(result.summary())
     return 0
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 
+from sam2.data.rules import frames_without_masks, missing_masks_problem
 from sam2.training.dataset.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -61,11 +62,11 @@ class PalettisedPNGSegmentLoader:
     def load(self, frame_id: int) -> dict[int, torch.Tensor]:
         """{object id: bool [H, W]} for every object present on the frame; raises if the PNG is missing."""
         name = self.frame_id_to_png_filename.get(frame_id)
-        if name is None:
+        if name is None:  # the rule validation applies too (sam2.data.rules)
+            missing = frames_without_masks([frame_id], self.frame_id_to_png_filename)
             raise DatasetError(
-                f"no mask for frame {frame_id} in {self.video_png_root!r} (expected {frame_id:05d}.png); "
-                "annotate the frame, exclude the video, or set target_segments_available=False when "
-                "only the first frame is annotated"
+                f"no mask for frame {frame_id} in {self.video_png_root!r}: {missing_masks_problem(missing)} (or set "
+                "target_segments_available=False when only the first frame is annotated)"
             )
         labels = _read_png(os.path.join(self.video_png_root, name))
         if labels.ndim != 2:
