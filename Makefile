@@ -76,10 +76,11 @@ pipeline-submit: setup
 pipeline-schedule: setup
 	$(WITH_IMAGE)$(PY) -m pipelines.run schedule $(PIPELINE_ARGS) --cron "$(CRON)"
 
-# The image (docker/Dockerfile), tagged <package version>-<git commit> and pushed to $(REGISTRY):
+# The image (docker/Dockerfile), tagged with the code version (<package version>-<git commit>[-dirty], the
+# string MLflow records as code_version and KFP versions start with) and pushed to $(REGISTRY):
 #   make image REGISTRY=registry.example.com/team && make pipeline-compile IMAGE=<the printed name>
 REGISTRY ?= ghcr.io/sam2-kubeflow
-IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)-$(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
+IMAGE_TAG ?= $(shell $(PYTHON) -m sam2.utils.code_version)
 BUILD_IMAGE = $(if $(IMAGE),$(IMAGE),$(REGISTRY)/sam2-kubeflow:$(IMAGE_TAG))
 .PHONY: image
 image:

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sam2.storage import ObjectStore, S3Settings  # noqa: E402
-from sam2.tools.s3_server import SeaweedS3Server, free_port  # noqa: E402
+from sam2.tools.s3_server import SeaweedS3Server  # noqa: E402
+from sam2.utils.network import free_port  # noqa: E402
 
 
 def _write(path: Path, megabytes: float) -> None:

@@ -445,7 +445,8 @@ def shard_scaling(
 def measure_bytes(args, work: Path, log: Path) -> None:
     """The bytes table: every data step of both trees against a private SeaweedFS server."""
     from sam2.data.demo import generate_demo_dataset
-    from sam2.tools.s3_server import SeaweedS3Server, free_port
+    from sam2.tools.s3_server import SeaweedS3Server
+    from sam2.utils.network import free_port
 
     server = SeaweedS3Server(data_dir=work / "seaweedfs", access_key="BENCH" + os.urandom(4).hex().upper(),
                              secret_key=os.urandom(18).hex(), s3_port=free_port())  # fmt: skip

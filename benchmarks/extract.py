@@ -34,7 +34,8 @@ from PIL import Image
 from sam2.data.frame_extraction import DEFAULT_JPEG_QUALITY, extract_dataset
 from sam2.data.layout import IMAGES_DIR
 from sam2.storage import ObjectStore, S3Settings
-from sam2.tools.s3_server import SeaweedS3Server, free_port
+from sam2.tools.s3_server import SeaweedS3Server
+from sam2.utils.network import free_port
 
 
 def make_video(path: Path, frames: int, width: int, height: int) -> None:

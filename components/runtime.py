@@ -96,14 +96,14 @@ def fetch_val_split(
 ) -> tuple[Path, Path]:
     """Stage `parts` of the val videos (frames and masks for inference, masks for evaluation) and write
     their list to `work`/val.txt; returns (data folder, list file). The train videos are not fetched.
-    `shard` (index, count): only that inference shard's videos (sam2.eval.inference_shards.shard_videos),
+    `shard` (index, count): only that inference shard's videos (sam2.utils.sharding.round_robin_shard),
     listed and fetched. `splits`: the splits artifact's metadata."""
     val_list = work / "val.txt"
     videos = read_video_list_uri(store, splits["val_list_uri"], val_list)
     if shard is not None:
-        from sam2.eval.inference_shards import shard_videos
+        from sam2.utils.sharding import round_robin_shard
 
-        videos = shard_videos(videos, *shard)
+        videos = round_robin_shard(videos, *shard)
         val_list.write_text("".join(f"{video}\n" for video in videos))
     return fetch_videos(store, splits["uri"], videos, work, parts), val_list
 

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -35,6 +34,7 @@ from typing import Any
 import yaml
 
 from pipelines.sam2_finetune import PIPELINE_NAME
+from sam2.utils.code_version import code_version
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,6 @@ NAMESPACE_ENV = "KFP_NAMESPACE"
 SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 DEFAULT_SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DIST_NAME = "sam2-kubeflow"
 
 
 class ClusterError(RuntimeError):
@@ -271,33 +269,6 @@ def spec_digest(package: str | os.PathLike[str]) -> str:
     """SHA-256 of the compiled pipeline's content (pipeline and platform specs), independent of formatting."""
     docs = list(yaml.safe_load_all(Path(package).read_text()))
     return hashlib.sha256(json.dumps(docs, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def code_version(root: Path = REPO_ROOT) -> str:
-    """The git commit of this checkout (`g<sha>`, `-dirty` with local changes), else `v<package version>`."""
-    try:
-        if not (
-            root / ".git"
-        ).exists():  # installed from a wheel: a repository around site-packages is not ours
-            raise OSError(f"{root} is not a git checkout")
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return f"g{sha}{'-dirty' if dirty else ''}"
-    except (OSError, subprocess.CalledProcessError):
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return f"v{version(DIST_NAME)}"
-        except PackageNotFoundError:
-            return "unversioned"
 
 
 def _equals(key: str, value: str) -> str:

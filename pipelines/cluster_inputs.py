@@ -18,11 +18,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sam2.storage import ObjectStore
+from sam2.utils.file_hashing import sha256_of_file
 
 logger = logging.getLogger(__name__)
 
 SOURCES_PREFIX = "sources"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -50,15 +50,6 @@ def _files(root: Path) -> list[tuple[str, Path]]:
     )
 
 
-def _hash_file(path: Path, bar: tqdm) -> str:
-    own = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            own.update(chunk)
-            bar.update(len(chunk))
-    return own.hexdigest()
-
-
 def source_digest(path: Path) -> tuple[str, int, int]:
     """(SHA-256 of the content, number of files, bytes) of a folder (paths, sizes and file hashes) or a file.
 
@@ -69,10 +60,10 @@ def source_digest(path: Path) -> tuple[str, int, int]:
     total = hashlib.sha256()
     with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=f"hashing {path.name}", disable=None) as bar:
         if path.is_file():
-            digest = _hash_file(path, bar)
+            digest = sha256_of_file(path, bar.update)
             return digest, 1, sizes[0]
         for (rel, file), size in zip(files, sizes, strict=True):
-            total.update(f"{rel}\t{size}\t{_hash_file(file, bar)}\n".encode())
+            total.update(f"{rel}\t{size}\t{sha256_of_file(file, bar.update)}\n".encode())
     return total.hexdigest(), len(files), sum(sizes)
 
 

@@ -31,18 +31,18 @@ added later beside `MlflowModelRegistry`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
+
+from sam2.utils.code_version import code_version
+from sam2.utils.file_lock import exclusive_file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -157,29 +157,6 @@ def model_name_for(dataset_name: str) -> str:
 def metric_tag(metric: str) -> str:
     """The tag key of a metric ("J&F" -> "metric.J_and_F"; MLflow keys may not hold '&')."""
     return METRIC_TAG_PREFIX + metric.replace("&", "_and_")
-
-
-def code_version() -> str:
-    """The git commit of the checkout this package runs from, else the installed package version."""
-    here = Path(__file__).resolve().parent
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        proc = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=False
-        )
-        if proc.returncode == 0 and proc.stdout.strip():
-            dirty = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=here,
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            ).stdout.strip()
-            return f"git:{proc.stdout.strip()}" + ("-dirty" if dirty else "")
-    try:
-        return f"pkg:sam2-kubeflow=={metadata.version('sam2-kubeflow')}"
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def decide(score: float, champion_score: float | None, margin: float) -> str:
@@ -399,7 +376,7 @@ class MlflowModelRegistry:
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         if self._lock_file is not None:
-            with _file_lock(self._lock_file, self.lock_timeout_s):
+            with exclusive_file_lock(self._lock_file, self.lock_timeout_s):
                 yield
         else:
             with self._tag_lease(name):
@@ -482,22 +459,3 @@ def _local_lock_file(registry_uri: str, lock_dir: str | os.PathLike[str] | None)
     if parsed.scheme in ("", "file"):
         return Path(parsed.path or registry_uri) / ".promotion.lock"
     return None
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, timeout_s: float) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout_s
-    with open(path, "a+") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"promotion lock {path} held for more than {timeout_s}s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

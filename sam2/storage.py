@@ -66,6 +66,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from tqdm import tqdm
 
 from sam2.utils.atomic_io import atomic_open, atomic_write_bytes
+from sam2.utils.file_hashing import sha256_of_file
 
 logger = logging.getLogger(__name__)
 
@@ -311,15 +312,6 @@ def _selector(include: Collection[str] | None) -> Callable[[str], bool]:
         return any("/".join(parts[:depth]) in wanted for depth in range(1, len(parts) + 1))
 
     return selected
-
-
-def sha256_of_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _iter_local_files(root: Path, exclude: Collection[str] = ()) -> Iterator[tuple[str, Path]]:

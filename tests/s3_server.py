@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from sam2.storage import ObjectStore, S3Settings
-from sam2.tools.s3_server import SeaweedS3Server, free_port
+from sam2.tools.s3_server import SeaweedS3Server
+from sam2.utils.network import free_port
 
 
 def _new_server(data_dir: Path) -> SeaweedS3Server:

@@ -371,10 +371,10 @@ def test_version_names_come_from_the_commit_or_else_the_package(tmp_path):
 
     if (ROOT / ".git").exists():  # a source tarball has none: then the package version, below
         head = subprocess.run(
-            ["git", "rev-parse", "--short=10", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True
         )
-        assert cluster.code_version().startswith(f"g{head.stdout.strip()}")
+        assert cluster.code_version().startswith(f"{version('sam2-kubeflow')}-{head.stdout.strip()}")
     # outside a checkout (an installed wheel), even inside someone else's repository
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "site-packages").mkdir()
-    assert cluster.code_version(tmp_path / "site-packages") == f"v{version('sam2-kubeflow')}"
+    assert cluster.code_version(tmp_path / "site-packages") == version("sam2-kubeflow")

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 from training_loop_support import MODEL_CONFIG, TRAIN_CONFIG, make_clips, training_overrides
 
-from sam2.launch.launcher import free_port
 from sam2.utils import cpu_threads
 from sam2.utils.cpu_threads import available_cpu_cores, plan_cpu_threads, user_thread_count
+from sam2.utils.network import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKER_LINE = re.compile(r"rank (\d+) trains on the CPU with (\d+) thread")

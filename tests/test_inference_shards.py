@@ -14,9 +14,9 @@ from sam2.eval.inference_shards import (
     merge_shard_reports,
     plan_shards,
     report_name,
-    shard_videos,
 )
 from sam2.storage import IncompletePublishError
+from sam2.utils.sharding import round_robin_shard as shard_videos
 
 VAL = [f"v{i}" for i in range(5)]
 NEW_ENTRY = {"key": "new", "label": "new", "checkpoint_uri": "s3://b/ckpt.pt", "model_config": "cfg.yaml"}

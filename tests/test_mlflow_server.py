@@ -22,7 +22,7 @@ from PIL import Image
 
 from sam2.eval.masks import write_palette_png
 from sam2.registry import CHALLENGER, CHAMPION, Candidate, MlflowModelRegistry, model_name_for
-from sam2.tools.s3_server import free_port
+from sam2.utils.network import free_port
 
 pytestmark = pytest.mark.slow
 

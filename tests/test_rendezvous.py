@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from sam2.launch.launcher import free_port
 from sam2.launch.pytorchjob import PyTorchJobSpec, render_pytorchjob
 from sam2.launch.training_node import TRAIN_MODULE, NodeTopology, torchrun_command
+from sam2.utils.network import free_port
 
 WORKER = """
 import os, time

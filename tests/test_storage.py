@@ -180,7 +180,7 @@ def test_wrong_credentials_are_named_without_the_secret(
 
 
 def test_unreachable_endpoint_is_named(tmp_path: Path) -> None:
-    from sam2.tools.s3_server import free_port
+    from sam2.utils.network import free_port
 
     endpoint = f"http://127.0.0.1:{free_port()}"
     store = ObjectStore(S3Settings(endpoint, "AKID", "secret-value"), retries=1, backoff_s=0.05)

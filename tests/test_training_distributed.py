@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from training_loop_support import NO_DROPOUT_OVERRIDES, TRAIN_CONFIG, make_clips, training_overrides
 
-from sam2.launch.launcher import free_port
 from sam2.training.train import main
+from sam2.utils.network import free_port
 
 # Everything random that differs between one process and two ranks is switched off: mask prompts on the
 # first frame only, no augmentation, no dropout. Plain SGD without clipping, so that a wrongly normalised

@@ -28,7 +28,7 @@ from training_loop_support import MICRO_MODEL_OVERRIDES, NUM_FRAMES, RESOLUTION,
 from sam2.launch.pytorchjob import PyTorchJobSpec, render_pytorchjob
 from sam2.launch.training_node import DEFAULT_STOP_GRACE_S, GracefulStop
 from sam2.storage import incoming_uri
-from sam2.tools.s3_server import free_port
+from sam2.utils.network import free_port
 
 # What a training node passes on to the trainer (it sets the data set and the experiment folder itself).
 NODE_OVERRIDES = [

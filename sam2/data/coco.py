@@ -34,6 +34,7 @@ from pycocotools import mask as mask_utils
 
 from sam2.data.layout import IMAGES_DIR, MANIFEST_NAME, SAV_ANNOTATION_SUFFIX, DataPrepError
 from sam2.utils.atomic_io import atomic_write_text
+from sam2.utils.file_hashing import sha256_of_file
 
 logger = logging.getLogger(__name__)
 
@@ -305,14 +306,6 @@ def _images_base(coco: CocoFile) -> Path | None:
     return None
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass
 class CocoExtraction:
     root: Path
@@ -327,11 +320,11 @@ def build_coco_manifest(root: Path, coco: CocoFile, missing: Iterable[str] = ())
     for image in sorted(coco.images.values(), key=lambda i: i.file_name):
         path = root / COCO_IMAGES_DIR / image.file_name
         if path.is_file():
-            images[image.file_name] = {"image_id": image.id, "sha256": _file_sha256(path)}
+            images[image.file_name] = {"image_id": image.id, "sha256": sha256_of_file(path)}
     body = {
         "format": COCO_MANIFEST_FORMAT,
         "annotation_file": COCO_ANNOTATION_NAME,
-        "annotation_sha256": _file_sha256(root / COCO_ANNOTATION_NAME),
+        "annotation_sha256": sha256_of_file(root / COCO_ANNOTATION_NAME),
         "num_images": len(images),
         "num_annotations": sum(len(v) for v in coco.annotations.values()),
         "missing_images": sorted(missing),

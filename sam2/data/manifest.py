@@ -27,6 +27,7 @@ from sam2.data.layout import (
     list_frames,
 )
 from sam2.utils.atomic_io import atomic_write_text
+from sam2.utils.file_hashing import sha256_of_file
 
 MANIFEST_FORMAT = 1
 
@@ -52,10 +53,6 @@ class VideoRecord:
     @classmethod
     def from_dict(cls, data: dict) -> VideoRecord:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def combined_digest(named_digests: list[tuple[str, str]]) -> str:
@@ -137,7 +134,7 @@ def scan_video(
     except (OSError, SyntaxError):  # an unreadable frame: validation reports the video
         width = height = 0
     if frame_digests is None:
-        named = [(p.name, file_sha256(p)) for p in frames]
+        named = [(p.name, sha256_of_file(p)) for p in frames]
     elif set(frame_digests) == {p.name for p in frames}:
         named = [(p.name, frame_digests[p.name]) for p in frames]
     else:
@@ -165,7 +162,7 @@ def scan_video(
             except DataPrepError:  # an unreadable or RGB mask: validation reports and excludes the video
                 continue
         fmt, num_annotated = "png", len(masks)
-        ann_digest = combined_digest([(p.name, file_sha256(p)) for p in masks])
+        ann_digest = combined_digest([(p.name, sha256_of_file(p)) for p in masks])
     else:
         fmt, num_annotated, ann_digest = "none", 0, combined_digest([])
     return VideoRecord(

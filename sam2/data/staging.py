@@ -23,12 +23,10 @@ evaluation the val videos' masks only. :func:`stage_videos` fetches exactly that
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import time
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +34,7 @@ from typing import TYPE_CHECKING
 from sam2.data.layout import ANNOTATIONS_DIR, IMAGES_DIR, MANIFEST_NAME, SAV_ANNOTATION_SUFFIX
 from sam2.data.manifest import combined_digest
 from sam2.utils.atomic_io import atomic_write_text
+from sam2.utils.file_lock import exclusive_file_lock
 
 if TYPE_CHECKING:
     from sam2.storage import ObjectStore
@@ -118,27 +117,12 @@ def selection_bytes(
     return total
 
 
-@contextmanager
-def _exclusive_lock(path: Path, timeout_s: float, what: str) -> Iterator[float]:
-    """Hold an exclusive flock on ``path``; yields the seconds waited for it."""
-    start = time.monotonic()
-    with open(path, "a+") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() - start > timeout_s:
-                    raise StagingError(
-                        f"{what}: another process has held the staging lock {path} for over {timeout_s:.0f}s; "
-                        "is a stuck staging still running? (delete the lock file only if none is)"
-                    ) from None
-                time.sleep(0.2)
-        waited = time.monotonic() - start
-        try:
-            yield waited
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _staging_lock_timeout(what: str) -> Callable[[Path, float], StagingError]:
+    """The error for a staging lock another process held for longer than ``lock_timeout_s``."""
+    return lambda path, timeout_s: StagingError(
+        f"{what}: another process has held the staging lock {path} for over {timeout_s:.0f}s; "
+        "is a stuck staging still running? (delete the lock file only if none is)"
+    )
 
 
 def stage_videos(
@@ -165,7 +149,9 @@ def stage_videos(
     root.mkdir(parents=True, exist_ok=True)
     wanted = sorted(set(videos))
     before = store.counters.snapshot()
-    with _exclusive_lock(root / LOCK_NAME, lock_timeout_s, data_uri) as waited:
+    with exclusive_file_lock(
+        root / LOCK_NAME, lock_timeout_s, poll_s=0.2, timeout_error=_staging_lock_timeout(data_uri)
+    ) as waited:
         marker = store.read_marker(data_uri)
         files = marker["files"]
         records: dict[str, dict] | None = None

@@ -1,7 +1,7 @@
 """Inference split over N shards (one pod and GPU each) and merged back into one prediction set per model.
 
-Each shard takes a round-robin share of the sorted val videos (:func:`shard_videos`), writes its masks
-into the run's ``predictions/<model>/`` folder without publishing it, and records what it wrote in a
+Each shard takes a round-robin share of the sorted val videos
+(:func:`sam2.utils.sharding.round_robin_shard`), writes its masks into the run's ``predictions/<model>/`` folder without publishing it, and records what it wrote in a
 :class:`ShardReport` (its videos, each model's file listing, the models it could not score). The merge
 (:func:`merge_shard_reports`) accepts the reports only when they are one complete set (shards ``0..N-1``
 of the same N, each once) and every val video was predicted exactly once, with files, by every scored
@@ -27,13 +27,6 @@ def plan_shards(requested: int, num_videos: int) -> int:
     if requested < 1:
         raise ValueError(f"infer_shards must be >= 1, got {requested}")
     return max(1, min(requested, num_videos))
-
-
-def shard_videos(videos: Sequence[str], index: int, count: int) -> list[str]:
-    """The videos of shard `index` of `count`: every `count`-th of the sorted list, from `index`."""
-    if not 0 <= index < count:
-        raise ValueError(f"shard index {index} is not in 0..{count - 1}")
-    return sorted(videos)[index::count]
 
 
 def report_name(index: int, count: int) -> str:

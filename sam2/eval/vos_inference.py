@@ -14,7 +14,6 @@ state can live on the CPU for long videos.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -35,7 +34,9 @@ from tqdm import tqdm
 from sam2.eval.masks import MaskDataError, default_palette, read_mask_png, read_palette
 from sam2.utils.atomic_io import atomic_write_text
 from sam2.utils.cpu_threads import apply_cpu_threads, plan_cpu_threads
+from sam2.utils.file_hashing import sha256_of_file
 from sam2.utils.misc import list_jpeg_frames
+from sam2.utils.sharding import round_robin_shard
 
 logger = logging.getLogger(__name__)
 
@@ -311,14 +312,6 @@ def marker_path(output_root: Path, video: str) -> Path:
     return output_root / f".{video}{MARKER_SUFFIX}"
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_fingerprint(
     sam2_cfg: str,
     sam2_checkpoint: str | os.PathLike | None,
@@ -329,7 +322,7 @@ def run_fingerprint(
 ) -> dict[str, Any]:
     """What decides a video's masks: the checkpoint's SHA-256, the config with its overrides, the flags."""
     return {
-        "checkpoint_sha256": file_sha256(sam2_checkpoint) if sam2_checkpoint is not None else None,
+        "checkpoint_sha256": sha256_of_file(sam2_checkpoint) if sam2_checkpoint is not None else None,
         "sam2_cfg": sam2_cfg,
         "hydra_overrides": list(hydra_overrides_extra),
         "apply_postprocessing": apply_postprocessing,
@@ -439,11 +432,6 @@ def list_videos(
     return sorted(
         entry.name for entry in os.scandir(base) if entry.is_dir() and not entry.name.startswith(".")
     )
-
-
-def shard(videos: Sequence[str], index: int, count: int) -> list[str]:
-    """The videos of shard `index` of `count` (round robin over the sorted list)."""
-    return list(videos[index::count])
 
 
 def _distributed_rank() -> tuple[int, int, int]:
@@ -577,7 +565,7 @@ def run_vos_inference(
                 base_video_dir=str(base_video_dir),
                 input_mask_dir=str(input_mask_dir),
                 output_mask_dir=str(output_mask_dir),
-                videos=tuple(shard(names, rank * num_workers + worker, shards)),
+                videos=tuple(round_robin_shard(names, rank * num_workers + worker, shards)),
                 options=options,
                 device=worker_device,
                 apply_postprocessing=apply_postprocessing,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
+
+from sam2.utils.network import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +83,6 @@ class JobLauncher(Protocol):
     """Runs a `TrainingRequest` to completion (blocking) or raises `TrainingFailed` / `TimeoutError`."""
 
     def launch(self, request: TrainingRequest) -> TrainingResult: ...
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pump(stream: IO[str], prefix: str, tail: deque[str]) -> None:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from sam2.utils.network import free_port
+
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -69,13 +71,6 @@ def _weed_env() -> dict[str, str]:
     reads ``WEED_``-prefixed variables for its TOML settings); a single-node test server needs no spread.
     """
     return os.environ | {"WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _port_open(port: int) -> bool:

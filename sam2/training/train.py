@@ -28,9 +28,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sam2.launch.launcher import free_port
 from sam2.utils.atomic_io import atomic_write_text
 from sam2.utils.cpu_threads import apply_cpu_threads, plan_cpu_threads
+from sam2.utils.network import free_port
 from sam2.utils.redaction import mask_secrets, redact_command
 
 logger = logging.getLogger("sam2.training.train")
