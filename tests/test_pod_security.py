@@ -14,6 +14,7 @@ from pod_security import restricted_violations
 
 from sam2.launch.kubeflow import ClusterSettings, PyTorchJobLauncher
 from sam2.launch.launcher import TrainingRequest
+from sam2.launch.owner_watch import OWNER_NAME_ENV
 from sam2.launch.pytorchjob import PyTorchJobSpec, render_pytorchjob
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +74,11 @@ def test_every_pytorchjob_pod_is_restricted(rendering):
     job = RENDERINGS[rendering]()
     for role, pod in _job_pods(job):
         assert restricted_violations(pod) == [], f"{rendering} {role}"
-        assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == "sam2-training"
         (container,) = pod["containers"]
+        # A token only where the nodes watch their pipeline step's pod (sam2/launch/owner_watch.py).
+        watches = any(e["name"] == OWNER_NAME_ENV for e in container.get("env", []))
+        assert watches is (rendering == "kueue + placement"), rendering
+        assert pod["automountServiceAccountToken"] is watches and pod["serviceAccountName"] == "sam2-training"
         # Not a PSS rule, but the template's promise: a read-only root with writable emptyDirs.
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
