@@ -8,7 +8,11 @@ control of that page it implements; `restricted_violations` returns [] when a po
 
 from __future__ import annotations
 
+import copy
+import re
 from typing import Any
+
+import yaml
 
 # Baseline "Capabilities": what a container may add at most; Restricted allows only NET_BIND_SERVICE.
 RESTRICTED_ADD_CAPABILITIES = {"NET_BIND_SERVICE"}
@@ -137,3 +141,79 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
         if extra:
             problems.append(f"{where}: capabilities.add may only hold NET_BIND_SERVICE, got {sorted(extra)}")
     return problems
+
+
+# -- the pods as the Training Operator creates them ---------------------------------------------------------
+#
+# The operator does not create a replica's template as it is: for a PyTorchJob with a Master it appends an
+# init container to each Worker pod (training-operator v1.9.x, pkg/controller.v1/pytorch/initcontainer.go,
+# setInitContainer: only when a Master replica exists and only on rtype worker), rendered from its template
+# file (--pytorch-init-container-template-file, default /etc/config/initContainer.yaml) or, when that file
+# is absent, from its built-in template, whose container is the one below (image from
+# --pytorch-init-container-image, default alpine:3.10, pkg/config/config.go; no securityContext). It also
+# appends env (PYTHONUNBUFFERED, MASTER_ADDR/PORT, WORLD_SIZE, RANK, PET_*; pytorch/envvar.go), which no
+# Pod Security rule looks at. Volcano and Kueue add no containers.
+OPERATOR_INIT_IMAGE_DEFAULT = "alpine:3.10"
+OPERATOR_INIT_MAX_TRIES_DEFAULT = 100
+_TEMPLATE_FIELD = re.compile(r"\{\{\s*\.(MasterAddr|InitContainerImage|MaxTries)\s*\}\}")
+
+
+def operator_default_init_container(master_addr: str, image: str, max_tries: int) -> dict[str, Any]:
+    """The init container the operator's built-in template gives (v1.9.x initcontainer.go)."""
+    return {
+        "name": "init-pytorch",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "resources": {
+            "limits": {"cpu": "100m", "memory": "20Mi"},
+            "requests": {"cpu": "50m", "memory": "10Mi"},
+        },
+        "command": [
+            "sh",
+            "-c",
+            f"err=1;for i in $(seq {max_tries}); do if nslookup {master_addr}; then err=0 && break; fi;"
+            "echo waiting for master; sleep 2; done; exit $err",
+        ],
+    }
+
+
+def render_operator_init_template(template: str, master_addr: str, image: str, max_tries: int) -> list[dict]:
+    """An init-container template file as the operator fills it (Go template fields MasterAddr,
+    InitContainerImage, MaxTries; then YAML into a container list). Any other template action is refused,
+    since this stand-in implements only field substitution."""
+    values = {"MasterAddr": master_addr, "InitContainerImage": image, "MaxTries": str(max_tries)}
+    text = _TEMPLATE_FIELD.sub(lambda m: values[m.group(1)], template)
+    if "{{" in text:
+        raise ValueError("the init-container template uses Go template actions beyond the three fields")
+    containers = yaml.safe_load(text)
+    if not isinstance(containers, list):
+        raise ValueError("the init-container template must be a YAML list of containers")
+    return containers
+
+
+def operator_pods(
+    job: dict[str, Any],
+    init_template: str | None = None,
+    init_image: str = OPERATOR_INIT_IMAGE_DEFAULT,
+    max_tries: int = OPERATOR_INIT_MAX_TRIES_DEFAULT,
+) -> dict[str, dict[str, Any]]:
+    """The PodSpecs the operator creates for a PyTorchJob, by pod name (`<job>-<type>-<index>`), each with
+    the containers it injects. `init_template`: the text of the operator's template file (None: the
+    built-in one)."""
+    name = job["metadata"]["name"]
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    master_addr = f"{name}-master-0"
+    pods = {}
+    for role, replica in replicas.items():
+        for index in range(int(replica.get("replicas", 1))):
+            pod = copy.deepcopy(replica["template"]["spec"])
+            if role == "Worker" and "Master" in replicas:
+                if init_template is None:
+                    injected = [operator_default_init_container(master_addr, init_image, max_tries)]
+                else:
+                    injected = render_operator_init_template(
+                        init_template, master_addr, init_image, max_tries
+                    )
+                pod.setdefault("initContainers", []).extend(injected)
+            pods[f"{name}-{role.lower()}-{index}"] = pod
+    return pods
