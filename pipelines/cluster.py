@@ -1,8 +1,12 @@
 """Start and schedule the pipeline on a Kubeflow Pipelines endpoint (KFP_HOST), as a multi-user Kubeflow needs.
 
 - Credentials, first found wins: an explicit token (`--token` / `KFP_TOKEN`), the in-cluster service-account
-  token file (`KF_PIPELINES_SA_TOKEN_PATH`, else KFP's default path), a Dex / oauth2-proxy session cookie
+  token file (`KF_PIPELINES_SA_TOKEN_PATH`, else KFP's default path: the default inside a notebook), a Dex
+  login (`KFP_USERNAME` / `KFP_PASSWORD`, connector `KFP_DEX_CONNECTOR`, pipelines/dex_login.py: what a
+  default Kubeflow 26.03 accepts from outside the cluster), a Dex / oauth2-proxy session cookie
   (`KFP_COOKIES`), or none (a single-user install, or a port-forward to the API server).
+- A Dex login is repeated when the session cookie expires (oauth2-proxy's cookie_expire, 24 h), so a long
+  wait goes on; reads are retried with backoff on 5xx answers and dropped connections.
 - Namespace: `--namespace` / `KFP_NAMESPACE`, else the current kube context's, else the pod's own; a
   multi-user backend without one is an error naming KFP_NAMESPACE.
 - Runs start from an uploaded pipeline version: the pipeline `sam2-finetune` is created once, a version is
@@ -18,6 +22,7 @@ setting to fix.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import hashlib
@@ -26,15 +31,18 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
+from pipelines.dex_login import DexLogin, DexLoginError, session_cookies
 from pipelines.sam2_finetune import PIPELINE_NAME
 from sam2.utils.code_version import code_version
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_SERVICE_ACCOUNT = "sam2-pipeline"
 TOKEN_ENV = "KFP_TOKEN"
 COOKIES_ENV = "KFP_COOKIES"
+USERNAME_ENV = "KFP_USERNAME"
+PASSWORD_ENV = "KFP_PASSWORD"
+CONNECTOR_ENV = "KFP_DEX_CONNECTOR"
 NAMESPACE_ENV = "KFP_NAMESPACE"
 # kfp.client.KF_PIPELINES_SA_TOKEN_ENV / KF_PIPELINES_SA_TOKEN_PATH (kfp/client/__init__.py), spelled out so
 # that this module imports without kfp's client.
@@ -52,7 +63,15 @@ POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 class ClusterError(RuntimeError):
-    """The KFP endpoint could not do what was asked; the message says what to change."""
+    """The KFP endpoint could not do what was asked; the message says what to change.
+
+    `status` is the HTTP status when there was one; `transient` marks what may pass on its own (a 5xx
+    answer, a dropped or refused connection), which reads retry.
+    """
+
+    def __init__(self, message: str, status: int | None = None, transient: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.transient = status, transient
 
 
 class ClusterAuthError(ClusterError):
@@ -67,6 +86,12 @@ class Credentials:
     token: str | None = field(default=None, repr=False)
     token_path: str | None = None
     cookies: str | None = field(default=None, repr=False)
+    dex: DexLogin | None = None
+
+    @property
+    def renewable(self) -> bool:
+        """A Dex login can be repeated; a given token or cookie cannot be made fresh here."""
+        return self.dex is not None
 
 
 def resolve_credentials(token: str | None = None, environ: Mapping[str, str] | None = None) -> Credentials:
@@ -82,6 +107,17 @@ def resolve_credentials(token: str | None = None, environ: Mapping[str, str] | N
         return Credentials(f"{SA_TOKEN_PATH_ENV}={path}" if explicit_path else path, token_path=path)
     if explicit_path:
         raise ClusterAuthError(f"{SA_TOKEN_PATH_ENV}={explicit_path}: no such file")
+    username, password = env.get(USERNAME_ENV, "").strip(), env.get(PASSWORD_ENV, "")
+    if username or password:
+        if not (username and password):
+            missing = PASSWORD_ENV if username else USERNAME_ENV
+            raise ClusterAuthError(f"{USERNAME_ENV} and {PASSWORD_ENV} go together: {missing} is not set")
+        connector = env.get(CONNECTOR_ENV, "").strip() or "local"
+        try:
+            dex = DexLogin(username, password, connector, _tls_verify(env))
+        except DexLoginError as err:
+            raise ClusterAuthError(str(err)) from None
+        return Credentials(f"{USERNAME_ENV}={username} (Dex connector {connector})", dex=dex)
     if env.get(COOKIES_ENV, "").strip():
         return Credentials(COOKIES_ENV, cookies=env[COOKIES_ENV].strip())
     return Credentials("none")
@@ -111,18 +147,68 @@ def resolve_namespace(
     return None
 
 
+def _tls_verify(env: Mapping[str, str]) -> bool | str:
+    """requests' `verify` for the Dex login: KFP_SSL_CA_CERT (a CA bundle), else the system's trust."""
+    return env.get("KFP_SSL_CA_CERT", "").strip() or True
+
+
 def _normalise_host(host: str) -> str:
     host = host.strip().rstrip("/")
     return host if host.startswith(("http://", "https://")) else f"https://{host}"
 
 
-def _auth_hint(host: str, credentials: Credentials) -> str:
-    tried = "no credentials" if credentials.source == "none" else f"the credentials from {credentials.source}"
+def _jwt_issuer(token: str) -> str | None:
+    """The `iss` claim of a JWT, read without verifying it (for the message only)."""
+    try:
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("iss")
+    except (IndexError, ValueError, AttributeError):
+        return None
+
+
+LOGIN_ADVICE = (
+    f"From outside the cluster a default Kubeflow (oauth2-proxy overlay m2m-dex-only) accepts your Dex login: "
+    f"set {USERNAME_ENV} and {PASSWORD_ENV} (what you log in to the Kubeflow UI with; {CONNECTOR_ENV}=ldap for an LDAP "
+    f"account), or {COOKIES_ENV} to an oauth2_proxy_kubeflow session cookie from the browser"
+)
+
+
+def _auth_hint(host: str, credentials: Credentials, answer: str = "") -> str:
+    """What was tried, what the gateway said, and what works on a default 26.03 install (never the secret)."""
+    answer = " ".join(answer.split())[:200]
+    said = f" (the gateway said: {answer})" if answer and not answer.startswith("<") else ""
+    token = credentials.token
+    if credentials.token_path:
+        with contextlib.suppress(OSError):
+            token = Path(credentials.token_path).read_text().strip()
+    if token is not None:
+        issuer = _jwt_issuer(token)
+        if "issuer is not configured" in answer:
+            return (
+                f"{host} refused the token from {credentials.source}: its issuer {issuer!r} is not one the "
+                "Kubeflow gateway trusts. A default install (m2m-dex-only) trusts only tokens issued by Dex, "
+                "so a service-account token (`kubectl create token`) works only inside the cluster (a "
+                "notebook) or where an admin installed the m2m-dex-and-kind / m2m-dex-and-eks overlay. "
+                f"Unset {TOKEN_ENV}. {LOGIN_ADVICE}"
+            )
+        return (
+            f"{host} refused the token from {credentials.source}{said}. If it expired, a new one is needed; "
+            f"if it is a service-account token used from outside the cluster, unset {TOKEN_ENV}. {LOGIN_ADVICE}"
+        )
+    if credentials.cookies is not None:
+        return (
+            f"{host} refused the session cookie from {COOKIES_ENV}{said}: oauth2-proxy sessions end after "
+            f"24 h (cookie_expire). Set {USERNAME_ENV} and {PASSWORD_ENV} to log in (and again on expiry) "
+            f"instead, or copy a fresh cookie; {TOKEN_ENV} works where the gateway trusts the token's issuer"
+        )
+    if credentials.dex is not None:
+        return (
+            f"{host} refused the Dex session of {credentials.dex.username!r}{said} right after logging in: "
+            f"check {NAMESPACE_ENV} and that KFP_HOST is the Kubeflow address the login was made at"
+        )
     return (
-        f"{host} refused {tried}. Set {TOKEN_ENV} to a bearer token the cluster accepts (on Kubeflow: "
-        "`kubectl -n <your-namespace> create token default-editor`) or "
-        f"{COOKIES_ENV} to your Dex session cookie (e.g. 'oauth2_proxy_kubeflow=...', copied from the browser "
-        "after logging in to the Kubeflow UI)"
+        f"{host} needs a login{said}. {LOGIN_ADVICE}. {TOKEN_ENV} (a bearer token) works where the gateway "
+        "trusts its issuer: Dex's on every install, the cluster's with the m2m-dex-and-kind / -eks overlays"
     )
 
 
@@ -130,19 +216,25 @@ def _api_error(
     err: Exception, host: str, credentials: Credentials, doing: str, namespace: str | None
 ) -> ClusterError:
     status = getattr(err, "status", None)
+    body = getattr(err, "body", None) or ""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    body = body.strip()
     if status == 401:
-        return ClusterAuthError(f"{doing}: 401 Unauthorized. {_auth_hint(host, credentials)}")
+        return ClusterAuthError(f"{doing}: 401 Unauthorized. {_auth_hint(host, credentials, body)}", 401)
     if status == 403:
         where = f"namespace {namespace!r}" if namespace else "the shared namespace"
         return ClusterAuthError(
             f"{doing}: 403 Forbidden in {where}. Check {NAMESPACE_ENV} names a profile namespace you may use "
-            f"(a contributor of that profile), and that the credentials ({credentials.source}) are yours"
+            f"(a contributor of that profile), and that the credentials ({credentials.source}) are yours",
+            403,
         )
-    body = (getattr(err, "body", None) or "").strip()
-    if isinstance(body, bytes):
-        body = body.decode(errors="replace")
     reason = getattr(err, "reason", None) or err
-    return ClusterError(f"{doing} on {host} failed: {status or ''} {reason} {body[:500]}".strip())
+    return ClusterError(
+        f"{doing} on {host} failed: {status or ''} {reason} {body[:500]}".strip(),
+        status,
+        transient=bool(status and status >= 500),
+    )
 
 
 @dataclass
@@ -154,6 +246,13 @@ class Connection:
     namespace: str | None
     credentials: Credentials
     multi_user: bool
+    backend_version: str = ""
+    # reads that meet a 5xx or a dropped connection are retried for this long, the pause doubling from
+    # backoff_s up to backoff_max_s
+    patience_s: float = 120.0
+    backoff_s: float = 1.0
+    backoff_max_s: float = 60.0
+    logins: int = 0
 
     @contextlib.contextmanager
     def calling(self, doing: str) -> Iterator[None]:
@@ -166,11 +265,68 @@ class Connection:
         except kfp_server_api.ApiException as err:
             raise _api_error(err, self.host, self.credentials, doing, self.namespace) from None
         except urllib3.exceptions.HTTPError as err:
-            raise ClusterError(f"{doing}: cannot reach {self.host} ({err}); check KFP_HOST") from None
+            raise ClusterError(
+                f"{doing}: cannot reach {self.host} ({err}); check KFP_HOST", transient=True
+            ) from None
+
+    def renew(self) -> bool:
+        """Log in through Dex again and give the client the new session cookie; False if not a Dex login.
+
+        Raises:
+            ClusterAuthError: Dex refused the login (the password changed, the account was removed).
+        """
+        if self.credentials.dex is None:
+            return False
+        cookies = _dex_cookies(self.host, self.credentials)
+        if self.client is not None:
+            # every service API of kfp.Client shares this one ApiClient (kfp/client/client.py __init__)
+            self.client._run_api.api_client.cookie = cookies
+        self.logins += 1
+        logger.info("session renewed: logged in again as %s", self.credentials.dex.username)
+        return True
+
+    def call(
+        self, doing: str, request: Callable[[], T], read: bool = False, patience_s: float | None = None
+    ) -> T:
+        """Run one API request, turning errors into ClusterError naming the fix.
+
+        A 401 with a Dex login logs in again and repeats the request once (the gateway refused it before
+        the backend saw it, so even a create is safe to repeat). A `read` also waits out 5xx answers and
+        dropped connections for `patience_s` (default: the connection's), with exponential backoff.
+        """
+        patience = self.patience_s if patience_s is None else patience_s
+        renewed, pause, first_failure = False, self.backoff_s, None
+        while True:
+            try:
+                with self.calling(doing):
+                    return request()
+            except ClusterAuthError as err:
+                if err.status == 401 and not renewed and self.renew():
+                    renewed = True
+                    continue
+                raise
+            except ClusterError as err:
+                if not (read and err.transient):
+                    raise
+                now = time.monotonic()
+                first_failure = first_failure or now
+                if now - first_failure + pause > patience:
+                    raise
+                logger.warning("%s: %s; retrying in %.0f s", doing, err, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, self.backoff_max_s)
 
 
-def _probe(host: str, credentials: Credentials) -> bool:
-    """GET healthz once with the credentials; returns the backend's multi_user flag.
+def _dex_cookies(host: str, credentials: Credentials) -> str:
+    assert credentials.dex is not None
+    try:
+        return session_cookies(host, credentials.dex)
+    except DexLoginError as err:
+        raise ClusterAuthError(f"{err} (credentials from {credentials.source})") from None
+
+
+def _probe(host: str, credentials: Credentials) -> dict:
+    """GET healthz once with the credentials; returns the backend's healthz answer (multi_user, tag_name).
 
     kfp.Client retries healthz five times with sleeps on any error, so a rejected token would take half a
     minute to surface; an auth proxy may also answer with its login page (HTTP 200, HTML) instead of 401.
@@ -192,9 +348,12 @@ def _probe(host: str, credentials: Credentials) -> bool:
     except kfp_server_api.ApiException as err:
         raise _api_error(err, host, credentials, doing, None) from None
     except urllib3.exceptions.HTTPError as err:
-        raise ClusterError(f"{doing}: cannot reach {host} ({err}); check KFP_HOST") from None
+        raise ClusterError(f"{doing}: cannot reach {host} ({err}); check KFP_HOST", transient=True) from None
     if response.status in (401, 403):
-        raise ClusterAuthError(f"{doing}: {response.status}. {_auth_hint(host, credentials)}")
+        answer = response.data.decode(errors="replace") if response.data else ""
+        raise ClusterAuthError(
+            f"{doing}: {response.status}. {_auth_hint(host, credentials, answer)}", response.status
+        )
     if response.status >= 300:
         raise ClusterError(
             f"{doing}: HTTP {response.status} from {host}; check KFP_HOST (the KFP API's base URL)"
@@ -206,7 +365,7 @@ def _probe(host: str, credentials: Credentials) -> bool:
             f"{doing}: {host} answered with a page that is not the KFP API (a login page?). "
             + _auth_hint(host, credentials)
         ) from None
-    return bool(health.get("multi_user"))
+    return health
 
 
 def connect(
@@ -226,7 +385,10 @@ def connect(
 
     host = _normalise_host(host)
     credentials = resolve_credentials(token, environ)
-    multi_user = _probe(host, credentials)
+    if credentials.dex is not None:
+        credentials = replace(credentials, cookies=_dex_cookies(host, credentials))
+    health = _probe(host, credentials)
+    multi_user = bool(health.get("multi_user"))
     resolved = resolve_namespace(namespace, environ)
     if multi_user and not resolved:
         raise ClusterError(
@@ -245,7 +407,7 @@ def connect(
         kwargs["credentials"] = ServiceAccountTokenVolumeCredentials(credentials.token_path)
     elif credentials.cookies:
         kwargs["cookies"] = credentials.cookies
-    connection = Connection(None, host, resolved, credentials, multi_user)
+    connection = Connection(None, host, resolved, credentials, multi_user, str(health.get("tag_name") or ""))
     with connection.calling("connecting to Kubeflow Pipelines"):
         connection.client = kfp.Client(**kwargs)
     logger.info(
@@ -295,10 +457,13 @@ def ensure_pipeline_version(
     client, ns = connection.client, connection.namespace
     digest = spec_digest(package)
     suffix = f"-{digest[:12]}"
-    with connection.calling(f"looking up pipeline {PIPELINE_NAME!r}"):
-        found = client.list_pipelines(
+    found = connection.call(
+        f"looking up pipeline {PIPELINE_NAME!r}",
+        lambda: client.list_pipelines(
             filter=_equals("display_name", PIPELINE_NAME), namespace=ns, page_size=2
-        )
+        ),
+        read=True,
+    )
     pipelines = found.pipelines or []
     if len(pipelines) > 1:
         raise ClusterError(f"{len(pipelines)} pipelines are named {PIPELINE_NAME!r} in {ns or 'the cluster'}")
@@ -306,8 +471,13 @@ def ensure_pipeline_version(
         pipeline_id = pipelines[0].pipeline_id
         token = ""
         while True:
-            with connection.calling(f"listing the versions of {PIPELINE_NAME!r}"):
-                page = client.list_pipeline_versions(pipeline_id, page_token=token, page_size=100)
+            page = connection.call(
+                f"listing the versions of {PIPELINE_NAME!r}",
+                lambda token=token: client.list_pipeline_versions(
+                    pipeline_id, page_token=token, page_size=100
+                ),
+                read=True,
+            )
             for version in page.pipeline_versions or []:
                 if (version.display_name or "").endswith(suffix):
                     logger.info("pipeline version %s has this spec: reusing it", version.display_name)
@@ -325,17 +495,21 @@ def ensure_pipeline_version(
             description="Fine-tune SAM 2 on a VOS data set, evaluate J&F, promote in MLflow (sam2-kubeflow)",
             namespace=ns,
         )
-        with connection.calling(f"creating pipeline {PIPELINE_NAME!r}"):
-            pipeline_id = client.pipelines.pipeline_service_create_pipeline(pipeline=body).pipeline_id
+        pipeline_id = connection.call(
+            f"creating pipeline {PIPELINE_NAME!r}",
+            lambda: client.pipelines.pipeline_service_create_pipeline(pipeline=body).pipeline_id,
+        )
         logger.info("created pipeline %s (%s)", PIPELINE_NAME, pipeline_id)
     name = f"{code or code_version()}{suffix}"
-    with connection.calling(f"uploading pipeline version {name!r}"):
-        version = client.upload_pipeline_version(
+    version = connection.call(
+        f"uploading pipeline version {name!r}",
+        lambda: client.upload_pipeline_version(
             str(package),
             pipeline_version_name=name,
             pipeline_id=pipeline_id,
             description=f"compiled spec sha256 {digest}",
-        )
+        ),
+    )
     logger.info("uploaded pipeline version %s", name)
     return PipelineVersion(pipeline_id, version.pipeline_version_id, name, False)
 
@@ -346,10 +520,10 @@ def experiment_name(dataset: str) -> str:
 
 
 def _experiment_id(connection: Connection, dataset: str) -> str:
-    with connection.calling(f"getting or creating experiment {experiment_name(dataset)!r}"):
-        experiment = connection.client.create_experiment(
-            experiment_name(dataset), namespace=connection.namespace
-        )
+    experiment = connection.call(
+        f"getting or creating experiment {experiment_name(dataset)!r}",
+        lambda: connection.client.create_experiment(experiment_name(dataset), namespace=connection.namespace),
+    )
     return experiment.experiment_id
 
 
@@ -377,21 +551,25 @@ def submit(
     version = ensure_pipeline_version(connection, package or _package())
     experiment_id = _experiment_id(connection, dataset)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    with connection.calling("starting the run"):
-        run = connection.client.run_pipeline(
+    run = connection.call(
+        "starting the run",
+        lambda: connection.client.run_pipeline(
             experiment_id=experiment_id,
             job_name=f"sam2-{dataset}-{stamp}",
             params=arguments,
             pipeline_id=version.pipeline_id,
             version_id=version.version_id,
             service_account=service_account,
-        )
+        ),
+    )
     logger.info("started run %s from pipeline version %s", run.run_id, version.name)
     if not wait_timeout_s:
         return SubmittedRun(run.run_id, version)
     state = wait_for_run(connection, run.run_id, wait_timeout_s, poll_s)
     if state != "SUCCEEDED":
-        raise ClusterError(f"run {run.run_id} ended as {state}; see it in the KFP UI at {connection.host}")
+        raise ClusterError(
+            f"run {run.run_id} ended as {state}; see it in the KFP UI at {run_url(connection, run.run_id)}"
+        )
     return SubmittedRun(run.run_id, version, state)
 
 
@@ -399,26 +577,63 @@ def submit(
 FINAL_STATES = frozenset({"SUCCEEDED", "SKIPPED", "FAILED", "CANCELED"})
 
 
-def wait_for_run(connection: Connection, run_id: str, timeout_s: float, poll_s: float = 30.0) -> str:
+FOLLOW_PATIENCE_S = 30 * 60  # how long following a run waits out a gateway or API server that is down
+
+
+class FollowError(ClusterError):
+    """Following a run stopped; the run itself goes on (the message says where and how to resume)."""
+
+
+def run_url(connection: Connection, run_id: str) -> str:
+    """The run's page in the KFP UI (served at the same address as its API, e.g. <gateway>/pipeline)."""
+    return f"{connection.host}/#/runs/details/{run_id}"
+
+
+def resume_command(run_id: str) -> str:
+    return f"python -m pipelines.run follow {run_id} (or: make pipeline-follow RUN={run_id})"
+
+
+def wait_for_run(
+    connection: Connection,
+    run_id: str,
+    timeout_s: float,
+    poll_s: float = 30.0,
+    patience_s: float = FOLLOW_PATIENCE_S,
+) -> str:
     """Poll the run until it is over; logs each state change once (kfp.Client's wait logs every 5 s).
 
+    An expired Dex session is renewed by logging in again; 5xx answers and dropped connections are waited
+    out for `patience_s` with backoff.
+
     Raises:
-        ClusterError: still not over after `timeout_s` (the run itself goes on).
+        FollowError: still not over after `timeout_s`, or the endpoint kept failing or refusing; the run
+            goes on, and the message gives its UI link and the command that resumes following it.
     """
     deadline = time.monotonic() + timeout_s
     last = None
     while True:
-        with connection.calling(f"getting the state of run {run_id}"):
-            state = connection.client.get_run(run_id).state
+        try:
+            state = connection.call(
+                f"getting the state of run {run_id}",
+                lambda: connection.client.get_run(run_id).state,
+                read=True,
+                patience_s=patience_s,
+            )
+        except ClusterError as err:
+            raise FollowError(
+                f"stopped following run {run_id}: {err}\nThe run goes on in the cluster: {run_url(connection, run_id)}"
+                f"\nResume following it with: {resume_command(run_id)}",
+                err.status,
+            ) from None
         if state != last:
             logger.info("run %s: %s", run_id, state)
             last = state
         if state in FINAL_STATES:
             return state
         if time.monotonic() >= deadline:
-            raise ClusterError(
+            raise FollowError(
                 f"run {run_id} is still {state} after {timeout_s / 3600:.1f} h; it goes on running: follow it in "
-                f"the KFP UI at {connection.host}"
+                f"the KFP UI at {run_url(connection, run_id)}\nResume following it with: {resume_command(run_id)}"
             )
         time.sleep(poll_s)
 
@@ -482,13 +697,16 @@ def schedule(
     existing: list[Any] = []
     token = ""
     while True:
-        with connection.calling(f"listing recurring runs named {job_name!r}"):
-            page = client.list_recurring_runs(
+        page = connection.call(
+            f"listing recurring runs named {job_name!r}",
+            lambda token=token: client.list_recurring_runs(
                 page_token=token,
                 page_size=100,
                 namespace=connection.namespace,
                 filter=_equals("display_name", job_name),
-            )
+            ),
+            read=True,
+        )
         existing += [r for r in page.recurring_runs or [] if r.display_name == job_name]
         token = page.next_page_token or ""
         if not token:
@@ -497,8 +715,9 @@ def schedule(
         existing[0], experiment_id, version, cron, arguments, service_account
     ):
         return Schedule(existing[0].recurring_run_id, "unchanged", (), version)
-    with connection.calling(f"creating recurring run {job_name!r}"):
-        created = client.create_recurring_run(
+    created = connection.call(
+        f"creating recurring run {job_name!r}",
+        lambda: client.create_recurring_run(
             experiment_id=experiment_id,
             job_name=job_name,
             cron_expression=cron,
@@ -508,9 +727,12 @@ def schedule(
             service_account=service_account,
             max_concurrency=1,
             no_catchup=True,
-        )
+        ),
+    )
     for old in existing:
-        with connection.calling(f"deleting the replaced recurring run {old.recurring_run_id}"):
-            client.delete_recurring_run(old.recurring_run_id)
+        connection.call(
+            f"deleting the replaced recurring run {old.recurring_run_id}",
+            lambda old=old: client.delete_recurring_run(old.recurring_run_id),
+        )
     replaced = tuple(old.recurring_run_id for old in existing)
     return Schedule(created.recurring_run_id, "replaced" if replaced else "created", replaced, version)

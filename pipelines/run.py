@@ -1,16 +1,20 @@
-"""Run the SAM 2 fine-tuning pipeline: `python -m pipelines.run [run|submit|schedule] --dataset demo|mose`.
+"""Run the SAM 2 fine-tuning pipeline: `python -m pipelines.run [run|submit|schedule|follow] --dataset demo|mose`.
 
 - `run` (default): on this machine through kfp.local when KFP_HOST is unset (local S3 server and MLflow on
   SQLite under .local/), else submitted to KFP_HOST and waited for;
 - `submit`: start a run on KFP_HOST (or --host) and return;
-- `schedule --cron "0 0 3 * * 0"`: a recurring run on KFP_HOST (KFP cron: six fields, seconds first).
+- `schedule --cron "0 0 3 * * 0"`: a recurring run on KFP_HOST (KFP cron: six fields, seconds first); its
+  source must be an s3:// prefix that new data lands in (a local MOSE_ROOT is refused: it would be read
+  once, at scheduling);
+- `follow <run-id>`: wait for a run on KFP_HOST that is already going (what `run` prints when it stops
+  following one).
 
 `--set key=value` overrides any pipeline parameter (see pipelines/sam2_finetune.py), e.g.
 `--set epochs=2 --set init_checkpoint_uri=s3://sam2-models/sam2.1_hiera_tiny.pt`. A run without
 init_checkpoint_uri is refused unless `--set allow_random_init=true` (the demo preset sets it).
 
 On a cluster (pipelines/cluster.py): credentials from --token / KFP_TOKEN, the service-account token file
-(KF_PIPELINES_SA_TOKEN_PATH), or KFP_COOKIES; namespace from --namespace / KFP_NAMESPACE or the kube
+(KF_PIPELINES_SA_TOKEN_PATH), a Dex login (KFP_USERNAME / KFP_PASSWORD, KFP_DEX_CONNECTOR), or KFP_COOKIES; namespace from --namespace / KFP_NAMESPACE or the kube
 context; a local data set source is uploaded to the data bucket first (pipelines/cluster_inputs.py); node
 and GPU counts are the pipeline's unless set (`--set num_nodes=4`; the Makefile's NUM_NODES, GPUS_PER_NODE).
 """
@@ -87,6 +91,25 @@ def check_initial_weights(arguments: dict[str, Any]) -> None:
     )
 
 
+def check_schedule_source(arguments: dict[str, Any]) -> None:
+    """A recurring run must read a source that new data lands in: an s3:// prefix or object, or demo:.
+
+    A local MOSE_ROOT would be uploaded once, to a prefix named by today's content, and every scheduled
+    run would retrain on that same data, so it is refused with what to pass instead.
+    """
+    from pipelines.cluster_inputs import is_local_source
+
+    source = str(arguments.get("source_uri", ""))
+    if is_local_source(source):
+        raise PresetError(
+            f"a recurring run reads its source at every run, but {source!r} is a path on this machine: it would "
+            "be uploaded once and every scheduled run would retrain on that same data. Put the data where new "
+            "data lands and pass that prefix: MOSE_ROOT=s3://<bucket>/<prefix>/ (or --set "
+            "source_uri=s3://<bucket>/<prefix>/), e.g. after `aws s3 sync <folder> s3://<bucket>/<prefix>/`; "
+            "each scheduled run then extracts what is there at that time (docs/cluster-login.md)"
+        )
+
+
 def _cluster_source(arguments: dict[str, Any], dataset: str) -> None:
     """A local source (MOSE_ROOT on this machine) is uploaded to the data bucket; the run gets its s3:// URI."""
     from pipelines.cluster_inputs import is_local_source, stage_source
@@ -114,9 +137,24 @@ def _cluster_source(arguments: dict[str, Any], dataset: str) -> None:
     arguments["source_uri"] = staged.uri
 
 
+def _follow(args: argparse.Namespace) -> int:
+    """Wait for a run that is already going; 0 when it SUCCEEDED, 1 otherwise (or when following stops)."""
+    from pipelines import cluster
+
+    try:
+        connection = cluster.connect(args.host, namespace=args.namespace, token=args.token)
+        state = cluster.wait_for_run(connection, args.run_id, args.wait_hours * 3600, args.poll_seconds)
+    except cluster.ClusterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"run {args.run_id}: {state} ({cluster.run_url(connection, args.run_id)})")
+    return 0 if state == "SUCCEEDED" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", nargs="?", default="run", choices=["run", "submit", "schedule"])
+    parser.add_argument("action", nargs="?", default="run", choices=["run", "submit", "schedule", "follow"])
+    parser.add_argument("run_id", nargs="?", default=None, help="follow: the run to follow")
     parser.add_argument("--dataset", default="demo", help=f"preset: {', '.join(available_presets())}")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
@@ -129,13 +167,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--token", default=None, help="KFP bearer token (default $KFP_TOKEN; see README)")
     parser.add_argument("--cron", default="", help="schedule: six-field KFP cron, seconds first")
-    parser.add_argument("--wait-hours", type=float, default=72.0, help="run on a cluster: how long to wait")
+    parser.add_argument(
+        "--wait-hours", type=float, default=72.0, help="run/follow on a cluster: how long to wait"
+    )
+    parser.add_argument(
+        "--poll-seconds", type=float, default=30.0, help="run/follow: seconds between state checks"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     on_cluster = bool(args.host)
     try:
         if args.action != "run" and not on_cluster:
             raise PresetError(f"`{args.action}` needs a KFP endpoint: set KFP_HOST or pass --host")
+        if (args.action == "follow") != bool(args.run_id):
+            raise PresetError(
+                "`follow` needs the run id: python -m pipelines.run follow <run-id>"
+                if args.action == "follow"
+                else f"`{args.action}` takes no run id (got {args.run_id!r}); to follow a run: follow <run-id>"
+            )
+        if args.action == "follow":
+            return _follow(args)
         if args.action == "schedule":
             from pipelines.cluster import check_cron
 
@@ -143,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         target = "cluster" if on_cluster else "local"
         arguments = load_preset(args.dataset, target=target) | _parse_sets(args.sets)
         check_initial_weights(arguments)
+        if args.action == "schedule":
+            check_schedule_source(arguments)
     except (PresetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -178,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         wait = args.wait_hours * 3600 if args.action == "run" else None
-        run = cluster.submit(connection, arguments, args.dataset, wait_timeout_s=wait)
+        run = cluster.submit(
+            connection, arguments, args.dataset, wait_timeout_s=wait, poll_s=args.poll_seconds
+        )
     except cluster.ClusterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

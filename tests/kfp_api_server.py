@@ -28,9 +28,17 @@ It answers the routes pipelines/cluster.py uses the way the KFP backend does, ta
   (backend/src/v2/compiler/argocompiler/container.go, protojson.Unmarshal); the real one checks at run
   creation, this one already at upload.
 
-In front of it, optionally, the auth proxy of a multi-user Kubeflow: a request without the expected bearer
-token or session cookie gets 401, or (login_page=True) a redirect to an HTML login page as oauth2-proxy
-gives a browser.
+In front of it, optionally, either a simple auth check (a request without the expected bearer token or
+session cookie gets 401, or with login_page=True a redirect to an HTML page), or `gateway=Gateway(...)`:
+the ingress gateway, oauth2-proxy and Dex of a Kubeflow 26.03 install (tests/kubeflow_gateway.py, cited
+there), with the KFP API under `/pipeline` as the distribution routes it. `faults` makes the next API GETs
+fail as a gateway or network does ("503": Envoy's 503 without an upstream answer; "reset": the
+connection closed before any answer).
+
+Version: healthz answers `tag_name` = the version of the `kfp-kubernetes` / `kfp-pipeline-spec` protos
+installed here, which are the ones uploads are parsed with (tests/test_min_backend.py parses with the
+minimum backend's own). `version` below 2.17.0 drops the Run / RecurringRun `plugins_input` field, which
+backend/api/v2beta1/run.proto and recurring_run.proto first have at tag 2.17.0.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from __future__ import annotations
 import datetime
 import email.parser
 import email.policy
+import importlib.metadata
 import itertools
 import json
 import threading
@@ -47,6 +56,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import yaml
+from kubeflow_gateway import Gateway, Reply
 
 MESSAGE_FIELDS = {
     "Pipeline": {
@@ -112,6 +122,9 @@ MESSAGE_FIELDS = {
         "plugins_input",
     },
 }
+# the protos this server parses uploads with; healthz says so
+PROTO_VERSION = importlib.metadata.version("kfp-kubernetes")
+PLUGINS_SINCE = (2, 17, 0)
 GRPC_INVALID_ARGUMENT, GRPC_NOT_FOUND, GRPC_UNAUTHENTICATED = 3, 5, 16
 HTTP_FOR_GRPC = {GRPC_INVALID_ARGUMENT: 400, GRPC_NOT_FOUND: 404, GRPC_UNAUTHENTICATED: 401}
 OPERATIONS = {1: "EQUALS", 9: "IS_SUBSTRING"}
@@ -130,6 +143,7 @@ class Recorded:
     query: dict[str, str]
     headers: dict[str, str]
     body: Any
+    user: str | None = None  # kubeflow-userid the gateway passed on
 
 
 @dataclass
@@ -142,6 +156,9 @@ class FakeKfp:
     login_page: bool = False
     final_run_state: str = "SUCCEEDED"
     running_polls: int = 0  # GETs of a run that answer RUNNING before final_run_state
+    gateway: Gateway | None = None
+    version: str = PROTO_VERSION
+    faults: list[str] = field(default_factory=list)
     requests: list[Recorded] = field(default_factory=list)
     pipelines: dict[str, dict] = field(default_factory=dict)
     versions: dict[str, dict] = field(default_factory=dict)
@@ -163,8 +180,15 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _check_fields(message: str, body: dict) -> None:
-    unknown = set(body) - MESSAGE_FIELDS[message]
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("-")[0].split(".")[:3])
+
+
+def _check_fields(message: str, body: dict, version: str = PROTO_VERSION) -> None:
+    known = MESSAGE_FIELDS[message]
+    if _version_tuple(version) < PLUGINS_SINCE:
+        known = known - {"plugins_input", "plugins_output"}
+    unknown = set(body) - known
     if unknown:
         raise ApiError(GRPC_INVALID_ARGUMENT, f"proto: ({message}) unknown field {sorted(unknown)[0]!r}")
 
@@ -286,6 +310,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _send(self, reply: Reply) -> None:
+        self.send_response(reply.status)
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    def _fault(self, state: FakeKfp, method: str, path: str) -> bool:
+        """Apply the next injected fault to an API GET; True when the request was answered (or dropped)."""
+        if method != "GET" or "/apis/" not in path or not state.faults:
+            return False
+        with state._lock:
+            fault = state.faults.pop(0)
+        if fault == "reset":
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return True
+        self._send(
+            Reply(
+                503,
+                b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            )
+        )
+        return True
+
     def _authorised(self) -> bool:
         state = self.server.state
         if state.token is None and state.cookie is None:
@@ -303,13 +354,30 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         is_json = (self.headers.get("Content-Type") or "").startswith("application/json")
         body: Any = json.loads(raw) if raw and is_json else raw
+        path, user = url.path, None
+        if self._fault(state, method, path):
+            return None
+        if state.gateway is not None:
+            with state._lock:
+                user, reply = state.gateway.check(method, path, query, self.headers, raw)
+            if reply is None and path.rstrip("/") == "/pipeline":
+                reply = Reply(200, b"<html><body>Kubeflow Pipelines</body></html>", "text/html")
+            if reply is None and not path.startswith("/pipeline/"):
+                reply = Reply(404, b"no route (the KFP API is under /pipeline)")
+            if reply is not None:
+                with state._lock:
+                    state.requests.append(
+                        Recorded(method, path, query, {k.lower(): v for k, v in self.headers.items()}, body)
+                    )
+                return self._send(reply)
+            path = path[len("/pipeline") :]
         with state._lock:
             state.requests.append(
-                Recorded(method, url.path, query, {k.lower(): v for k, v in self.headers.items()}, body)
+                Recorded(method, path, query, {k.lower(): v for k, v in self.headers.items()}, body, user)
             )
-        if url.path == "/dex/auth":
+        if state.gateway is None and url.path == "/dex/auth":
             return self._reply(200, b"<html><body>Log in to Kubeflow</body></html>", "text/html")
-        if not self._authorised():
+        if state.gateway is None and not self._authorised():
             if state.login_page:
                 self.send_response(302)
                 self.send_header("Location", "/dex/auth?client_id=kubeflow-oidc-authservice")
@@ -319,7 +387,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(401, {"code": GRPC_UNAUTHENTICATED, "message": "Unauthorized", "details": []})
         try:
             with state._lock:
-                status, payload = _route(state, method, url.path, query, body, self.headers)
+                status, payload = _route(state, method, path, query, body, self.headers)
         except ApiError as err:
             return self._reply(
                 HTTP_FOR_GRPC[err.code], {"code": err.code, "message": err.message, "details": []}
@@ -362,7 +430,7 @@ def _get(table: dict, key: str, kind: str) -> dict:
 def _route(state: FakeKfp, method: str, path: str, query: dict, body: Any, headers: Any) -> tuple[int, Any]:
     parts = path.strip("/").split("/")[2:]  # after apis/v2beta1
     if parts == ["healthz"] and method == "GET":
-        return 200, {"commit_sha": "fake", "tag_name": "2.15.0", "multi_user": state.multi_user}
+        return 200, {"commit_sha": "fake", "tag_name": state.version, "multi_user": state.multi_user}
 
     if parts == ["pipelines"] and method == "GET":
         namespace = query.get("namespace", "") if state.multi_user else ""
@@ -430,7 +498,7 @@ def _route(state: FakeKfp, method: str, path: str, query: dict, body: Any, heade
         return 200, _clean(experiment)
 
     if parts == ["runs"] and method == "POST":
-        _check_fields("Run", body)
+        _check_fields("Run", body, state.version)
         _get(state.experiments, body.get("experiment_id", ""), "Experiment")
         _validate_inputs(state, body)
         run = {
@@ -462,7 +530,7 @@ def _route(state: FakeKfp, method: str, path: str, query: dict, body: Any, heade
         # the proto field is literally `recurringRuns` (recurring_run.proto, ListRecurringRunsResponse)
         return 200, _page(items, query, "recurringRuns")
     if parts == ["recurringruns"] and method == "POST":
-        _check_fields("RecurringRun", body)
+        _check_fields("RecurringRun", body, state.version)
         experiment = _get(state.experiments, body.get("experiment_id", ""), "Experiment")
         namespace = _namespace(state, body.get("namespace") or experiment["namespace"], "Recurring run")
         _validate_inputs(state, body)
@@ -494,8 +562,13 @@ class KfpApiServer:
 
     @property
     def url(self) -> str:
+        """The server's root; with a gateway, KFP_HOST is `kfp_host` (the API under /pipeline)."""
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def kfp_host(self) -> str:
+        return f"{self.url}/pipeline" if self.state.gateway is not None else self.url
 
     def __enter__(self) -> KfpApiServer:
         self._thread.start()
