@@ -297,6 +297,20 @@ def _points(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f}"
 
 
+class _Images:
+    """The PNGs of one report: written into its folder, remembered for embedding."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.written: dict[str, bytes] = {}
+
+    def ref(self, data: bytes, name: str) -> str:
+        """Write `data` as `name` in the report folder; returns the Markdown link target."""
+        atomic_write_bytes(self.folder / name, data)
+        self.written[name] = data
+        return name
+
+
 def write_comparison_report(
     results: dict[str, EvaluationResult],
     output_dir: str | os.PathLike,
@@ -324,23 +338,48 @@ def write_comparison_report(
         raise ValueError(f"a comparison report needs the new model's results, got {sorted(results)}")
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    labels = {key: key for key in results} | (labels or {})
-    skipped = skipped or {}
-    written: dict[str, bytes] = {}
-
-    def image_ref(data: bytes, name: str) -> str:
-        atomic_write_bytes(folder / name, data)
-        written[name] = data
-        return name
-
+    images = _Images(folder)
     order = [key for key in MODEL_ORDER if key in results] + sorted(set(results) - set(MODEL_ORDER))
-    new = results["new"]
     reference = next((key for key in ("champion", "baseline") if key in results), None)
+    videos = sorted(results["new"].videos)
+    changes = _jf_changes(results["new"], results[reference], videos) if reference else {}
+
     lines = [f"# {title}", ""]
     lines += [f"{note}" for note in notes or []] + ([""] if notes else [])
-    videos = sorted(new.videos)
-    lines += [
-        f"All models run on the same {len(videos)} val videos with the same settings, "
+    lines += _scores_table(results, order, {key: key for key in results} | (labels or {}), skipped or {})
+    if curves is not None:
+        lines += [
+            "## Training curves",
+            "",
+            f"![training curves]({images.ref(curves_png(curves), 'curves.png')})",
+            "",
+        ]
+    lines += _change_section(changes, reference, images)
+    by_change = sorted(videos, key=lambda v: (changes.get(v, 0.0), v))
+    lines += _per_video_table(results, order, by_change, changes)
+    if worst_videos > 0:
+        lines += _worst_videos_section(
+            results["new"],
+            by_change,
+            changes,
+            reference,
+            [Path(pred_roots[key]) for key in ["new"] + ([reference] if reference else [])],
+            Path(gt_root),
+            Path(image_root) if image_root is not None else None,
+            images,
+            worst_videos,
+            frames_per_video,
+        )
+    return _write_markdown(folder, lines, images.written, embed_images)
+
+
+def _scores_table(
+    results: dict[str, EvaluationResult], order: list[str], labels: dict[str, str], skipped: dict[str, str]
+) -> list[str]:
+    """Every model's J&F, J, F and the new model's change against it; the models not scored, and why."""
+    new = results["new"]
+    lines = [
+        f"All models run on the same {len(new.videos)} val videos with the same settings, "
         f"protocol `{new.protocol}`.",
         "",
         "| model | J&F | J | F | J&F change of new |",
@@ -352,80 +391,95 @@ def write_comparison_report(
         lines.append(
             f"| {key}: {labels[key]} | {_percent(r.jf)} | {_percent(r.j)} | {_percent(r.f)} | {change} |"
         )
-    for key in MODEL_ORDER:
-        if key not in results:
-            lines.append(f"| {key} | not scored | | | |")
+    lines += [f"| {key} | not scored | | | |" for key in MODEL_ORDER if key not in results]
     lines.append("")
-    for key, why in sorted(skipped.items()):
-        if key not in results:
-            lines += [f"- {key} not scored: {why}"]
+    lines += [f"- {key} not scored: {why}" for key, why in sorted(skipped.items()) if key not in results]
     if any(key not in results for key in skipped):
         lines.append("")
+    return lines
 
-    if curves is not None:
-        lines += [
-            "## Training curves",
-            "",
-            f"![training curves]({image_ref(curves_png(curves), 'curves.png')})",
-            "",
-        ]
 
+def _jf_changes(new: EvaluationResult, reference: EvaluationResult, videos: list[str]) -> dict[str, float]:
+    """Per video, new minus `reference` J&F in points, where both scored it."""
     changes: dict[str, float] = {}
-    if reference is not None:
-        base = results[reference]
-        for name in videos:
-            a = new.videos[name].jf
-            b = base.videos[name].jf if name in base.videos else None
-            if a is not None and b is not None:
-                changes[name] = 100 * (a - b)
-        chart = image_ref(change_chart_png(sorted(changes.items()), reference), "jf_change_per_video.png")
-        lines += [f"## Per-video change against the {reference}", "", f"![per-video change]({chart})", ""]
-    else:
-        lines += ["No champion or baseline was scored, so there is no per-video change to show.", ""]
+    for name in videos:
+        a = new.videos[name].jf
+        b = reference.videos[name].jf if name in reference.videos else None
+        if a is not None and b is not None:
+            changes[name] = 100 * (a - b)
+    return changes
+
+
+def _change_section(changes: dict[str, float], reference: str | None, images: _Images) -> list[str]:
+    """The sorted bar chart of the per-video change against the champion (else the baseline)."""
+    if reference is None:
+        return ["No champion or baseline was scored, so there is no per-video change to show.", ""]
+    chart = images.ref(change_chart_png(sorted(changes.items()), reference), "jf_change_per_video.png")
+    return [f"## Per-video change against the {reference}", "", f"![per-video change]({chart})", ""]
+
+
+def _per_video_table(
+    results: dict[str, EvaluationResult], order: list[str], by_change: list[str], changes: dict[str, float]
+) -> list[str]:
+    """Each video's J&F and J under every model and its change, most lost first."""
+
+    def scores(name: str, attr: str) -> str:
+        return " | ".join(
+            _percent(getattr(results[k].videos[name], attr) if name in results[k].videos else None)
+            for k in order
+        )
 
     header = " | ".join(f"{key} J&F" for key in order)
-    lines += [
+    lines = [
         "## Per video",
         "",
         f"| video | {header} | {' | '.join(f'{key} J' for key in order)} | change |",
         "| --- | " + " | ".join("---:" for _ in range(2 * len(order))) + " | ---: |",
     ]
-    by_change = sorted(videos, key=lambda v: (changes.get(v, 0.0), v))
     for name in by_change:
-        jfs = " | ".join(
-            _percent(results[k].videos[name].jf if name in results[k].videos else None) for k in order
-        )
-        js = " | ".join(
-            _percent(results[k].videos[name].j if name in results[k].videos else None) for k in order
-        )
         change = f"{changes[name]:+.1f}" if name in changes else ""
-        lines.append(f"| {name} | {jfs} | {js} | {change} |")
+        lines.append(f"| {name} | {scores(name, 'jf')} | {scores(name, 'j')} | {change} |")
     lines.append("")
+    return lines
 
+
+def _worst_videos_section(
+    new: EvaluationResult,
+    by_change: list[str],
+    changes: dict[str, float],
+    reference: str | None,
+    roots: list[Path],
+    gt_root: Path,
+    image_root: Path | None,
+    images: _Images,
+    worst_videos: int,
+    frames_per_video: int,
+) -> list[str]:
+    """Overlays (ground truth, new, reference) of the worst frames of the videos the new model lost most
+    on against `reference`, or, with no reference, scored lowest on."""
     ranked = [v for v in by_change if new.videos[v].jf is not None]
     if reference is None:
         ranked = sorted(ranked, key=lambda v: (new.videos[v].jf, v))
-    if ranked and worst_videos > 0:
-        shown = ["new"] + ([reference] if reference else [])
-        roots = [Path(pred_roots[key]) for key in shown]
-        images = Path(image_root) if image_root is not None else None
-        what = f"lost most against the {reference}" if reference else "scored lowest"
-        lines += [
-            f"## Videos where the new model {what}",
-            "",
-            "Left to right: ground truth, " + ", ".join(f"{key} prediction" for key in shown) + ".",
-            "",
-        ]
-        for name in ranked[:worst_videos]:
-            video = new.videos[name]
-            change = f", change {changes[name]:+.1f}" if name in changes else ""
-            lines += [f"### {name} (new J&F {_percent(video.jf)}{change})", ""]
-            for worst in worst_frames(video, frames_per_video):
-                png = _panel_png(worst, Path(gt_root), roots, images)
-                link = image_ref(png, f"compare_{name}_{Path(worst.frame).stem}.png")
-                lines += [f"Frame `{worst.frame}`: new mean J {100 * worst.mean_j:.1f}", ""]
-                lines += [f"![{name} {worst.frame}]({link})", ""]
-    return _write_markdown(folder, lines, written, embed_images)
+    if not ranked:
+        return []
+    shown = ["new"] + ([reference] if reference else [])
+    what = f"lost most against the {reference}" if reference else "scored lowest"
+    lines = [
+        f"## Videos where the new model {what}",
+        "",
+        "Left to right: ground truth, " + ", ".join(f"{key} prediction" for key in shown) + ".",
+        "",
+    ]
+    for name in ranked[:worst_videos]:
+        video = new.videos[name]
+        change = f", change {changes[name]:+.1f}" if name in changes else ""
+        lines += [f"### {name} (new J&F {_percent(video.jf)}{change})", ""]
+        for worst in worst_frames(video, frames_per_video):
+            png = _panel_png(worst, gt_root, roots, image_root)
+            link = images.ref(png, f"compare_{name}_{Path(worst.frame).stem}.png")
+            lines += [f"Frame `{worst.frame}`: new mean J {100 * worst.mean_j:.1f}", ""]
+            lines += [f"![{name} {worst.frame}]({link})", ""]
+    return lines
 
 
 def _write_markdown(folder: Path, lines: list[str], written: dict[str, bytes], embed_images: bool) -> str:
