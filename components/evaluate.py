@@ -25,6 +25,7 @@ def evaluate_predictions(
     import json
 
     from components.runtime import configure, cpu_budget, fetch_report_frames, fetch_val_split, work_dir
+    from sam2.contracts import ComparisonSummary, DataSplits, Predictions, TrainedModel
     from sam2.eval.evaluator import evaluate, read_video_list
     from sam2.eval.report import write_comparison_report
     from sam2.eval.training_curves import read_training_curves
@@ -34,10 +35,13 @@ def evaluate_predictions(
     configure(s3_endpoint_url)
     store = ObjectStore()
     work = work_dir("evaluate")
+    data_splits = DataSplits.from_metadata(splits.metadata)
+    trained = TrainedModel.from_metadata(model.metadata)
+    predicted = Predictions.from_metadata(predictions.metadata)
     # Masks only: scoring reads no frame; the overlays' few frames are fetched after scoring.
     data, val_list = fetch_val_split(store, splits.metadata, work, parts=("Annotations",))
     videos = read_video_list(val_list)
-    entries = {m["key"]: m for m in predictions.metadata["models"]}
+    entries = predicted.entries()
     results, pred_roots = {}, {}
     for key, entry in entries.items():
         pred_roots[key] = work / "predictions" / key
@@ -49,19 +53,19 @@ def evaluate_predictions(
             protocol=protocol,
             num_processes=cpu_budget(),
         )
-    fetch_report_frames(store, splits.metadata["uri"], data, results[NEW])
+    fetch_report_frames(store, data_splits.uri, data, results[NEW])
     curves = None
-    if model.metadata.get("tensorboard_uri"):
+    if trained.tensorboard_uri:
         tb_dir = work / "tensorboard"
-        store.sync_to_local(model.metadata["tensorboard_uri"], tb_dir, require_marker=False)
+        store.sync_to_local(trained.tensorboard_uri, tb_dir, require_marker=False)
         curves = read_training_curves(tb_dir)
 
     summary = comparison_summary(
         {key: r.to_dict() for key, r in results.items()},
         entries,
-        skipped=predictions.metadata.get("skipped", {}),
-        dataset_version=model.metadata.get("dataset_version", ""),
-        val_list_uri=splits.metadata["val_list_uri"],
+        skipped=predicted.skipped,
+        dataset_version=trained.dataset_version,
+        val_list_uri=data_splits.val_list_uri,
         videos=videos,
         protocol=protocol,
         curves=curves,
@@ -75,17 +79,19 @@ def evaluate_predictions(
     metrics.log_metric("num_videos", len(new_scores["per_video"]))
     with open(comparison.path, "w") as handle:
         json.dump(summary, handle, indent=1)
-    comparison.metadata.update({k: summary[k] for k in ("dataset_version", "val_list_uri", "skipped")})
+    compared = ComparisonSummary(
+        dataset_version=summary["dataset_version"],
+        val_list_uri=summary["val_list_uri"],
+        skipped=summary["skipped"],
+    )
+    comparison.metadata.update(compared.to_metadata())
 
     # The report: all models side by side, the per-video change, the new model's worst losses with
     # overlays, and the training curves; the KFP copy embeds the images.
     report_dir = work / "report"
-    title = f"J&F on the val split of {splits.metadata['uri']}"
+    title = f"J&F on the val split of {data_splits.uri}"
     labels = {key: entry["label"] for key, entry in entries.items()}
-    notes = [
-        f"new: {model.metadata['uri']}"
-        + (f" (init: {model.metadata['init']})" if model.metadata.get("init", "given") != "given" else "")
-    ]
+    notes = [f"new: {trained.uri}" + (f" (init: {trained.init_note})" if trained.random_init else "")]
     kwargs = dict(
         gt_root=data / "Annotations",
         pred_roots=pred_roots,
@@ -101,7 +107,7 @@ def evaluate_predictions(
     with open(report.path, "w") as handle:
         handle.write(embedded)
 
-    run_uri = model.metadata["run_uri"]
+    run_uri = trained.run_uri
     payload = {**new_scores, "models": summary["models"], "skipped": summary["skipped"]}
     store.write_bytes(f"{run_uri}/metrics.json", json.dumps(payload, indent=2).encode(), "application/json")
     store.write_bytes(

@@ -28,6 +28,7 @@ def extract_frames(
     import logging
 
     from components.runtime import configure, log_transfers, work_dir, write_pointer
+    from sam2.contracts import PublishedDataset
     from sam2.data.demo import generate_demo_dataset
     from sam2.data.frame_extraction import extract_dataset
     from sam2.data.layout import STATE_DIR
@@ -47,15 +48,14 @@ def extract_frames(
         logging.getLogger("extract_frames").info("%s is published already (same version); reusing it", uri)
     else:
         store.upload_folder(work / "dataset", uri, exclude=(STATE_DIR,))  # extraction state stays here
-    frames.metadata.update(
-        {
-            "uri": uri,
-            "dataset_name": dataset_name,
-            "version": result.version,
-            "num_videos": result.num_videos,
-            "num_frames": result.num_frames,
-        }
+    published = PublishedDataset(
+        uri=uri,
+        dataset_name=dataset_name,
+        version=result.version,
+        num_videos=result.num_videos,
+        num_frames=result.num_frames,
     )
+    frames.metadata.update(published.to_metadata())
     write_pointer(frames.path, dict(frames.metadata))
     log_transfers(store, "extract_frames")
     return result.version

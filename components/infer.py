@@ -38,6 +38,7 @@ def infer_videos(
     import sys
 
     from components.runtime import configure, fetch_val_split, log_transfers, work_dir, write_pointer
+    from sam2.contracts import DataSplits, ReferenceModels, ShardPredictions, TrainedModel
     from sam2.eval.inference_shards import REPORTS_DIR, ShardReport, plan_shards, report_name
     from sam2.model_comparison import NEW, ComparedModel
     from sam2.storage import ObjectStore
@@ -46,13 +47,15 @@ def infer_videos(
     log = logging.getLogger("infer_videos")
     store = ObjectStore()
     work = work_dir("infer")
-    num_shards = plan_shards(num_shards, int(splits.metadata.get("num_val", num_shards)))
+    data_splits = DataSplits.from_metadata(splits.metadata)
+    trained = TrainedModel.from_metadata(model.metadata)
+    refs = ReferenceModels.from_metadata(references.metadata)
+    num_shards = plan_shards(num_shards, data_splits.num_val)
     data, val_list = fetch_val_split(store, splits.metadata, work, shard=(shard_index, num_shards))
     videos = val_list.read_text().split()
-    new = ComparedModel(NEW, model.metadata["uri"], model.metadata["model_config"], "new")
-    todo = [new] + [ComparedModel.from_dict(m) for m in references.metadata.get("models", [])]
-    skipped = dict(references.metadata.get("skipped", {}))
-    out_uri = f"{model.metadata['run_uri']}/predictions"
+    new = ComparedModel(NEW, trained.uri, trained.model_config, "new")
+    todo = [new, *refs.models]
+    out_uri = f"{trained.run_uri}/predictions"
     report = ShardReport(shard_index, num_shards, videos)
     for entry in todo:
         if not videos:  # more shards than videos: nothing to infer, an empty share
@@ -98,17 +101,16 @@ def infer_videos(
         report.models[entry.key] = {"entry": entry.to_dict(), "files": files}
     report_uri = f"{out_uri}/{REPORTS_DIR}/{report_name(shard_index, num_shards)}"
     store.write_bytes(report_uri, json.dumps(report.to_dict()).encode(), "application/json")
-    predictions.metadata.update(
-        {
-            "uri": out_uri,
-            "checkpoint": model.metadata["uri"],
-            "report_uri": report_uri,
-            "shard_index": shard_index,
-            "num_shards": num_shards,
-            "num_videos": len(videos),
-            "skipped": skipped,
-        }
+    shard = ShardPredictions(
+        uri=out_uri,
+        checkpoint=trained.uri,
+        report_uri=report_uri,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        num_videos=len(videos),
+        skipped=refs.skipped,
     )
+    predictions.metadata.update(shard.to_metadata())
     write_pointer(predictions.path, dict(predictions.metadata))
     log_transfers(store, f"infer shard {shard_index}/{num_shards}")
     return out_uri

@@ -22,37 +22,38 @@ def merge_predictions(
     import logging
 
     from components.runtime import configure, log_transfers, write_pointer
+    from sam2.contracts import DataSplits, Predictions, ShardPredictions
     from sam2.eval.inference_shards import ShardReport, merge_shard_reports
     from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url)
     store = ObjectStore()
     log = logging.getLogger("merge_predictions")
-    metas = [dict(shard.metadata) for shard in shards]
+    metas = [ShardPredictions.from_metadata(shard.metadata) for shard in shards]
     if not metas:
         raise ValueError("merge_predictions got no shard; the infer ParallelFor ran no iteration")
-    reports = [ShardReport.from_dict(json.loads(store.read_bytes(m["report_uri"]))) for m in metas]
-    val_videos = store.read_bytes(splits.metadata["val_list_uri"]).decode().split()
+    reports = [ShardReport.from_dict(json.loads(store.read_bytes(m.report_uri))) for m in metas]
+    val_list_uri = DataSplits.from_metadata(splits.metadata).val_list_uri
+    val_videos = store.read_bytes(val_list_uri).decode().split()
     merged = merge_shard_reports(val_videos, reports)
-    out_uri = metas[0]["uri"]
+    out_uri = metas[0].uri
     models = []
     for key, entry in merged.entries.items():
         uri = f"{out_uri}/{key}"
         store.publish_listing(uri, merged.listings[key])
         models.append({**entry, "uri": uri})
         log.info("published %s: %d files from %d shard(s)", uri, len(merged.listings[key]), len(reports))
-    predictions.metadata.update(
-        {
-            "uri": out_uri,
-            "checkpoint": metas[0].get("checkpoint", ""),
-            "models": models,
-            # models the references step could not resolve (the same for every shard), then those a
-            # shard failed to score
-            "skipped": {**metas[0].get("skipped", {}), **merged.skipped},
-            "num_shards": len(reports),
-            "num_videos": len(val_videos),
-        }
+    merged_predictions = Predictions(
+        uri=out_uri,
+        checkpoint=metas[0].checkpoint,
+        models=models,
+        # models the references step could not resolve (the same for every shard), then those a shard
+        # failed to score
+        skipped={**metas[0].skipped, **merged.skipped},
+        num_shards=len(reports),
+        num_videos=len(val_videos),
     )
+    predictions.metadata.update(merged_predictions.to_metadata())
     write_pointer(predictions.path, dict(predictions.metadata))
     log_transfers(store, "merge_predictions")
     return out_uri

@@ -14,6 +14,7 @@ def plan_infer_shards(splits: Input[Dataset], infer_shards: int = 1) -> list[int
     A single output on purpose: kfp.local 2.17.0 cannot iterate over one key of a NamedTuple output
     ("Parent pipeline input argument 'pipelinechannel--...' not found"); `.output` works there and on KFP.
     """
+    from sam2.contracts import DataSplits
     from sam2.eval.inference_shards import plan_shards
 
-    return list(range(plan_shards(infer_shards, int(splits.metadata["num_val"]))))
+    return list(range(plan_shards(infer_shards, DataSplits.from_metadata(splits.metadata).num_val)))

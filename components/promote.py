@@ -47,6 +47,7 @@ def promote_model(
     from pathlib import Path
 
     from components.runtime import configure
+    from sam2.contracts import PromotionDecision, TrainedModel
     from sam2.promotion import promote_pipeline_run
     from sam2.registry import code_version
     from sam2.storage import ObjectStore
@@ -57,8 +58,8 @@ def promote_model(
         raise ValueError("no MLflow registry: set the mlflow_tracking_uri parameter or MLFLOW_TRACKING_URI")
     with open(comparison.path) as handle:
         scores = json.load(handle)
-    meta = dict(model.metadata)
-    run_uri = meta["run_uri"]
+    trained = TrainedModel.from_metadata(model.metadata)
+    run_uri = trained.run_uri
     store = ObjectStore()
     with tempfile.TemporaryDirectory(prefix="sam2-promote-inputs-") as tmp:
         work = Path(tmp)
@@ -75,14 +76,14 @@ def promote_model(
             uri,
             dataset_name,
             pipeline_run,
-            meta,
+            trained,
             scores,
             report_dir,
             metrics_json,
             margin=promotion_margin,
             allow_random_init=allow_random_init,
             extra_params={
-                "model_size": Path(meta.get("model_config", "")).stem.rsplit("_", 1)[-1],
+                "model_size": trained.model_size,
                 "code_version": code_version(),
                 "image": image,
                 "inference_args": inference_args,
@@ -102,17 +103,16 @@ def promote_model(
             f"{scores.get('dataset_version')} (this run):\n\n{table}\n\n"
             f"MLflow run `{outcome.run_id}`; model `{outcome.model_uri}` "
             f'(load: `mlflow.pyfunc.load_model("models:/{result.model_name}/{result.version}")`); '
-            f"checkpoint `{meta['uri']}`\n"
+            f"checkpoint `{trained.uri}`\n"
         )
-    decision_report.metadata.update(
-        {
-            "model_name": result.model_name,
-            "version": result.version,
-            "decision": result.decision,
-            "rule": result.rule,
-            "mlflow_run_id": outcome.run_id,
-        }
+    decided = PromotionDecision(
+        model_name=result.model_name,
+        version=result.version,
+        decision=result.decision,
+        rule=result.rule,
+        mlflow_run_id=outcome.run_id,
     )
+    decision_report.metadata.update(decided.to_metadata())
     models = scores["models"]
     summary = "; ".join(outcome.comparison_lines) + f"; decision by rule {result.rule}"
     outputs = namedtuple(
@@ -123,6 +123,6 @@ def promote_model(
         f"{result.model_name}/{result.version}",
         float(models["new"]["J&F"]),
         run_uri,
-        meta["dataset_uri"],
+        trained.dataset_uri,
         summary,
     )

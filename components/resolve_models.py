@@ -23,6 +23,7 @@ def resolve_reference_models(
 
     from components.runtime import configure, write_pointer
     from components.training_setup import model_configs
+    from sam2.contracts import ReferenceModels
     from sam2.model_comparison import resolve_references
     from sam2.registry import MlflowModelRegistry
     from sam2.storage import ObjectStore
@@ -34,7 +35,7 @@ def resolve_reference_models(
     models, skipped = resolve_references(
         registry, ObjectStore(), dataset_name, init_checkpoint_uri, model_config
     )
-    references.metadata.update({"models": [m.to_dict() for m in models], "skipped": skipped})
+    references.metadata.update(ReferenceModels(models=models, skipped=skipped).to_metadata())
     write_pointer(references.path, dict(references.metadata))
     scored = ", ".join(m.label for m in models) or "none"
     return f"reference models: {scored}" + "".join(f"; {k} skipped: {why}" for k, why in skipped.items())

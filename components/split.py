@@ -23,18 +23,20 @@ def split_dataset(
     import json
 
     from components.runtime import configure, log_transfers, work_dir, write_pointer
+    from sam2.contracts import DataSplits, ValidatedDataset
     from sam2.data.splitting import split_dataset as split_videos_on_disk
     from sam2.data.staging import selection_bytes
     from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url)
     store = ObjectStore()
-    data_uri = validated.metadata["uri"]
+    checked = ValidatedDataset.from_metadata(validated.metadata)
+    data_uri = checked.uri
     work = work_dir("split")
     marker = store.read_marker(data_uri)
     store.sync_to_local(data_uri, work / "data", include=["Annotations", "manifest.json"], marker=marker)
     valid_list = work / "valid_videos.txt"
-    store.download_file(validated.metadata["valid_list_uri"], valid_list)
+    store.download_file(checked.valid_list_uri, valid_list)
     result = split_videos_on_disk(
         work / "data" / "Annotations",
         work / "splits",
@@ -46,17 +48,16 @@ def split_dataset(
     store.upload_folder(work / "splits", out_uri)
     manifest_path = work / "data" / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-    splits.metadata.update(
-        dict(validated.metadata)
-        | {
-            "splits_uri": out_uri,
-            "train_list_uri": f"{out_uri}/{result.train_file.name}",
-            "val_list_uri": f"{out_uri}/{result.val_file.name}",
-            "num_train": len(result.train),
-            "num_val": len(result.val),
-            "train_bytes": selection_bytes(marker, manifest, result.train),
-        }
+    lists = DataSplits.of(
+        checked,
+        splits_uri=out_uri,
+        train_list_uri=f"{out_uri}/{result.train_file.name}",
+        val_list_uri=f"{out_uri}/{result.val_file.name}",
+        num_train=len(result.train),
+        num_val=len(result.val),
+        train_bytes=selection_bytes(marker, manifest, result.train),
     )
+    splits.metadata.update(lists.to_metadata())
     write_pointer(splits.path, dict(splits.metadata))
     log_transfers(store, "split")
     return out_uri

@@ -65,17 +65,18 @@ def train_model(
 
     from components.runtime import configure, run_uri, work_dir, write_pointer
     from components.training_setup import model_configs, random_init_checkpoint
+    from sam2.contracts import RANDOM_INIT_NOTE, DataSplits, TrainedModel
     from sam2.launch.launcher import LocalTorchrunLauncher, TrainingRequest
 
     configure(s3_endpoint_url)
     log = logging.getLogger("train_model")
     model_cfg, train_cfg = model_configs(model_size)
     out_uri = run_uri(runs_bucket, run_id)
-    init_note = "given"
-    if not init_checkpoint_uri:
+    data = DataSplits.from_metadata(splits.metadata)
+    random_init = not init_checkpoint_uri
+    if random_init:
         init_checkpoint_uri = random_init_checkpoint(model_cfg, f"{out_uri}/init/random_init.pt", seed)
-        init_note = "RANDOM WEIGHTS (no init_checkpoint_uri given; built by build_sam2, not SAM 2.1 weights)"
-        log.warning("training starts from %s: %s", init_checkpoint_uri, init_note)
+        log.warning("training starts from %s: %s", init_checkpoint_uri, RANDOM_INIT_NOTE)
     use_gpus = gpus_per_node > 0
     overrides = [f"scratch.num_epochs={epochs}", f"trainer.seed_value={seed}"]
     if not use_gpus:
@@ -86,15 +87,15 @@ def train_model(
     request = TrainingRequest(
         run_id=run_id,
         config=train_cfg,
-        dataset_uri=splits.metadata["uri"],
+        dataset_uri=data.uri,
         run_uri=out_uri,
-        train_list=splits.metadata["train_list_uri"],
+        train_list=data.train_list_uri,
         num_nodes=num_nodes,
         procs_per_node=max(1, gpus_per_node),
         use_gpus=use_gpus,
         init_checkpoint_uri=init_checkpoint_uri,
         overrides=tuple(overrides),
-        scratch_bytes=splits.metadata.get("train_bytes"),  # the train videos' size, from the split step
+        scratch_bytes=data.train_bytes,  # the train videos' size, from the split step
     )
     if launcher == "local":
         job_launcher = LocalTorchrunLauncher(work_dir("train"), timeout_s=timeout_hours * 3600)
@@ -127,21 +128,20 @@ def train_model(
     checkpoint_uri = (
         f"{result.checkpoints_uri}/{'checkpoint_merged.pt' if lora_rank > 0 else 'checkpoint.pt'}"
     )
-    model.metadata.update(
-        {
-            "uri": checkpoint_uri,
-            "run_uri": out_uri,
-            "tensorboard_uri": result.tensorboard_uri,
-            "model_config": model_cfg,
-            "training_config": train_cfg,
-            "training_overrides": " ".join(overrides),
-            "init_checkpoint": init_checkpoint_uri,
-            "init": init_note,
-            "dataset_uri": splits.metadata["uri"],
-            "dataset_version": dataset_version,
-            "train_seconds": round(result.seconds, 1),
-            **{f"launcher_{k}": v for k, v in result.details.items()},
-        }
+    trained = TrainedModel(
+        uri=checkpoint_uri,
+        run_uri=out_uri,
+        tensorboard_uri=result.tensorboard_uri,
+        model_config=model_cfg,
+        training_config=train_cfg,
+        training_overrides=" ".join(overrides),
+        init_checkpoint=init_checkpoint_uri,
+        random_init=random_init,
+        dataset_uri=data.uri,
+        dataset_version=dataset_version,
+        train_seconds=round(result.seconds, 1),
+        launcher=dict(result.details),
     )
+    model.metadata.update(trained.to_metadata())
     write_pointer(model.path, dict(model.metadata))
     return checkpoint_uri

@@ -27,6 +27,7 @@ def validate_dataset(
     video is bad, or when no good video is left.
     """
     from components.runtime import configure, dataset_dir, log_transfers, work_dir, write_pointer
+    from sam2.contracts import ValidatedDataset
     from sam2.data import validation
     from sam2.storage import ObjectStore
 
@@ -44,19 +45,17 @@ def validate_dataset(
     out_uri = f"{data_uri}/validation/frames{num_frames}-{on_bad}"
     store.upload_folder(out_dir, out_uri)
 
-    validated.metadata.update(
-        {
-            "uri": data_uri,
-            "dataset_name": dataset_name,
-            "version": dataset_version,
-            "num_videos": len(result.good) + len(result.bad),
-            "validation_uri": out_uri,
-            "valid_list_uri": f"{out_uri}/{valid_list.name}",
-            "num_good": len(result.good),
-            "num_bad": len(result.bad),
-            "dataset_version": dataset_version,
-        }
+    checked = ValidatedDataset(
+        uri=data_uri,
+        dataset_name=dataset_name,
+        version=dataset_version,
+        num_videos=len(result.good) + len(result.bad),
+        validation_uri=out_uri,
+        valid_list_uri=f"{out_uri}/{valid_list.name}",
+        num_good=len(result.good),
+        num_bad=len(result.bad),
     )
+    validated.metadata.update(checked.to_metadata())
     write_pointer(validated.path, dict(validated.metadata))
     lines = [
         f"# Validation of `{data_uri}`",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sam2.contracts import TrainedModel
 from sam2.model_comparison import BASELINE, CHAMPION, KEYS, NEW
 from sam2.registry import Candidate, HeadToHead, MlflowModelRegistry, PromotionResult, model_name_for
 
@@ -69,18 +70,18 @@ def comparison_lines(comparison: Mapping[str, Any]) -> list[str]:
 
 
 def run_record_inputs(
-    model_meta: Mapping[str, Any], comparison: Mapping[str, Any], extra_params: Mapping[str, Any]
+    model: TrainedModel, comparison: Mapping[str, Any], extra_params: Mapping[str, Any]
 ) -> tuple[dict[str, str], dict[str, float], dict[str, list[tuple[int, float]]]]:
-    """(params, final metrics, curves) of the MLflow run from the model artifact and the comparison."""
+    """(params, final metrics, curves) of the MLflow run from the trained model and the comparison."""
     params = {
-        "dataset_version": model_meta.get("dataset_version", ""),
-        "dataset_uri": model_meta.get("dataset_uri", ""),
-        "model_config": model_meta.get("model_config", ""),
-        "training_config": model_meta.get("training_config", ""),
-        "training_overrides": model_meta.get("training_overrides", ""),
-        "init_checkpoint": model_meta.get("init_checkpoint", ""),
-        "init": model_meta.get("init", ""),
-        "checkpoint_uri": model_meta.get("uri", ""),
+        "dataset_version": model.dataset_version,
+        "dataset_uri": model.dataset_uri,
+        "model_config": model.model_config,
+        "training_config": model.training_config,
+        "training_overrides": model.training_overrides,
+        "init_checkpoint": model.init_checkpoint,
+        "init": model.init_note,
+        "checkpoint_uri": model.uri,
         "val_list_uri": comparison.get("val_list_uri", ""),
         "num_val_videos": len(comparison.get("videos", [])),
         "eval_protocol": comparison.get("protocol", ""),
@@ -94,8 +95,8 @@ def run_record_inputs(
     for key in (CHAMPION, BASELINE):
         if key in comparison["models"]:
             metrics[f"new_minus_{key}_J&F"] = metrics[f"{NEW}_J&F"] - metrics[f"{key}_J&F"]
-    if "train_seconds" in model_meta:
-        metrics["train_seconds"] = float(model_meta["train_seconds"])
+    if model.train_seconds is not None:
+        metrics["train_seconds"] = model.train_seconds
     curves = {
         name: [(int(s), float(v)) for s, v in points] for name, points in comparison.get("curves", {}).items()
     }
@@ -129,7 +130,7 @@ def promote_pipeline_run(
     tracking_uri: str,
     dataset_name: str,
     pipeline_run: str,
-    model_meta: Mapping[str, Any],
+    model: TrainedModel,
     comparison: Mapping[str, Any],
     report_dir: Path | None,
     metrics_json: Path | None,
@@ -138,23 +139,24 @@ def promote_pipeline_run(
     extra_params: Mapping[str, Any],
     inference_overrides: list[str] | None = None,
 ) -> PromotionOutcome:
-    """Log the run, publish the pyfunc model folder at <run>/mlflow_model, register and decide."""
+    """Log the run, publish the pyfunc model folder at <run>/mlflow_model, register and decide.
+
+    `model`: the train step's artifact; `comparison`: evaluate's comparison JSON (comparison_summary).
+    """
     from sam2.mlflow_model import save_model_folder
     from sam2.mlflow_run import RunRecord, flatten, is_local_store, log_pipeline_run
     from sam2.storage import ObjectStore, parse_s3_uri
 
     if os.environ.get("S3_ENDPOINT_URL"):
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", os.environ["S3_ENDPOINT_URL"])
-    run_uri = str(model_meta["run_uri"]).rstrip("/")
-    params, metrics, curves = run_record_inputs(model_meta, comparison, extra_params)
+    run_uri = model.run_uri.rstrip("/")
+    params, metrics, curves = run_record_inputs(model, comparison, extra_params)
     name = model_name_for(dataset_name)
     store = ObjectStore()
     with tempfile.TemporaryDirectory(prefix="sam2-promote-") as tmp:
         work = Path(tmp)
         artifacts: dict[str, Path] = {}
-        config = resolved_training_config(
-            str(model_meta.get("training_config", "")), str(model_meta.get("training_overrides", ""))
-        )
+        config = resolved_training_config(model.training_config, model.training_overrides)
         if config:
             (work / "config_resolved.yaml").write_text(config["yaml"])
             artifacts["config/config_resolved.yaml"] = work / "config_resolved.yaml"
@@ -180,10 +182,10 @@ def promote_pipeline_run(
 
         model_dir = save_model_folder(
             work / MLFLOW_MODEL_DIR,
-            checkpoint_uri=str(model_meta["uri"]),
-            model_config=str(model_meta["model_config"]),
+            checkpoint_uri=model.uri,
+            model_config=model.model_config,
             hydra_overrides=inference_overrides,
-            metadata_tags={"run_id": run_id, "dataset_version": str(model_meta.get("dataset_version", ""))},
+            metadata_tags={"run_id": run_id, "dataset_version": model.dataset_version},
         )
         model_uri = f"{run_uri}/{MLFLOW_MODEL_DIR}"
         store.upload_folder(model_dir, model_uri)
@@ -191,14 +193,14 @@ def promote_pipeline_run(
     h2h = head_to_head(comparison)
     candidate = Candidate(
         dataset_name=dataset_name,
-        checkpoint_uri=str(model_meta["uri"]),
+        checkpoint_uri=model.uri,
         metrics={k: float(comparison["models"][NEW][k]) for k in SCORES},
-        dataset_version=str(model_meta["dataset_version"]),
-        config=f"{model_meta.get('training_config', '')} {model_meta.get('training_overrides', '')}".strip(),
+        dataset_version=model.dataset_version,
+        config=f"{model.training_config} {model.training_overrides}".strip(),
         pipeline_run=pipeline_run,
-        extra_tags={"init": str(model_meta.get("init", "")), "run_uri": run_uri},
-        model_config=str(model_meta.get("model_config", "")),
-        random_init=str(model_meta.get("init", "given")) != "given",
+        extra_tags={"init": model.init_note, "run_uri": run_uri},
+        model_config=model.model_config,
+        random_init=model.random_init,
         head_to_head=h2h,
         source_uri=model_uri,
         run_id=run_id,

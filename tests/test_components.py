@@ -67,19 +67,19 @@ def trained_model_stub(jf: float, run_uri: str, model: Output[Model], comparison
     comparison `evaluate_predictions` writes, with the new model scored alone (no champion scored)."""
     import json
 
-    model.metadata.update(
-        {
-            "uri": f"{run_uri}/checkpoints/checkpoint.pt",
-            "run_uri": run_uri,
-            "model_config": "configs/sam2.1/sam2.1_hiera_t.yaml",
-            "dataset_version": "v1",
-            "dataset_uri": "s3://data/datasets/demo/v1",
-            "training_config": "configs/sam2.1_training/sam2.1_hiera_t_MOSE_finetune.yaml",
-            "training_overrides": "scratch.num_epochs=1",
-            "init": "given",
-        }
+    from sam2.contracts import TrainedModel
+
+    trained = TrainedModel(
+        uri=f"{run_uri}/checkpoints/checkpoint.pt",
+        run_uri=run_uri,
+        model_config="configs/sam2.1/sam2.1_hiera_t.yaml",
+        dataset_version="v1",
+        dataset_uri="s3://data/datasets/demo/v1",
+        training_config="configs/sam2.1_training/sam2.1_hiera_t_MOSE_finetune.yaml",
+        training_overrides="scratch.num_epochs=1",
     )
-    scores = {"label": "new", "checkpoint_uri": model.metadata["uri"], "version": None}
+    model.metadata.update(trained.to_metadata())
+    scores = {"label": "new", "checkpoint_uri": trained.uri, "version": None}
     scores |= {"J&F": jf, "J": jf - 1, "F": jf + 1, "per_video": {"v1": jf}}
     with open(comparison.path, "w") as handle:
         json.dump(
@@ -130,6 +130,7 @@ def tiny_trained_model(run_uri: str, model: Output[Model]) -> str:
     checkpoint at <run>/checkpoints/checkpoint.pt and as the 'given' initial checkpoint (the baseline)."""
     from components.runtime import write_pointer
     from components.training_setup import model_configs, random_init_checkpoint
+    from sam2.contracts import TrainedModel
     from sam2.storage import ObjectStore
 
     model_cfg, train_cfg = model_configs("t")
@@ -137,20 +138,18 @@ def tiny_trained_model(run_uri: str, model: Output[Model]) -> str:
     checkpoint = f"{run_uri}/checkpoints/checkpoint.pt"
     store = ObjectStore()
     store.write_bytes(checkpoint, store.read_bytes(init))
-    model.metadata.update(
-        {
-            "uri": checkpoint,
-            "run_uri": run_uri,
-            "model_config": model_cfg,
-            "training_config": train_cfg,
-            "training_overrides": "scratch.num_epochs=1 scratch.resolution=128",
-            "init_checkpoint": init,
-            "init": "given",
-            "dataset_uri": "s3://data/datasets/demo/v1",
-            "dataset_version": "v1",
-            "train_seconds": 1.0,
-        }
+    trained = TrainedModel(
+        uri=checkpoint,
+        run_uri=run_uri,
+        model_config=model_cfg,
+        training_config=train_cfg,
+        training_overrides="scratch.num_epochs=1 scratch.resolution=128",
+        init_checkpoint=init,
+        dataset_uri="s3://data/datasets/demo/v1",
+        dataset_version="v1",
+        train_seconds=1.0,
     )
+    model.metadata.update(trained.to_metadata())
     write_pointer(model.path, dict(model.metadata))
     return init
 

@@ -217,6 +217,7 @@ def test_split_step_reads_annotations_and_manifest_only(s3_env, s3_store, s3_buc
     from kfp import dsl
 
     from components.split import split_dataset
+    from sam2.contracts import ValidatedDataset
 
     uri = publish_dataset(s3_store, s3_bucket, tmp_path / "src")
     valid = tmp_path / "valid"
@@ -224,11 +225,17 @@ def test_split_step_reads_annotations_and_manifest_only(s3_env, s3_store, s3_buc
     (valid / "valid_videos.txt").write_text("".join(f"{v}\n" for v in TRAIN + VAL))
     s3_store.upload_folder(valid, f"{uri}/validation/x")
     monkeypatch.setenv("SAM2_SCRATCH", str(tmp_path / "scratch"))
-    validated = dsl.Dataset(
-        name="validated",
-        uri="unused",
-        metadata={"uri": uri, "valid_list_uri": f"{uri}/validation/x/valid_videos.txt"},
+    checked = ValidatedDataset(
+        uri=uri,
+        dataset_name="demo",
+        version="v1",
+        num_videos=len(TRAIN + VAL),
+        validation_uri=f"{uri}/validation/x",
+        valid_list_uri=f"{uri}/validation/x/valid_videos.txt",
+        num_good=len(TRAIN + VAL),
+        num_bad=0,
     )
+    validated = dsl.Dataset(name="validated", uri="unused", metadata=checked.to_metadata())
     splits = dsl.Dataset(name="splits", uri=str(tmp_path / "out" / "splits"))
     split_dataset.python_func(validated=validated, dataset_version="v1", splits=splits, val_fraction=0.34)
     (work,) = (tmp_path / "scratch").glob("sam2-split-*")

@@ -8,6 +8,7 @@ import pytest
 from kfp import dsl
 
 from components.merge_predictions import merge_predictions
+from sam2.contracts import DataSplits, ShardPredictions
 from sam2.eval.inference_shards import (
     ShardMergeError,
     ShardReport,
@@ -106,7 +107,34 @@ def _write_shard(store, tmp_path: Path, run_uri: str, index: int, count: int, vi
     rep = ShardReport(index, count, videos, {"new": {"entry": NEW_ENTRY, "files": files}})
     report_uri = f"{run_uri}/predictions/_shards/{report_name(index, count)}"
     store.write_bytes(report_uri, json.dumps(rep.to_dict()).encode())
-    return {"uri": f"{run_uri}/predictions", "report_uri": report_uri, "checkpoint": "s3://b/ckpt.pt"}
+    shard = ShardPredictions(
+        uri=f"{run_uri}/predictions",
+        checkpoint="s3://b/ckpt.pt",
+        report_uri=report_uri,
+        shard_index=index,
+        num_shards=count,
+        num_videos=len(videos),
+    )
+    return shard.to_metadata()
+
+
+def _splits(data_uri: str, val_list_uri: str, num_val: int) -> DataSplits:
+    """A split step's artifact whose val list is `val_list_uri`."""
+    return DataSplits(
+        uri=data_uri,
+        dataset_name="demo",
+        version="v1",
+        num_videos=num_val,
+        validation_uri=f"{data_uri}/validation",
+        valid_list_uri=f"{data_uri}/validation/valid_videos.txt",
+        num_good=num_val,
+        num_bad=0,
+        splits_uri=val_list_uri.rsplit("/", 1)[0],
+        train_list_uri=val_list_uri.rsplit("/", 1)[0] + "/train.txt",
+        val_list_uri=val_list_uri,
+        num_train=0,
+        num_val=num_val,
+    )
 
 
 def _merge(metas: list[dict], splits_meta: dict, out: Path) -> dsl.Dataset:
@@ -120,7 +148,7 @@ def _merge(metas: list[dict], splits_meta: dict, out: Path) -> dsl.Dataset:
 def test_merge_component_publishes_every_shards_masks_as_one_folder(s3_env, s3_store, s3_bucket, tmp_path):
     run_uri = f"s3://{s3_bucket}/runs/r1"
     s3_store.write_bytes(f"{run_uri}/val.txt", "".join(f"{v}\n" for v in VAL).encode())
-    splits_meta = {"val_list_uri": f"{run_uri}/val.txt"}
+    splits_meta = _splits(run_uri, f"{run_uri}/val.txt", len(VAL)).to_metadata()
     metas = [_write_shard(s3_store, tmp_path, run_uri, i, 2, shard_videos(VAL, i, 2)) for i in range(2)]
     with pytest.raises(IncompletePublishError):  # the shards alone publish nothing
         s3_store.read_marker(f"{run_uri}/predictions/new")
@@ -143,7 +171,11 @@ def test_merge_component_fails_naming_the_lost_video_and_publishes_nothing(
         _write_shard(s3_store, tmp_path, run_uri, 1, 2, ["v1"]),  # lost v3
     ]
     with pytest.raises(ShardMergeError, match="predicted by no shard: v3"):
-        _merge(metas, {"val_list_uri": f"{run_uri}/val.txt"}, tmp_path / "out" / "predictions")
+        _merge(
+            metas,
+            _splits(run_uri, f"{run_uri}/val.txt", len(VAL)).to_metadata(),
+            tmp_path / "out" / "predictions",
+        )
     assert not s3_store.is_published(f"{run_uri}/predictions/new")
 
 
@@ -227,13 +259,20 @@ def _given_inputs(
     references: dsl.Output[dsl.Dataset],
 ):  # fmt: skip
     """Stands in for split, train and resolve-reference-models: their artifacts' metadata."""
-    splits.metadata.update(
-        {"uri": data_uri, "val_list_uri": f"{data_uri}/splits/s0/val.txt", "num_val": 2, "version": "v1"}
+    from sam2.contracts import DataSplits, ReferenceModels, TrainedModel
+
+    split = DataSplits(
+        uri=data_uri, dataset_name="demo", version="v1", num_videos=2, validation_uri=f"{data_uri}/validation",
+        valid_list_uri=f"{data_uri}/validation/valid_videos.txt", num_good=2, num_bad=0,
+        splits_uri=f"{data_uri}/splits/s0", train_list_uri=f"{data_uri}/splits/s0/train.txt",
+        val_list_uri=f"{data_uri}/splits/s0/val.txt", num_train=0, num_val=2,
+    )  # fmt: skip
+    splits.metadata.update(split.to_metadata())
+    trained = TrainedModel(
+        uri=checkpoint_uri, run_uri=run_uri, model_config="configs/sam2.1/sam2.1_hiera_t.yaml"
     )
-    model.metadata.update(
-        {"uri": checkpoint_uri, "run_uri": run_uri, "model_config": "configs/sam2.1/sam2.1_hiera_t.yaml"}
-    )
-    references.metadata.update({"models": [], "skipped": {"baseline": "not in this test"}})
+    model.metadata.update(trained.to_metadata())
+    references.metadata.update(ReferenceModels(skipped={"baseline": "not in this test"}).to_metadata())
 
 
 @dsl.pipeline

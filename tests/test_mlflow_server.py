@@ -145,6 +145,7 @@ def test_a_pipeline_run_is_an_mlflow_run_and_its_version_loads_with_pyfunc(
     from mlflow import MlflowClient
 
     from sam2.build_sam import build_sam2_video_predictor
+    from sam2.contracts import TrainedModel
     from sam2.promotion import promote_pipeline_run
 
     run_uri = f"s3://{s3_bucket}/run-1"
@@ -155,22 +156,21 @@ def test_a_pipeline_run_is_an_mlflow_run_and_its_version_loads_with_pyfunc(
     (report / "jf_change_per_video.png").write_bytes(b"\x89PNG fake")
     metrics_json = tmp_path / "metrics.json"
     metrics_json.write_text(json.dumps({"J&F": 7.0}))
-    meta = {
-        "uri": f"{run_uri}/checkpoints/checkpoint.pt",
-        "run_uri": run_uri,
-        "model_config": MODEL_CONFIG,
-        "training_config": "configs/sam2.1_training/sam2.1_hiera_t_MOSE_finetune.yaml",
-        "training_overrides": "scratch.num_epochs=2 scratch.resolution=128",
-        "init": "given",
-        "init_checkpoint": "s3://models/sam2.1_hiera_tiny.pt",
-        "dataset_uri": "s3://data/datasets/demo/v2",
-        "dataset_version": "v2",
-    }
+    trained = TrainedModel(
+        uri=f"{run_uri}/checkpoints/checkpoint.pt",
+        run_uri=run_uri,
+        model_config=MODEL_CONFIG,
+        training_config="configs/sam2.1_training/sam2.1_hiera_t_MOSE_finetune.yaml",
+        training_overrides="scratch.num_epochs=2 scratch.resolution=128",
+        init_checkpoint="s3://models/sam2.1_hiera_tiny.pt",
+        dataset_uri="s3://data/datasets/demo/v2",
+        dataset_version="v2",
+    )
     outcome = promote_pipeline_run(
         server_env,
         "demo",
         "run-1",
-        meta,
+        trained,
         _comparison(7.0, None, ["a", "b"]),
         report,
         metrics_json,
@@ -209,7 +209,7 @@ def test_a_pipeline_run_is_an_mlflow_run_and_its_version_loads_with_pyfunc(
 
     mv = client.get_model_version(model_name_for("demo"), result.version)
     assert mv.run_id == outcome.run_id and mv.source == f"{run_uri}/mlflow_model"
-    assert mv.tags["checkpoint_uri"] == meta["uri"]
+    assert mv.tags["checkpoint_uri"] == trained.uri
     requirements = s3_store.read_bytes(f"{run_uri}/mlflow_model/requirements.txt").decode()
     assert "sam2-kubeflow==" in requirements and "torch==" in requirements
 
