@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -60,6 +61,12 @@ NAMESPACE_ENV = "KFP_NAMESPACE"
 SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 DEFAULT_SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# The oldest KFP backend that accepts the compiled pipeline: every step's Kubernetes executor config carries
+# `securityContext` (the restricted Pod Security Standard), a field kubeflow/pipelines first has at tag
+# 2.16.0 (kubernetes_platform/proto/kubernetes_executor_config.proto, `SecurityContext security_context =
+# 18`; absent at 2.15.0), and the API server unmarshals that config strictly (protojson, unknown fields
+# refused). tests/test_min_backend.py parses the compiled YAML with the protos of this release.
+MIN_BACKEND_VERSION = "2.16.0"
 
 
 class ClusterError(RuntimeError):
@@ -317,6 +324,31 @@ class Connection:
                 pause = min(pause * 2, self.backoff_max_s)
 
 
+def _release(version: str) -> tuple[int, ...] | None:
+    """(major, minor, patch) of a release tag such as 2.16.0 or v2.17.0-rc.1; None for a dev build."""
+    found = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", version.strip())
+    return tuple(int(g) for g in found.groups()) if found else None
+
+
+def check_backend_version(host: str, tag_name: str) -> None:
+    """Refuse a KFP backend older than MIN_BACKEND_VERSION (healthz tag_name) before anything is uploaded.
+
+    Raises:
+        ClusterError: the backend's release is older; it would refuse every run of this pipeline.
+    """
+    release = _release(tag_name)
+    if release is None:
+        logger.info("KFP backend at %s reports version %r: not a release, not checked", host, tag_name)
+        return
+    if release < (_release(MIN_BACKEND_VERSION) or ()):
+        raise ClusterError(
+            f"the KFP backend at {host} is {tag_name}; this pipeline needs {MIN_BACKEND_VERSION} or newer: every "
+            "step's Kubernetes executor config sets securityContext, which KFP backends before "
+            f"{MIN_BACKEND_VERSION} refuse as an unknown field (kubernetes_executor_config.proto security_context "
+            "= 18, new in 2.16.0). Upgrade Kubeflow Pipelines (Kubeflow 26.03 ships 2.16.x)"
+        )
+
+
 def _dex_cookies(host: str, credentials: Credentials) -> str:
     assert credentials.dex is not None
     try:
@@ -388,6 +420,7 @@ def connect(
     if credentials.dex is not None:
         credentials = replace(credentials, cookies=_dex_cookies(host, credentials))
     health = _probe(host, credentials)
+    check_backend_version(host, str(health.get("tag_name") or ""))
     multi_user = bool(health.get("multi_user"))
     resolved = resolve_namespace(namespace, environ)
     if multi_user and not resolved:
