@@ -148,3 +148,63 @@ def test_digest_is_the_content_not_the_path(tmp_path, name):
             root.mkdir()
             (root / name).write_bytes(b"same bytes")
     assert source_digest(a / name) == source_digest(b / name)
+
+
+def test_a_schedule_with_a_local_mose_root_is_refused_saying_what_to_pass(tmp_path):
+    """A local folder would be uploaded once and every scheduled run would retrain on that same data."""
+    _mose_like(tmp_path / "train")
+    with KfpApiServer(multi_user=False) as server:
+        proc = run_pipelines_cli(
+            tmp_path,
+            "schedule",
+            "--dataset",
+            "mose",
+            "--cron",
+            "0 0 3 * * 0",
+            "--set",
+            "allow_random_init=true",
+            KFP_HOST=server.url,
+            MOSE_ROOT=str(tmp_path / "train"),
+        )
+        assert not server.state.api_calls()  # refused before connecting or uploading
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "reads its source at every run" in proc.stderr and str(tmp_path / "train") in proc.stderr
+    assert "MOSE_ROOT=s3://<bucket>/<prefix>/" in proc.stderr and "source_uri=s3://" in proc.stderr
+
+
+def test_a_schedule_keeps_the_s3_prefix_new_data_lands_in(tmp_path):
+    with KfpApiServer(multi_user=False) as server:
+        proc = run_pipelines_cli(
+            tmp_path,
+            "schedule",
+            "--dataset",
+            "mose",
+            "--cron",
+            "0 0 3 * * 0",
+            "--set",
+            "allow_random_init=true",
+            KFP_HOST=server.url,
+            MOSE_ROOT="s3://team-data/mose/train/",
+        )
+        assert proc.returncode == 0, proc.stderr
+        (recurring,) = server.state.recurring_runs.values()
+    assert recurring["runtime_config"]["parameters"]["source_uri"] == "s3://team-data/mose/train/"
+
+
+def test_each_scheduled_run_extracts_what_the_prefix_holds_then(tmp_path, s3_env, s3_store, s3_bucket):
+    """What the recurring run's extract step does with that prefix: new videos landing there give a new
+    data set version (the manifest hash), so the next scheduled run trains on them."""
+    from sam2.data.demo import generate_demo_dataset
+    from sam2.data.frame_extraction import extract_dataset
+
+    data = generate_demo_dataset(tmp_path / "data", num_videos=3, num_frames=4)
+    prefix = f"s3://{s3_bucket}/mose/train/"
+    files = {p.relative_to(data).as_posix(): p for p in data.rglob("*") if p.is_file()}
+    files = {rel: p for rel, p in files.items() if rel.startswith(("JPEGImages/", "Annotations/"))}
+    for rel in sorted(rel for rel in files if "demo_002" not in rel):
+        s3_store.upload_file(files[rel], prefix + rel)
+    first = extract_dataset(prefix, tmp_path / "out1", work_dir=tmp_path / "work1")
+    for rel in sorted(rel for rel in files if "demo_002" in rel):  # new data lands in the prefix
+        s3_store.upload_file(files[rel], prefix + rel)
+    later = extract_dataset(prefix, tmp_path / "out2", work_dir=tmp_path / "work2")
+    assert (first.num_videos, later.num_videos) == (2, 3) and first.version != later.version
