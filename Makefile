@@ -47,7 +47,8 @@ services-down: services-down-s3
 # Kubeflow pipeline (PIPELINE). DATASET=demo|mose. Without KFP_HOST `pipeline-run` runs every step on this
 # machine through kfp.local (starting the local S3 server; MLflow on SQLite in .local/mlflow); with
 # KFP_HOST it submits to that cluster and waits. DATASET=mose reads MOSE_ROOT (see configs/dataset/mose.yaml).
-# On a cluster: KFP_TOKEN or KFP_COOKIES, KFP_NAMESPACE (README "Run on your Kubeflow"). NUM_NODES and
+# On a cluster: KFP_USERNAME + KFP_PASSWORD (a Dex login), KFP_TOKEN or KFP_COOKIES, KFP_NAMESPACE
+# (docs/cluster-login.md); `make pipeline-follow RUN=<run-id>` follows a run already going. NUM_NODES and
 # GPUS_PER_NODE set the training scale (default: the preset's on this machine, the pipeline's on a cluster);
 # ARGS passes more, e.g. ARGS="--set epochs=2 --set allow_random_init=true".
 DATASET ?= demo
@@ -57,7 +58,7 @@ GPUS_PER_NODE ?=
 ARGS ?=
 PIPELINE_ARGS = --dataset $(DATASET) $(if $(NUM_NODES),--set num_nodes=$(NUM_NODES)) \
 	$(if $(GPUS_PER_NODE),--set gpus_per_node=$(GPUS_PER_NODE)) $(ARGS)
-.PHONY: pipeline-compile pipeline-run pipeline-submit pipeline-schedule
+.PHONY: pipeline-compile pipeline-run pipeline-submit pipeline-schedule pipeline-follow
 # IMAGE=<registry>/<name>:<tag> (e.g. what `make image` pushed) compiles the components and the PyTorchJob
 # with that image into build/sam2_finetune.yaml (upload it in the UI); without IMAGE the committed
 # pipelines/sam2_finetune.yaml is rewritten with the default image. pipeline-submit/-run/-schedule compile
@@ -75,6 +76,10 @@ pipeline-submit: setup
 
 pipeline-schedule: setup
 	$(WITH_IMAGE)$(PY) -m pipelines.run schedule $(PIPELINE_ARGS) --cron "$(CRON)"
+
+pipeline-follow: setup
+	$(if $(RUN),,$(error pipeline-follow needs RUN=<run-id>, e.g. make pipeline-follow RUN=0a1b2c3d-...))
+	$(PY) -m pipelines.run follow $(RUN)
 
 # The image (docker/Dockerfile), tagged with the code version (<package version>-<git commit>[-dirty], the
 # string MLflow records as code_version and KFP versions start with) and pushed to $(REGISTRY):

@@ -265,3 +265,17 @@ def test_cli_follow_of_a_failed_run_exits_1_and_needs_a_run_id(tmp_path):
         assert proc.returncode == 1 and f"run {run.run_id}: FAILED" in proc.stdout
         missing = run_pipelines_cli(tmp_path, "follow", KFP_HOST=server.url)
         assert missing.returncode == 2 and "follow <run-id>" in missing.stderr
+
+
+def test_make_pipeline_follow_is_the_resume_command():
+    import subprocess
+
+    from pipelines.compile import COMPILED as compiled
+
+    root = compiled.parents[1]
+    dry = subprocess.run(
+        ["make", "-n", "pipeline-follow", "RUN=run-0007"], cwd=root, capture_output=True, text=True
+    )
+    assert dry.returncode == 0 and "-m pipelines.run follow run-0007" in dry.stdout, dry.stderr
+    missing = subprocess.run(["make", "-n", "pipeline-follow"], cwd=root, capture_output=True, text=True)
+    assert missing.returncode != 0 and "needs RUN=<run-id>" in missing.stderr
