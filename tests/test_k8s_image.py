@@ -59,13 +59,16 @@ def test_the_image_runs_the_python_and_torch_the_tests_run():
     import torch
     import torchvision
 
-    assert _arg("TORCH_VERSION") == torch.__version__
-    assert _arg("TORCHVISION_VERSION") == torchvision.__version__
-    cuda = torch.__version__.partition("+")[2]
-    assert _arg("TORCH_INDEX_URL") == f"https://download.pytorch.org/whl/{cuda}", "the index of that build"
+    # The default flavour (TORCH_CUDA) is the one tested; the others differ only in the +<flavour> suffix.
+    assert f"{_arg('TORCH_VERSION')}+{_arg('TORCH_CUDA')}" == torch.__version__
+    assert f"{_arg('TORCHVISION_VERSION')}+{_arg('TORCH_CUDA')}" == torchvision.__version__
+    assert _arg("TORCH_INDEX_URL") == "https://download.pytorch.org/whl/${TORCH_CUDA}", (
+        "the index of that build"
+    )
     assert _arg("BASE_IMAGE") == f"python:{platform.python_version()}-slim-bookworm"
     text = DOCKERFILE.read_text()
-    assert '"torch==${TORCH_VERSION}"' in text and '"torchvision==${TORCHVISION_VERSION}"' in text
+    assert '"torch==${TORCH_VERSION}+${TORCH_CUDA}"' in text
+    assert '"torchvision==${TORCHVISION_VERSION}+${TORCH_CUDA}"' in text
 
 
 def test_image_pins_every_runtime_dependency_of_the_package():
