@@ -257,11 +257,10 @@ def build_sam2_video_predictor(
     _warn_ignored(kwargs)
     overrides = ["++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor"]
     if vos_optimized:
-        from sam2 import sam2_video_predictor
-
-        if hasattr(sam2_video_predictor, "SAM2VideoPredictorVOS"):
-            overrides = ["++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictorVOS"]
-        overrides.append("++model.compile_image_encoder=true")
+        overrides = [
+            "++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictorVOS",
+            "++model.compile_image_encoder=true",
+        ]
     overrides += list(hydra_overrides_extra)
     if apply_postprocessing:
         overrides += _VIDEO_POSTPROCESSING

@@ -33,6 +33,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from sam2.data.layout import IMAGES_DIR, MANIFEST_NAME, SAV_ANNOTATION_SUFFIX, DataPrepError
+from sam2.data.validation_report import ValidationReport
 from sam2.utils.atomic_io import atomic_write_text
 from sam2.utils.file_hashing import sha256_of_file
 
@@ -414,16 +415,14 @@ def check_image(root: Path, coco: CocoFile, image: CocoImage) -> tuple[list[str]
     return problems, notes
 
 
-def validate_coco_dataset(root: str | os.PathLike, workers: int | None = None):
+def validate_coco_dataset(root: str | os.PathLike, workers: int | None = None) -> ValidationReport:
     """Check every image of the prepared COCO data set at `root`: the file decodes at the size the COCO
     file states, every annotation's segmentation reads and fits it, and at least one non-crowd object
-    is left; returns a `sam2.data.validation.ValidationReport` keyed by file name (num_frames 1).
+    is left; returns a `ValidationReport` keyed by file name (num_frames 1).
 
     Raises:
         CocoFormatError: the COCO file's structure (see `load_coco`), or it lists no image.
     """
-    from sam2.data.validation import ValidationReport
-
     root = Path(root)
     ann_path = coco_annotation_path(root)
     if ann_path is None:

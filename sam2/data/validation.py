@@ -14,7 +14,6 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from sam2.data.layout import (
 )
 from sam2.data.manifest import combined_digest, load_manifest, sav_object_ids
 from sam2.data.rules import frames_without_masks, missing_masks_problem
+from sam2.data.validation_report import ValidationReport
 from sam2.utils.atomic_io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -49,44 +49,6 @@ def default_report_dir(root: str | Path) -> Path:
 
 class DatasetValidationError(DataPrepError):
     """The data set has bad videos and the policy is to fail; the message lists each and why."""
-
-
-@dataclass
-class ValidationReport:
-    """Outcome of :func:`validate_dataset`: problems (make a video bad) and warnings, per video."""
-
-    root: str
-    num_frames: int
-    good: list[str] = field(default_factory=list)
-    bad: dict[str, list[str]] = field(default_factory=dict)
-    warnings: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.bad
-
-    def to_dict(self) -> dict:
-        return {
-            "root": self.root,
-            "num_frames": self.num_frames,
-            "num_videos": len(self.good) + len(self.bad),
-            "num_good": len(self.good),
-            "num_bad": len(self.bad),
-            "good": self.good,
-            "bad": self.bad,
-            "warnings": self.warnings,
-        }
-
-    def summary(self) -> str:
-        lines = [
-            f"validated {len(self.good) + len(self.bad)} videos in {self.root} (num_frames={self.num_frames}): "
-            f"{len(self.good)} good, {len(self.bad)} bad"
-        ]
-        for video, problems in sorted(self.bad.items()):
-            lines += [f"  BAD  {video}: {p}" for p in problems]
-        for video, notes in sorted(self.warnings.items()):
-            lines += [f"  warn {video}: {n}" for n in notes]
-        return "\n".join(lines)
 
 
 def _check_frames(
