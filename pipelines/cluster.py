@@ -552,6 +552,24 @@ def experiment_name(dataset: str) -> str:
     return f"sam2-{dataset}"
 
 
+# backend/api/v2beta1/run.proto and recurring_run.proto: `plugins_input` first exists at tag 2.17.0; a
+# 2.16 API server refuses it as an unknown field
+PLUGINS_SINCE = (2, 17, 0)
+
+
+def plugins_input(connection: Connection, dataset: str) -> dict[str, Any] | None:
+    """KFP 2.17's MLflow integration: ask for the experiment `sam2-<dataset>` where the backend has the field.
+
+    The API server reads `plugins_input.mlflow` as {experiment_name?, experiment_id?, disabled?}
+    (backend/src/apiserver/plugins/mlflow/config.go at 2.17.0, `MLflowPluginInput`), and where an admin
+    did not configure the integration it starts the run without it. None for older or unknown backends.
+    """
+    release = _release(connection.backend_version)
+    if release is None or release < PLUGINS_SINCE:
+        return None
+    return {"mlflow": {"experiment_name": experiment_name(dataset)}}
+
+
 def _experiment_id(connection: Connection, dataset: str) -> str:
     experiment = connection.call(
         f"getting or creating experiment {experiment_name(dataset)!r}",
@@ -584,17 +602,19 @@ def submit(
     version = ensure_pipeline_version(connection, package or _package())
     experiment_id = _experiment_id(connection, dataset)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run = connection.call(
-        "starting the run",
-        lambda: connection.client.run_pipeline(
-            experiment_id=experiment_id,
-            job_name=f"sam2-{dataset}-{stamp}",
-            params=arguments,
-            pipeline_id=version.pipeline_id,
-            version_id=version.version_id,
-            service_account=service_account,
+    import kfp_server_api
+
+    body = kfp_server_api.V2beta1Run(
+        experiment_id=experiment_id,
+        display_name=f"sam2-{dataset}-{stamp}",
+        pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(
+            pipeline_id=version.pipeline_id, pipeline_version_id=version.version_id
         ),
+        runtime_config=kfp_server_api.V2beta1RuntimeConfig(parameters=arguments),
+        service_account=service_account,
+        plugins_input=plugins_input(connection, dataset),
     )
+    run = connection.call("starting the run", lambda: connection.client.runs.run_service_create_run(run=body))
     logger.info("started run %s from pipeline version %s", run.run_id, version.name)
     if not wait_timeout_s:
         return SubmittedRun(run.run_id, version)
@@ -691,7 +711,13 @@ class Schedule:
 
 
 def _same_schedule(
-    existing: Any, experiment_id: str, version: PipelineVersion, cron: str, params: dict, service_account: str
+    existing: Any,
+    experiment_id: str,
+    version: PipelineVersion,
+    cron: str,
+    params: dict,
+    service_account: str,
+    plugins: dict | None,
 ) -> bool:
     reference = existing.pipeline_version_reference
     trigger = existing.trigger.cron_schedule if existing.trigger else None
@@ -705,6 +731,7 @@ def _same_schedule(
         and (runtime.parameters if runtime else None) == params
         and existing.service_account == service_account
         and existing.mode == "ENABLE"
+        and (getattr(existing, "plugins_input", None) or None) == plugins
     )
 
 
@@ -745,22 +772,34 @@ def schedule(
         if not token:
             break
     if len(existing) == 1 and _same_schedule(
-        existing[0], experiment_id, version, cron, arguments, service_account
+        existing[0],
+        experiment_id,
+        version,
+        cron,
+        arguments,
+        service_account,
+        plugins_input(connection, dataset),
     ):
         return Schedule(existing[0].recurring_run_id, "unchanged", (), version)
+    import kfp_server_api
+
+    body = kfp_server_api.V2beta1RecurringRun(
+        experiment_id=experiment_id,
+        display_name=job_name,
+        mode=kfp_server_api.RecurringRunMode.ENABLE,
+        pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(
+            pipeline_id=version.pipeline_id, pipeline_version_id=version.version_id
+        ),
+        runtime_config=kfp_server_api.V2beta1RuntimeConfig(parameters=arguments),
+        trigger=kfp_server_api.V2beta1Trigger(cron_schedule=kfp_server_api.V2beta1CronSchedule(cron=cron)),
+        service_account=service_account,
+        max_concurrency=1,
+        no_catchup=True,
+        plugins_input=plugins_input(connection, dataset),  # each triggered run inherits it
+    )
     created = connection.call(
         f"creating recurring run {job_name!r}",
-        lambda: client.create_recurring_run(
-            experiment_id=experiment_id,
-            job_name=job_name,
-            cron_expression=cron,
-            params=arguments,
-            pipeline_id=version.pipeline_id,
-            version_id=version.version_id,
-            service_account=service_account,
-            max_concurrency=1,
-            no_catchup=True,
-        ),
+        lambda: client.recurring_runs.recurring_run_service_create_recurring_run(recurring_run=body),
     )
     for old in existing:
         connection.call(

@@ -180,6 +180,21 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+MLFLOW_PLUGIN_INPUT = {"experiment_name", "experiment_id", "disabled"}
+
+
+def _check_plugins_input(body: dict) -> None:
+    """backend/src/apiserver/plugins/mlflow/config.go at 2.17.0 (ResolveMLflowPluginInput): the mlflow entry
+    decoded with DisallowUnknownFields into {experiment_name, experiment_id, disabled}."""
+    mlflow = (body.get("plugins_input") or {}).get("mlflow")
+    if mlflow is not None and (not isinstance(mlflow, dict) or set(mlflow) - MLFLOW_PLUGIN_INPUT):
+        raise ApiError(
+            GRPC_INVALID_ARGUMENT,
+            "Failed to create a run due to invalid MLflow plugin input: plugins_input.mlflow must follow schema "
+            "{experiment_name?: string, experiment_id?: string, disabled?: bool}",
+        )
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split("-")[0].split(".")[:3])
 
@@ -499,6 +514,7 @@ def _route(state: FakeKfp, method: str, path: str, query: dict, body: Any, heade
 
     if parts == ["runs"] and method == "POST":
         _check_fields("Run", body, state.version)
+        _check_plugins_input(body)
         _get(state.experiments, body.get("experiment_id", ""), "Experiment")
         _validate_inputs(state, body)
         run = {
@@ -531,6 +547,7 @@ def _route(state: FakeKfp, method: str, path: str, query: dict, body: Any, heade
         return 200, _page(items, query, "recurringRuns")
     if parts == ["recurringruns"] and method == "POST":
         _check_fields("RecurringRun", body, state.version)
+        _check_plugins_input(body)
         experiment = _get(state.experiments, body.get("experiment_id", ""), "Experiment")
         namespace = _namespace(state, body.get("namespace") or experiment["namespace"], "Recurring run")
         _validate_inputs(state, body)

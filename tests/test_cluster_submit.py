@@ -378,3 +378,31 @@ def test_version_names_come_from_the_commit_or_else_the_package(tmp_path):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "site-packages").mkdir()
     assert cluster.code_version(tmp_path / "site-packages") == version("sam2-kubeflow")
+
+
+@pytest.mark.parametrize("version", ["2.16.1", "2.17.0"])
+def test_runs_and_schedules_ask_kfp_217_for_the_mlflow_experiment_of_the_data_set(tmp_path, version):
+    """KFP 2.17.0 added Run/RecurringRun.plugins_input (backend/api/v2beta1/run.proto field 19,
+    recurring_run.proto field 19; absent at 2.16.x, whose API server refuses it as an unknown field, as the
+    fake does below 2.17.0); its MLflow plugin reads plugins_input.mlflow.experiment_name
+    (backend/src/apiserver/plugins/mlflow/config.go at 2.17.0, MLflowPluginInput)."""
+    with KfpApiServer(token="t", multi_user=True, version=version) as server:
+        connection = cluster.connect(
+            server.url, environ=_env(tmp_path, KFP_TOKEN="t", KFP_NAMESPACE="team-a")
+        )
+        run = cluster.submit(connection, {"dataset_name": "mose"}, "mose", package=COMPILED)
+        job = cluster.schedule(
+            connection, {"dataset_name": "mose"}, "mose", CRON, "sam2-mose-retrain", package=COMPILED
+        )
+        again = cluster.schedule(
+            connection, {"dataset_name": "mose"}, "mose", CRON, "sam2-mose-retrain", package=COMPILED
+        )
+        stored_run = server.state.runs[run.run_id]
+        stored_job = server.state.recurring_runs[job.recurring_run_id]
+    expected = {"mlflow": {"experiment_name": "sam2-mose"}} if version == "2.17.0" else None
+    assert stored_run.get("plugins_input") == expected and stored_job.get("plugins_input") == expected
+    assert again.action == "unchanged"
+    # the rest of the run is what it was: the version reference, parameters, service account
+    assert stored_run["pipeline_version_reference"]["pipeline_version_id"] == run.version.version_id
+    assert stored_run["runtime_config"]["parameters"] == {"dataset_name": "mose"}
+    assert stored_job["trigger"]["cron_schedule"]["cron"] == CRON and stored_job["mode"] == "ENABLE"
