@@ -65,7 +65,7 @@ class SAM2VideoModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         import torch
 
-        from sam2.build_sam import build_sam2_video_predictor
+        from sam2.eval.vos_inference import build_vos_predictor
 
         config = dict(context.model_config or {})
         checkpoint = str(config["checkpoint_uri"])
@@ -74,7 +74,9 @@ class SAM2VideoModel(mlflow.pyfunc.PythonModel):
 
             checkpoint = mlflow.artifacts.download_artifacts(artifact_uri=checkpoint)
         device = config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.predictor = build_sam2_video_predictor(
+        # Built as the pipeline's infer step (vos_inference) builds it, without upstream's optional mask
+        # post-processing: the version's registered J&F was measured that way, and serving must match it.
+        self.predictor = build_vos_predictor(
             config["model_config"],
             checkpoint,
             device=device,
