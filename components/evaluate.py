@@ -20,7 +20,7 @@ def evaluate_predictions(
 ) -> float:
     """Score the predicted masks of each model on the val videos; publish metrics.json (the new model's
     scores, with every model's under "models") and report.md in the run folder; `comparison` holds the
-    scores promotion compares (see sam2.model_comparison). Returns the new model's J&F in percent.
+    scores promotion compares (see sam2.promotion.comparison). Returns the new model's J&F in percent.
     """
     import json
 
@@ -29,7 +29,7 @@ def evaluate_predictions(
     from sam2.eval.evaluator import evaluate, read_video_list
     from sam2.eval.report import write_comparison_report
     from sam2.eval.training_curves import read_training_curves
-    from sam2.model_comparison import NEW, comparison_summary
+    from sam2.promotion.comparison import NEW, comparison_summary
     from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url)

@@ -40,7 +40,7 @@ def infer_videos(
     from components.runtime import configure, fetch_val_split, log_transfers, work_dir, write_pointer
     from sam2.contracts import DataSplits, ReferenceModels, ShardPredictions, TrainedModel
     from sam2.eval.inference_shards import REPORTS_DIR, ShardReport, plan_shards, report_name
-    from sam2.model_comparison import NEW, ComparedModel
+    from sam2.promotion.comparison import NEW, ComparedModel
     from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url)

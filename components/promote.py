@@ -38,7 +38,7 @@ def promote_model(
     The rule compares the new model with the champion as both were scored in this run (`comparison`,
     from evaluate), by more than `promotion_margin` J&F points; if the champion could not be scored here
     it falls back to the champion's registered J&F and says so. A model trained from random weights never
-    becomes champion unless `allow_random_init`. Concurrent runs are serialised (see sam2.registry).
+    becomes champion unless `allow_random_init`. Concurrent runs are serialised (see sam2.promotion.registry).
     """
     import json
     import os
@@ -48,9 +48,9 @@ def promote_model(
 
     from components.runtime import configure
     from sam2.contracts import PromotionDecision, TrainedModel
-    from sam2.promotion import promote_pipeline_run
-    from sam2.registry import code_version
+    from sam2.promotion.pipeline_run import promote_pipeline_run
     from sam2.storage import ObjectStore
+    from sam2.utils.code_version import code_version
 
     configure(s3_endpoint_url, mlflow_tracking_uri)
     uri = os.environ.get("MLFLOW_TRACKING_URI")

@@ -24,8 +24,8 @@ def resolve_reference_models(
     from components.runtime import configure, write_pointer
     from components.training_setup import model_configs
     from sam2.contracts import ReferenceModels
-    from sam2.model_comparison import resolve_references
-    from sam2.registry import MlflowModelRegistry
+    from sam2.promotion.references import resolve_references
+    from sam2.promotion.registry import MlflowModelRegistry
     from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url, mlflow_tracking_uri)

@@ -45,7 +45,7 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 
 
 def _print_local_summary(outputs: dict[str, Any], arguments: dict[str, Any], seconds: float) -> None:
-    from sam2.registry import model_name_for
+    from sam2.promotion.rules import model_name_for
 
     run_uri = outputs["run_uri"]
     random_init = not arguments.get("init_checkpoint_uri")

@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar, Union
 
-from sam2.model_comparison import ComparedModel
+from sam2.promotion.comparison import ComparedModel
 
 CONTRACT_VERSION_KEY = "contract_version"
 _C = TypeVar("_C", bound="StepContract")

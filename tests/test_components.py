@@ -108,7 +108,7 @@ def promote_after(jf: float, run_uri: str, tracking_uri: str) -> str:
 
 
 def test_promote_component_registers_and_decides_inside_the_step(kfp_local, tmp_path, s3_env, s3_bucket):
-    from sam2.registry import MlflowModelRegistry
+    from sam2.promotion.registry import MlflowModelRegistry
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = f"s3://{s3_bucket}"
@@ -209,7 +209,7 @@ def test_new_champion_and_baseline_are_scored_on_the_same_videos_and_logged(
 ):
     from mlflow import MlflowClient
 
-    from sam2.registry import MlflowModelRegistry
+    from sam2.promotion.registry import MlflowModelRegistry
 
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_env["S3_ENDPOINT_URL"])  # run artifacts live in S3
 

@@ -17,7 +17,7 @@ from sam2.contracts import (
     TrainedModel,
     ValidatedDataset,
 )
-from sam2.model_comparison import BASELINE, ComparedModel
+from sam2.promotion.comparison import BASELINE, ComparedModel
 
 VALIDATED = ValidatedDataset(
     uri="s3://data/datasets/demo/v1",

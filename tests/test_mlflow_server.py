@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from sam2.eval.masks import write_palette_png
-from sam2.registry import CHALLENGER, CHAMPION, Candidate, MlflowModelRegistry, model_name_for
+from sam2.promotion.registry import MlflowModelRegistry
+from sam2.promotion.rules import CHALLENGER, CHAMPION, Candidate, model_name_for
 from sam2.utils.network import free_port
 
 pytestmark = pytest.mark.slow
@@ -146,7 +147,7 @@ def test_a_pipeline_run_is_an_mlflow_run_and_its_version_loads_with_pyfunc(
 
     from sam2.build_sam import build_sam2_video_predictor
     from sam2.contracts import TrainedModel
-    from sam2.promotion import promote_pipeline_run
+    from sam2.promotion.pipeline_run import promote_pipeline_run
 
     run_uri = f"s3://{s3_bucket}/run-1"
     s3_store.upload_file(tiny_checkpoint, f"{run_uri}/checkpoints/checkpoint.pt")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from sam2.model_comparison import BASELINE, CHAMPION, resolve_references
-from sam2.registry import Candidate, MlflowModelRegistry
+from sam2.promotion.comparison import BASELINE, CHAMPION
+from sam2.promotion.references import resolve_references
+from sam2.promotion.registry import MlflowModelRegistry
+from sam2.promotion.rules import Candidate
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 
@@ -49,8 +51,7 @@ def test_a_gone_champion_checkpoint_and_random_init_are_skipped_with_reasons(tmp
 
 
 def test_the_comparison_promotion_reads_holds_both_scores_measured_on_the_same_videos():
-    from sam2.model_comparison import NEW, comparison_summary
-    from sam2.promotion import comparison_lines, head_to_head
+    from sam2.promotion.comparison import NEW, comparison_lines, comparison_summary, head_to_head
 
     def scores(jf: float) -> dict:
         return {"J&F": jf, "J": jf - 2, "F": jf + 2, "per_video": {"a": {"J&F": jf}, "b": {"J&F": None}}}

@@ -16,7 +16,7 @@ from sam2.data.layout import STATE_DIR
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # two demo runs of ~5 min each on 2 idle cores; more on a busy machine
 def test_demo_pipeline_end_to_end_twice(tmp_path, s3_env, s3_store, monkeypatch):
-    from sam2.registry import MlflowModelRegistry
+    from sam2.promotion.registry import MlflowModelRegistry
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)

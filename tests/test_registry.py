@@ -8,15 +8,9 @@ import threading
 
 import pytest
 
-from sam2.registry import (
-    CHALLENGER,
-    CHAMPION,
-    Candidate,
-    MlflowModelRegistry,
-    code_version,
-    decide,
-    model_name_for,
-)
+from sam2.promotion.registry import MlflowModelRegistry
+from sam2.promotion.rules import CHALLENGER, CHAMPION, Candidate, decide, model_name_for
+from sam2.utils.code_version import code_version
 
 
 def _candidate(jf: float, run: str = "run-1", dataset: str = "demo") -> Candidate:
@@ -161,7 +155,7 @@ def _scored(
     jf: float, run: str, version: str | None, champion_jf: float | None, data: str, **kw
 ) -> Candidate:
     """A candidate whose run scored itself (`jf`) and champion `version` (`champion_jf`) on data `data`."""
-    from sam2.registry import HeadToHead
+    from sam2.promotion.rules import HeadToHead
 
     h2h = HeadToHead(data, jf, version, champion_jf, kw.pop("unscored", None), num_videos=5)
     return dataclasses.replace(_candidate(jf, run), dataset_version=data, head_to_head=h2h, **kw)

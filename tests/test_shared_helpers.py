@@ -86,13 +86,13 @@ def test_round_robin_shards_cover_the_sorted_items_once_whatever_their_order():
 
 
 def test_code_version_is_one_string_for_mlflow_kfp_and_the_image_tag(tmp_path):
-    """MLflow's code_version (sam2.registry), KFP version names (pipelines.cluster) and `make image`'s tag
+    """MLflow's code_version (sam2.promotion.rules), KFP version names (pipelines.cluster) and `make image`'s tag
     are the same string, valid as an image tag."""
     from pipelines import cluster
-    from sam2 import registry
+    from sam2.promotion import rules
 
     current = code_version()
-    assert registry.code_version is code_version and cluster.code_version is code_version
+    assert rules.code_version is code_version and cluster.code_version is code_version
     assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", current), current
     if (ROOT / ".git").exists() and shutil.which("git") and shutil.which("make"):
         commit = subprocess.run(

@@ -1,29 +1,25 @@
-"""Which checkpoints a pipeline run scores side by side: the new one, the current champion, the baseline.
+"""The models a pipeline run scores side by side (the new one, the current champion, the baseline) and
+the comparison of their scores that promotion decides on.
 
 Promotion compares like with like: the new checkpoint and the data set's current champion are both run
-on this run's val videos with this run's inference settings, and the initial checkpoint the new one was
-trained from is scored too (the zero-shot baseline), so the report says whether fine-tuning helped. A
-model that cannot be scored (no champion yet, its checkpoint is gone, random initial weights) is left
-out with the reason, which the report and the promotion decision repeat.
+on this run's val videos with this run's inference settings (sam2.promotion.references picks them), and
+the initial checkpoint is scored too (the zero-shot baseline), so the report says whether fine-tuning
+helped. `comparison_summary` is the JSON evaluate writes; `head_to_head` and `comparison_lines` read it.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from sam2.registry import MlflowModelRegistry
-    from sam2.storage import ObjectStore
-
-logger = logging.getLogger(__name__)
+from sam2.promotion.rules import HeadToHead
 
 NEW = "new"
 CHAMPION = "champion"
 BASELINE = "baseline"
 KEYS = (NEW, CHAMPION, BASELINE)
+SCORES = ("J&F", "J", "F")
 
 
 @dataclass(frozen=True)
@@ -42,53 +38,6 @@ class ComparedModel:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ComparedModel:
         return cls(**{k: data.get(k) for k in ("key", "checkpoint_uri", "model_config", "label", "version")})
-
-
-def resolve_references(
-    registry: MlflowModelRegistry | None,
-    store: ObjectStore,
-    dataset_name: str,
-    init_checkpoint_uri: str,
-    model_config: str,
-) -> tuple[list[ComparedModel], dict[str, str]]:
-    """The champion and baseline to score beside the new model, and why any of them is left out.
-
-    `registry` None means no registry is configured (no champion to compare with). The champion's model
-    config is the one registered with it (tag `model_config`), else `model_config` (older versions).
-    Returns (models, skipped) where skipped maps CHAMPION / BASELINE to a sentence for people.
-    """
-    models: list[ComparedModel] = []
-    skipped: dict[str, str] = {}
-    champion = registry.champion_details(dataset_name) if registry is not None else None
-    if champion is None:
-        skipped[CHAMPION] = "no champion registered yet"
-    else:
-        checkpoint = champion.checkpoint_uri
-        if not checkpoint:
-            skipped[CHAMPION] = (
-                f"champion version {champion.version} names no checkpoint (tag checkpoint_uri)"
-            )
-        elif not store.exists(checkpoint):
-            skipped[CHAMPION] = f"champion version {champion.version}'s checkpoint {checkpoint} is gone"
-        else:
-            models.append(
-                ComparedModel(
-                    CHAMPION,
-                    checkpoint,
-                    champion.model_config or model_config,
-                    f"champion {champion.model_name} v{champion.version}",
-                    champion.version,
-                )
-            )
-    if not init_checkpoint_uri:
-        skipped[BASELINE] = "training started from random weights, so there is no zero-shot baseline"
-    elif not store.exists(init_checkpoint_uri):
-        skipped[BASELINE] = f"initial checkpoint {init_checkpoint_uri} is gone"
-    else:
-        models.append(ComparedModel(BASELINE, init_checkpoint_uri, model_config, "baseline (zero-shot)"))
-    for key, why in skipped.items():
-        logger.info("not scoring the %s: %s", key, why)
-    return models, skipped
 
 
 def comparison_summary(
@@ -115,7 +64,7 @@ def comparison_summary(
             "label": entry.get("label", key),
             "checkpoint_uri": entry["checkpoint_uri"],
             "version": entry.get("version"),
-            **{k: float(result[k]) for k in ("J&F", "J", "F")},
+            **{k: float(result[k]) for k in SCORES},
             "per_video": {v: r["J&F"] for v, r in result["per_video"].items()},
         }
     return {
@@ -127,3 +76,35 @@ def comparison_summary(
         "skipped": {k: v for k, v in skipped.items() if k not in models},
         "curves": {k: [list(p) for p in v] for k, v in (curves or {}).items()},
     }
+
+
+def head_to_head(comparison: Mapping[str, Any]) -> HeadToHead:
+    """The scores of this run (from evaluate's comparison JSON) the promotion rule compares."""
+    models = comparison["models"]
+    champion = models.get(CHAMPION)
+    baseline = models.get(BASELINE)
+    return HeadToHead(
+        dataset_version=str(comparison.get("dataset_version", "")),
+        new_score=float(models[NEW]["J&F"]),
+        champion_version=str(champion["version"]) if champion else None,
+        champion_score=float(champion["J&F"]) if champion else None,
+        unscored_reason=None if champion else comparison.get("skipped", {}).get(CHAMPION),
+        baseline_score=float(baseline["J&F"]) if baseline else None,
+        num_videos=len(comparison.get("videos", [])),
+    )
+
+
+def comparison_lines(comparison: Mapping[str, Any]) -> list[str]:
+    """One line per model for logs and the decision report: its J&F, J, F on this run's val videos."""
+    models, skipped = comparison["models"], comparison.get("skipped", {})
+    lines = []
+    for key in (BASELINE, CHAMPION, NEW):
+        if key in models:
+            m = models[key]
+            change = "" if key == NEW else f" (new minus {key}: {models[NEW]['J&F'] - m['J&F']:+.2f})"
+            lines.append(
+                f"{key:<8} J&F {m['J&F']:6.2f}  J {m['J']:6.2f}  F {m['F']:6.2f}  {m['label']}{change}"
+            )
+        else:
+            lines.append(f"{key:<8} not scored: {skipped.get(key, 'not requested')}")
+    return lines

@@ -1,4 +1,5 @@
-"""One MLflow run per pipeline run, in an experiment per data set: params, metrics with curves, artifacts.
+"""Run tracking: one MLflow run per pipeline run, in an experiment per data set: params, metrics with
+curves, artifacts.
 
 The registered version links to this run (`run_id`), so from a version one reaches the config it was
 trained with, the scores of the new model, the champion and the baseline on the same val videos, the
@@ -20,7 +21,13 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+from sam2.promotion.comparison import BASELINE, CHAMPION, KEYS, NEW, SCORES
+
+if TYPE_CHECKING:
+    from sam2.contracts import TrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +124,63 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(value)
     return out
+
+
+def run_record_inputs(
+    model: TrainedModel, comparison: Mapping[str, Any], extra_params: Mapping[str, Any]
+) -> tuple[dict[str, str], dict[str, float], dict[str, list[tuple[int, float]]]]:
+    """(params, final metrics, curves) of the MLflow run from the trained model and the comparison."""
+    params = {
+        "dataset_version": model.dataset_version,
+        "dataset_uri": model.dataset_uri,
+        "model_config": model.model_config,
+        "training_config": model.training_config,
+        "training_overrides": model.training_overrides,
+        "init_checkpoint": model.init_checkpoint,
+        "init": model.init_note,
+        "checkpoint_uri": model.uri,
+        "val_list_uri": comparison.get("val_list_uri", ""),
+        "num_val_videos": len(comparison.get("videos", [])),
+        "eval_protocol": comparison.get("protocol", ""),
+        **{k: v for k, v in extra_params.items()},
+    }
+    metrics: dict[str, float] = {}
+    for key in KEYS:
+        if key in comparison["models"]:
+            for score in SCORES:
+                metrics[f"{key}_{score}"] = float(comparison["models"][key][score])
+    for key in (CHAMPION, BASELINE):
+        if key in comparison["models"]:
+            metrics[f"new_minus_{key}_J&F"] = metrics[f"{NEW}_J&F"] - metrics[f"{key}_J&F"]
+    if model.train_seconds is not None:
+        metrics["train_seconds"] = model.train_seconds
+    curves = {
+        name: [(int(s), float(v)) for s, v in points] for name, points in comparison.get("curves", {}).items()
+    }
+    return {k: str(v) for k, v in params.items()}, metrics, curves
+
+
+def resolved_training_config(training_config: str, overrides: str) -> dict[str, Any]:
+    """The training config composed with the run's overrides: {"yaml": text, "container": nested dict}.
+
+    The node-local settings the training node adds (data set paths, log folder) are not in it; secret-
+    looking values are masked. Returns {} with a warning when it cannot be composed here (e.g. a config name this image lacks).
+    """
+    from omegaconf import OmegaConf
+
+    from sam2.training.train import compose_training_config
+    from sam2.utils.redaction import mask_secrets
+
+    try:
+        cfg = compose_training_config(training_config, overrides.split())
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # noqa: BLE001 - logged; the params then lack the config's values
+        logger.warning(
+            "could not compose %s with %r for the MLflow params: %s", training_config, overrides, exc
+        )
+        return {}
+    container = mask_secrets(container)
+    return {"yaml": OmegaConf.to_yaml(OmegaConf.create(container)), "container": container}
 
 
 def _param_value(value: object) -> str:
