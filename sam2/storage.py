@@ -67,6 +67,7 @@ from tqdm import tqdm
 
 from sam2.utils.atomic_io import atomic_open, atomic_write_bytes
 from sam2.utils.file_hashing import sha256_of_file
+from sam2.utils.retry import RETRY_BUDGET_ENV, Backoff, retry_budget_s
 
 logger = logging.getLogger(__name__)
 
@@ -332,9 +333,13 @@ class ObjectStore:
     Args:
         settings: endpoint and credentials; :meth:`S3Settings.from_env` when omitted.
         workers: parallel transfers in folder uploads and downloads.
-        retries: extra attempts after a transient failure (connection refused or reset, 5xx, timeouts).
-        backoff_s: first wait between attempts; doubled after each failure.
+        retries: extra attempts after a transient failure (connection refused or reset, 5xx, timeouts);
+            None (the default) retries for a time budget instead, ``budget_s``.
+        backoff_s: first wait between attempts; doubled after each failure (at most 15 s).
         timeout_s: socket connect and read timeout of one request.
+        budget_s: with ``retries=None``, how long a request is retried before
+            :class:`StorageUnreachableError` (default: ``SAM2_RETRY_BUDGET_S``, 300 s), so that a server
+            restart does not end a run.
     """
 
     def __init__(
@@ -342,13 +347,15 @@ class ObjectStore:
         settings: S3Settings | None = None,
         *,
         workers: int = 8,
-        retries: int = 3,
+        retries: int | None = None,
         backoff_s: float = 0.5,
         timeout_s: float = 30.0,
+        budget_s: float | None = None,
     ) -> None:
         self.settings = settings or S3Settings.from_env()
         self.workers = max(1, workers)
-        self.retries = max(0, retries)
+        self.retries = None if retries is None else max(0, retries)
+        self.budget_s = retry_budget_s() if budget_s is None else max(0.0, budget_s)
         self.backoff_s = backoff_s
         self.counters = TransferCounters()
         parts = urlsplit(self.settings.endpoint_url)
@@ -381,9 +388,13 @@ class ObjectStore:
     # ---- error handling -------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one request with retries on transient failures; translate errors into StorageError."""
+        """Run one request with retries on transient failures (a count, or the time budget); translate
+        errors into StorageError."""
         delay = self.backoff_s
-        for attempt in range(self.retries + 1):
+        backoff = Backoff(self.budget_s, first_s=self.backoff_s) if self.retries is None else None
+        started = time.monotonic()
+        attempt = 0
+        while True:
             try:
                 return fn()
             except S3Error as err:
@@ -403,16 +414,19 @@ class ObjectStore:
                     ) from None
             except (urllib3.exceptions.HTTPError, ServerError, InvalidResponseError, OSError) as err:
                 last = err
-            if attempt < self.retries:
-                logger.warning(
-                    "attempt %d failed while %s (%s); retrying in %.1fs",
-                    attempt + 1,
-                    what,
-                    type(last).__name__,
-                    delay,
-                )
-                time.sleep(delay)
+            attempt += 1
+            if backoff is not None:
+                wait = backoff.next_wait()
+            else:
+                wait = delay if attempt <= (self.retries or 0) else None
                 delay *= 2
+            if wait is None:
+                break
+            logger.warning(
+                "attempt %d failed while %s (%s); retrying in %.1fs", attempt, what, type(last).__name__, wait
+            )
+            time.sleep(wait)
+        budget = f", retry budget {RETRY_BUDGET_ENV}={self.budget_s:g} s" if backoff is not None else ""
         reason = last.__class__.__name__
         if isinstance(last, urllib3.exceptions.MaxRetryError) and last.reason is not None:
             reason = f"{type(last.reason).__name__}: {last.reason}"
@@ -421,8 +435,9 @@ class ObjectStore:
         elif str(last):
             reason = f"{reason}: {last}"
         raise StorageUnreachableError(
-            f"S3 endpoint {self.endpoint} did not answer while {what} ({self.retries + 1} attempts; last: "
-            f"{reason}). Is the server running and S3_ENDPOINT_URL right? Locally: `make services-up`."
+            f"S3 endpoint {self.endpoint} did not answer while {what} ({attempt} attempts over "
+            f"{time.monotonic() - started:.0f} s{budget}; last: {reason}). Is the server running and "
+            "S3_ENDPOINT_URL right? Locally: `make services-up`."
         ) from None
 
     # ---- buckets and single objects -----------------------------------------------------------
@@ -510,14 +525,39 @@ class ObjectStore:
         return self._put_file(path, loc, sha256_of_file(path))
 
     def _put_file(self, path: Path, loc: S3Uri, digest: str) -> str:
-        self._call(
-            f"uploading {path} to {loc}",
-            lambda: self._client.fput_object(
-                loc.bucket, loc.key, str(path), metadata={CHECKSUM_META_KEY: digest}
-            ),
-        )
+        failed = False
+
+        def put() -> None:
+            nonlocal failed
+            if failed:  # minio aborts a failed multipart upload itself, unless the server was gone then
+                self.abort_unfinished_uploads(str(loc), exact=True)
+            try:
+                self._client.fput_object(loc.bucket, loc.key, str(path), metadata={CHECKSUM_META_KEY: digest})
+            except BaseException:
+                failed = True
+                raise
+
+        self._call(f"uploading {path} to {loc}", put)
         self.counters.add_upload(path.stat().st_size)
         return digest
+
+    def abort_unfinished_uploads(self, uri: str, exact: bool = False) -> int:
+        """Abort the multipart uploads left unfinished under the prefix ``uri`` (or of exactly that key),
+        which would otherwise keep their parts' bytes on the server; returns how many were aborted. One
+        attempt, no retries: it runs inside a retry, and a server that does not list uploads is skipped."""
+        loc = parse_s3_uri(uri)
+        try:
+            listing = self._client._list_multipart_uploads(loc.bucket, prefix=loc.key, max_uploads=1000)
+            uploads = [u for u in listing.uploads if not exact or u.object_name == loc.key]
+            for upload in uploads:
+                self._client._abort_multipart_upload(loc.bucket, upload.object_name, upload.upload_id)
+                logger.info(
+                    "aborted an unfinished multipart upload of s3://%s/%s", loc.bucket, upload.object_name
+                )
+        except (S3Error, urllib3.exceptions.HTTPError, ServerError, InvalidResponseError, OSError) as err:
+            logger.info("could not list or abort unfinished uploads under %s (%s)", uri, type(err).__name__)
+            return 0
+        return len(uploads)
 
     def download_file(self, uri: str, local_path: str | Path, expected_sha256: str | None = None) -> int:
         """Download ``uri`` to ``local_path`` atomically (temp name, checksum check, rename).
@@ -868,6 +908,7 @@ class ObjectStore:
                 self._move_in(incoming, uri, pending)
                 current = pending
         self.unpublish(incoming)  # an interrupted upload's leftovers are not a set any more
+        self.abort_unfinished_uploads(incoming + "/")  # and its unfinished multipart uploads are dropped
 
         files = list(_iter_local_files(root))
         listing: dict[str, dict] = {}

@@ -228,3 +228,70 @@ def test_server_stopping_mid_upload_leaves_nothing_published(make_s3_server, tmp
     result = store.upload_folder(src, uri)
     assert result.skipped > 0 and result.transferred + result.skipped == 60
     assert store.read_marker(uri)["num_files"] == 60
+
+
+def test_retry_budget_bounds_an_unreachable_endpoint_and_is_named(monkeypatch) -> None:
+    """Without an explicit retry count the store retries for SAM2_RETRY_BUDGET_S seconds, then names the
+    endpoint, the attempts, the seconds and the setting."""
+    from sam2.utils.network import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("SAM2_RETRY_BUDGET_S", "3")
+    store = ObjectStore(S3Settings(endpoint, "AKID", "secret-value"), backoff_s=0.2)
+    started = time.monotonic()
+    with pytest.raises(StorageUnreachableError) as info:
+        store.read_bytes("s3://bucket/key")
+    took = time.monotonic() - started
+    message = str(info.value)
+    assert 2.5 <= took < 8, took
+    assert endpoint in message and "SAM2_RETRY_BUDGET_S=3 s" in message and "over 3 s" in message
+    monkeypatch.setenv("SAM2_RETRY_BUDGET_S", "soon")
+    with pytest.raises(ValueError, match="SAM2_RETRY_BUDGET_S='soon'"):
+        ObjectStore(S3Settings(endpoint, "AKID", "secret-value"))
+
+
+def test_a_server_restart_within_the_budget_does_not_fail_a_write(make_s3_server, tmp_path: Path) -> None:
+    """The server is down for 8 s while a file upload starts: it is retried and lands once it is back."""
+    server = make_s3_server()
+    store = store_for(server, retries=None, budget_s=120, backoff_s=0.2, timeout_s=5.0)
+    store.ensure_bucket("outage")
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 100_000)
+    server.stop(grace_s=0.5)
+    restarter = threading.Timer(8.0, lambda: server.start(timeout_s=90))
+    restarter.start()
+    started = time.monotonic()
+    store.upload_file(path, "s3://outage/a/f.bin")
+    restarter.join()
+    assert time.monotonic() - started >= 8.0
+    assert store.read_bytes("s3://outage/a/f.bin") == path.read_bytes()
+
+
+def test_an_upload_cut_by_an_outage_leaves_no_multipart_upload_behind(make_s3_server, tmp_path: Path) -> None:
+    """A multipart upload (24 MB, 5 MB parts) killed mid-way cannot be aborted by minio while the server is
+    gone; the store aborts it when the server answers again, before uploading the file anew."""
+    server = make_s3_server()
+    store = store_for(server, retries=None, budget_s=120, backoff_s=0.2, timeout_s=5.0, workers=1)
+    store.ensure_bucket("parts")
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(range(256)) * (24 * 1024 * 1024 // 256))
+
+    def kill_mid_upload() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if store._client._list_multipart_uploads("parts", prefix="run/").uploads:
+                    break
+            except Exception:  # noqa: BLE001 - the upload may not have begun yet
+                pass
+            time.sleep(0.01)
+        server.kill()
+        time.sleep(3)
+        server.start(timeout_s=90)
+
+    killer = threading.Thread(target=kill_mid_upload)
+    killer.start()
+    store.upload_file(path, "s3://parts/run/big.bin")
+    killer.join()
+    assert store.read_bytes("s3://parts/run/big.bin") == path.read_bytes()
+    assert store._client._list_multipart_uploads("parts", prefix="run/").uploads == []

@@ -359,3 +359,72 @@ def test_sigterm_while_staging_exits_143_at_once(tmp_path, tiny_dataset, s3_buck
             node.kill_all()
     assert code == 143, node.text()[-3000:]
     assert "got SIGTERM before training started: exiting 143" in node.text()
+
+
+def _private_dataset(server, tmp_path: Path) -> tuple[object, str]:
+    """The tiny data set on a private SeaweedFS ``server`` (which the test stops and starts)."""
+    from s3_server import store_for
+
+    store = store_for(server)
+    data = tmp_path / "data"
+    make_clips(data, {"a": NUM_FRAMES, "b": NUM_FRAMES})
+    (data / "splits").mkdir()
+    (data / "splits" / "train.txt").write_text("a\nb\n")
+    uri = "s3://outage/datasets/tiny/v1"
+    store.upload_folder(data, uri)
+    return store, uri
+
+
+@pytest.mark.slow  # ~2 min: a real node, and the server down for 60 s
+@pytest.mark.parametrize("budget_s, outage_s", [(300, 60), (8, 60)])
+def test_an_s3_outage_during_the_final_publish(make_s3_server, tmp_path, monkeypatch, budget_s, outage_s):
+    """The S3 server is stopped for 60 s as the node starts its final publish. Within the retry budget
+    (default 300 s) the node waits and publishes its last checkpoint once the server is back (exit 0);
+    past a shorter budget it exits 201, retryable under restartPolicy ExitCode, with one line naming the
+    endpoint and no traceback, and nothing is marked complete that is not."""
+    server = make_s3_server()
+    store, dataset_uri = _private_dataset(server, tmp_path)
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SAM2_RETRY_BUDGET_S", str(budget_s))
+    run_uri = "s3://outage/runs/r1"
+    ckpts_uri = f"{run_uri}/checkpoints"
+    node = _Node(_node_args(dataset_uri, run_uri, tmp_path / "scratch", epochs=2), tmp_path / "node.log")
+    restarted = threading.Event()
+    try:
+        node.wait_for(lambda: "publishing the final checkpoints" in node.text(), "the final publish")
+        server.kill()
+        stopped = time.monotonic()
+
+        def restart() -> None:
+            time.sleep(max(0.0, outage_s - (time.monotonic() - stopped)))
+            server.start(timeout_s=120)
+            restarted.set()
+
+        threading.Thread(target=restart, daemon=True).start()
+        code = node.wait(budget_s + outage_s + 240)
+        restarted.wait(180)
+    finally:
+        node.kill_all()
+    log = node.text()
+    local = torch.load(
+        tmp_path / "scratch" / "experiment" / "checkpoints" / "checkpoint.pt",
+        map_location="cpu",
+        weights_only=False,
+    )
+    assert "Traceback" not in log, log[-5000:]
+    if budget_s > outage_s:
+        assert code == 0, log[-5000:]
+        assert time.monotonic() - stopped >= outage_s
+        assert store.is_published(ckpts_uri)
+        stored = tmp_path / "stored.pt"
+        store.download_file(f"{ckpts_uri}/checkpoint.pt", stored)
+        saved = torch.load(stored, map_location="cpu", weights_only=False)
+        assert (saved["epoch"], saved["steps"]) == (local["epoch"], local["steps"]) == (2, 4)
+    else:
+        assert code == 201, log[-5000:]
+        errors = [line for line in log.splitlines() if " ERROR training_node: error: " in line]
+        assert len(errors) == 1 and server.endpoint_url in errors[0], log[-3000:]
+        assert "SAM2_RETRY_BUDGET_S=8 s" in errors[0]
+        assert not store.is_published(ckpts_uri), "no checkpoint set is marked complete"
+        assert not store.is_published(incoming_uri(ckpts_uri))

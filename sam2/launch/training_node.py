@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam2.data.staging import StagingError, stage_videos
+from sam2.data.staging import stage_videos
 from sam2.launch.owner_watch import start_owner_watch
 from sam2.storage import (
     MARKER_NAME,
@@ -63,6 +63,7 @@ from sam2.storage import (
     is_s3_uri,
     parse_s3_uri,
 )
+from sam2.utils.cli_errors import EXIT_UNREACHABLE, debug_enabled, report_failure
 from sam2.utils.redaction import redact_command
 
 logger = logging.getLogger(__name__)
@@ -530,7 +531,13 @@ def _stage_train_data(
     if is_s3_uri(train_list) or remote_data:
         assert store is not None
         list_uri = train_list if is_s3_uri(train_list) else f"{dataset_uri.rstrip('/')}/{train_list}"
-        store.download_file(list_uri, file_list)
+        try:
+            store.download_file(list_uri, file_list)
+        except StorageNotFoundError:
+            raise FileNotFoundError(
+                f"training video list {list_uri} does not exist; run the split step first "
+                "(python -m sam2.tools.split_dataset) or pass --train-list"
+            ) from None
     if not remote_data:  # a local data set folder: copied whole, as before
         data_dir = scratch_dir / "data"
         logger.info("node %d/%d: copying data set %s", topology.node_rank, topology.num_nodes, dataset_uri)
@@ -570,6 +577,7 @@ def _publish_outputs(mirror: _CheckpointMirror, exp_dir: Path, run: _Location, s
     mirror.stop_event.set()
     mirror.join(timeout=5)
     started = time.monotonic()
+    logger.info("publishing the final checkpoints to %s", mirror.target.uri)
     if signum is not None:
         logger.warning(
             "after %s: uploading the newest checkpoints to %s", signal.Signals(signum).name, mirror.target.uri
@@ -680,6 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_STOP_GRACE_S,
         help="after SIGTERM/SIGINT, how long torchrun may take to stop before the checkpoint upload",
     )
+    parser.add_argument("--debug", action="store_true", help="print tracebacks (also SAM2_DEBUG=1)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides (key=value)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -715,9 +724,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except subprocess.CalledProcessError as exc:
         logger.error("training exited with status %d", exc.returncode)
         return exit_code_for_torchrun_failure(exc.returncode)
-    except (FileNotFoundError, ValueError, StagingError, ResumeError) as exc:
-        logger.error("%s", exc)
-        return 2
+    # Anything else is one line with its exit code (sam2.utils.cli_errors): 2 for bad input or settings
+    # (permanent), 201 for a service unreachable for the whole retry budget (retryable: >= 128).
+    except Exception as exc:
+        code = report_failure(exc, args.debug or debug_enabled(), prog="training_node", emit=logger.error)
+        if code == EXIT_UNREACHABLE:
+            logger.error(
+                "exiting %d (retryable under restartPolicy ExitCode): the replaced pod resumes from the "
+                "checkpoints published last",
+                code,
+            )
+        return code
     finally:
         if stop.signum is None:  # after a signal the handlers stay: a second one must not kill the exit
             stop.restore()

@@ -73,6 +73,7 @@ def _is_bad_input(exc: BaseException) -> bool:
         ("hydra.errors", "HydraException"),
         ("sam2.data.staging", "StagingError"),
         ("sam2.build_sam", "CheckpointMismatchError"),
+        ("sam2.launch.training_node", "ResumeError"),  # complete checkpoint sets, none passing its check
     ):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(exc, cls):
@@ -99,8 +100,17 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
-def report_failure(exc: BaseException, debug: bool = False, prog: str | None = None) -> int:
-    """Print the one-line error for ``exc`` (and its traceback when ``debug``); returns the exit code."""
+def report_failure(
+    exc: BaseException,
+    debug: bool = False,
+    prog: str | None = None,
+    emit: Callable[[str], object] | None = None,
+) -> int:
+    """Print the one-line error for ``exc`` (and its traceback when ``debug``); returns the exit code.
+
+    ``emit``: where the line goes instead of stderr (the training node logs it, so it carries the log's
+    time stamp like the rest of a pod's log).
+    """
     code = exit_code_for(exc)
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
@@ -111,7 +121,10 @@ def report_failure(exc: BaseException, debug: bool = False, prog: str | None = N
             "traceback)"
         )
     prefix = f"{prog}: " if prog else ""
-    print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
+    if emit is not None:
+        emit(f"{prefix}error: {message}")
+    else:
+        print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
     return code
 
 
