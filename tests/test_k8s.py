@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import subprocess
 import sys
@@ -268,8 +269,10 @@ def test_every_third_party_image_is_pinned_by_tag_and_digest():
         for image in _container_images(list(yaml.safe_load_all((K8S / name).read_text())))
     }
     repositories = {_repository(image) for _, image in images}
-    # the walk really reaches the pod templates: both servers and the training job
-    assert {"quay.io/minio/minio", "ghcr.io/mlflow/mlflow", OWN_IMAGE} <= repositories, repositories
+    # the walk really reaches the pod templates: MinIO, and the project's image (the training job, and
+    # MLflow, which needs the image's boto3 to show S3 artifacts: test_the_mlflow_ui_shows_...)
+    assert {"quay.io/minio/minio", OWN_IMAGE} <= repositories, repositories
+    assert {_repository(i) for n, i in images if n == "mlflow.yaml"} == {OWN_IMAGE}
     unpinned = [(n, i) for n, i in images if _repository(i) != OWN_IMAGE and not TAG_AND_DIGEST.match(i)]
     assert unpinned == [], "pin these as name:tag@sha256:<digest>"
     for name in MANIFESTS:
@@ -300,7 +303,7 @@ def test_mlflow_server_answers_the_host_the_pipeline_calls_it_by():
     )
     pipeline = next(yaml.safe_load_all((ROOT / "pipelines" / "sam2_finetune.yaml").read_text()))
     tracking_uri = pipeline["root"]["inputDefinitions"]["parameters"]["mlflow_tracking_uri"]["defaultValue"]
-    namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
+    namespace = "team-b"  # any profile namespace: `kubectl apply -k k8s/ -n team-b`
     port = params["port"]
     for host in (
         urlsplit(tracking_uri).netloc,
@@ -310,3 +313,162 @@ def test_mlflow_server_answers_the_host_the_pipeline_calls_it_by():
     ):
         assert is_allowed_host_header(allowed, host), host
     assert not is_allowed_host_header(allowed, f"mlflow.attacker.example:{port}")
+
+
+# -- any profile namespace ------------------------------------------------------------------------------------
+
+
+def _kustomize(path: Path) -> list[dict]:
+    import shutil
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    proc = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def test_kustomize_sets_no_namespace_so_kubectl_n_chooses_the_profile():
+    """`kubectl apply -k k8s/ -n <ns>` puts an object without a namespace into <ns>; one that the
+    kustomization had pinned would be refused ("the namespace from the provided object ... does not
+    match"). RoleBinding subjects without one are the binding's namespace (RBAC's rule for
+    ServiceAccount subjects of a RoleBinding)."""
+    docs = _kustomize(K8S)
+    assert "namespace" not in yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    kinds = {d["kind"] for d in docs}
+    assert {"ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "Deployment", "Service"} <= kinds
+    for doc in docs:
+        assert "namespace" not in doc["metadata"], (doc["kind"], doc["metadata"]["name"])
+        for subject in doc.get("subjects", []):
+            assert "namespace" not in subject, doc["metadata"]["name"]
+
+
+def test_an_overlay_puts_every_object_and_subject_into_its_namespace(tmp_path):
+    """The documented way to pin a namespace (docs/cluster-operations.md): an overlay with `namespace:`."""
+    overlay = tmp_path / "team-b"
+    overlay.mkdir()
+    base = os.path.relpath(K8S, overlay)  # kustomize takes a base by relative path only
+    (overlay / "kustomization.yaml").write_text(f"namespace: team-b\nresources:\n  - {base}\n")
+    docs = _kustomize(overlay)
+    assert docs and all(d["metadata"]["namespace"] == "team-b" for d in docs)
+    subjects = [s for d in docs for s in d.get("subjects", [])]
+    assert subjects and all(s["namespace"] == "team-b" for s in subjects)
+
+
+# -- MLflow shows the run artifacts ----------------------------------------------------------------------------
+
+
+def _deployment(name: str) -> dict:
+    (deployment,) = [d for d in yaml.safe_load_all((K8S / name).read_text()) if d["kind"] == "Deployment"]
+    return deployment
+
+
+def test_mlflows_pod_may_reach_minio_with_the_s3_credentials():
+    pod = _deployment("mlflow.yaml")["spec"]["template"]
+    policies = {
+        d["metadata"]["name"]: d for d in yaml.safe_load_all((K8S / "networkpolicy.yaml").read_text())
+    }
+    (rule,) = policies["minio"]["spec"]["ingress"]
+    assert _matches(rule["from"][0]["podSelector"], pod["metadata"]["labels"]), "MinIO's policy admits MLflow"
+    (container,) = pod["spec"]["containers"]
+    secrets = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e
+    }
+    assert secrets == {
+        "AWS_ACCESS_KEY_ID": "sam2-s3-credentials",
+        "AWS_SECRET_ACCESS_KEY": "sam2-s3-credentials",
+    }
+    # The server reads S3 with boto3: the image installs it and the full mlflow (the server's Flask app).
+    pins = {
+        line.split("==")[0].lower()
+        for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines()
+        if "==" in line
+    }
+    assert {"mlflow", "boto3"} <= pins and _repository(container["image"]) == OWN_IMAGE
+
+
+@pytest.fixture
+def mlflow_as_deployed(s3_server, s3_store, tmp_path):
+    """`mlflow server` with k8s/mlflow.yaml's command, args and env; only what a laptop must change is
+    changed: the listen address and the SQLite file (the pod's volume), the S3 endpoint (MinIO's Service)
+    and the credentials (the Secret). The bucket of --default-artifact-root is created on the test S3."""
+    import time
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from sam2.utils.network import free_port
+
+    (container,) = _deployment("mlflow.yaml")["spec"]["template"]["spec"]["containers"]
+    port = free_port()
+    local = {
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--backend-store-uri": f"sqlite:///{tmp_path}/mlflow.db",
+    }
+    args = []
+    for arg in container["args"]:
+        key = arg.split("=", 1)[0]
+        args.append(f"{key}={local[key]}" if key in local else arg)
+    root = next(a.split("=", 1)[1] for a in args if a.startswith("--default-artifact-root="))
+    s3_store.ensure_bucket(urlsplit(root).netloc)
+    # Nothing S3 from this process: only what the manifest passes (the Secret's keys by reference).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "MLFLOW_"))}
+    secret = {"sam2-s3-credentials": {k: v for k, v in s3_server.env().items() if k.startswith("AWS_")}}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = secret[ref["name"]][ref["key"]]
+    env["MLFLOW_S3_ENDPOINT_URL"] = s3_server.endpoint_url
+    env["HOME"] = str(tmp_path)
+    command = [str(Path(sys.executable).with_name(container["command"][0])), *container["command"][1:]]
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen([*command, *args, "--workers=1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow server did not start in 240 s"
+                time.sleep(1)
+        yield url, root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_the_mlflow_ui_shows_the_artifacts_a_pipeline_step_wrote_to_s3(
+    mlflow_as_deployed, s3_env, monkeypatch
+):
+    """A step logs a report the way the promote step does (the client writes to S3 itself); the UI's own
+    calls then list and fetch it through the server (mlflow/server/handlers.py: the ajax artifacts list and
+    /get-artifact), which reads S3 with the deployment's settings."""
+    import json
+    import urllib.request
+
+    import mlflow
+
+    url, root = mlflow_as_deployed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_env["S3_ENDPOINT_URL"])
+    with mlflow.start_run() as run:
+        mlflow.log_text("# J&F 71.3\n", "report/report.md")
+    assert run.info.artifact_uri.startswith(root + "/"), "stored under the manifest's artifact root in S3"
+    listing = f"{url}/ajax-api/2.0/mlflow/artifacts/list?run_id={run.info.run_id}&path=report"
+    with urllib.request.urlopen(listing, timeout=30) as response:
+        files = json.load(response)["files"]
+    assert [f["path"] for f in files] == ["report/report.md"]
+    fetch = f"{url}/get-artifact?path=report/report.md&run_uuid={run.info.run_id}"
+    with urllib.request.urlopen(fetch, timeout=30) as response:
+        assert response.read() == b"# J&F 71.3\n"
