@@ -81,6 +81,14 @@ pipeline-follow: setup
 	$(if $(RUN),,$(error pipeline-follow needs RUN=<run-id>, e.g. make pipeline-follow RUN=0a1b2c3d-...))
 	$(PY) -m pipelines.run follow $(RUN)
 
+# The local champion (models:/sam2-$(DATASET)@champion in .local/mlflow, after `make pipeline-run`) as a KServe
+# endpoint on 127.0.0.1:$(SERVE_PORT), the server the InferenceService runs; writes .local/serve-request.json
+# (a request for a val video) and logs the curl command that sends it. docs/serving.md.
+SERVE_PORT ?= 8080
+.PHONY: serve
+serve: setup
+	$(PY) -m pipelines.serve_local --dataset $(DATASET) --http_port $(SERVE_PORT)
+
 # The image (docker/Dockerfile), tagged with the code version (<package version>-<git commit>[-dirty], the
 # string MLflow records as code_version and KFP versions start with) and pushed to $(REGISTRY):
 #   make image REGISTRY=registry.example.com/team && make pipeline-compile IMAGE=<the printed name>

@@ -217,3 +217,21 @@ def test_sigterm_deletes_the_job_before_waiting_for_the_log_stream(caplog):
         stuck.set()
     assert sent and signalled
     assert sent[0] - signalled[0] < 0.5, f"the delete went out {sent[0] - signalled[0]:.2f}s after SIGTERM"
+
+
+def test_a_node_that_starts_after_its_step_ended_stops_at_its_first_look():
+    """A pod the operator (or a Job's backoff) starts after the step is gone ends before staging anything,
+    not a poll interval later."""
+    cluster = FakeCluster(running())
+    from kubernetes import client
+
+    server, api_client = serve(cluster)  # no step pod: it is gone
+    calls: list[str] = []
+    watch = OwnerWatch(OWNER, client.CoreV1Api(api_client), calls.append, poll_s=3600)
+    watch.start()
+    try:
+        watch.join(10)
+    finally:
+        watch.stop()
+        server.shutdown()
+    assert calls == ["pod team-a/step-pod is gone"]

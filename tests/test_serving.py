@@ -9,6 +9,7 @@ same checkpoint on the same clip; concurrent requests must not mix memory banks;
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -51,8 +52,9 @@ def _clip(folder: Path, shift: int, frames: int = 5) -> tuple[Path, np.ndarray]:
 
 
 def _register_champion(tracking_uri: str, store, checkpoint_uri: str, run_uri: str, root: Path) -> None:
-    """Register the checkpoint as the promote step does: the pyfunc model folder (sam2.mlflow_model) in
-    the run's S3 folder, a version of `sam2-demo` whose source it is, and the `champion` alias."""
+    """Register the checkpoint as the promote step does: an MLflow run with the data set and val list it
+    was scored on, the pyfunc model folder (sam2.promotion.pyfunc_model) in the run's S3 folder, a version
+    of `sam2-demo` whose source it is, linked to the run, and the `champion` alias."""
     from mlflow import MlflowClient
 
     from sam2.promotion.pyfunc_model import save_model_folder
@@ -60,8 +62,16 @@ def _register_champion(tracking_uri: str, store, checkpoint_uri: str, run_uri: s
     folder = save_model_folder(root / "mlflow_model", checkpoint_uri, MODEL_CONFIG, SMALL)
     store.upload_folder(folder, f"{run_uri}/mlflow_model")
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiment = client.create_experiment("sam2-demo", artifact_location=f"{run_uri}/mlflow")
+    run = client.create_run(experiment, run_name="run-1")
+    bucket = run_uri.split("/")[2]
+    client.log_param(run.info.run_id, "dataset_uri", f"s3://{bucket}")
+    client.log_param(run.info.run_id, "val_list_uri", f"s3://{bucket}/splits/val.txt")
+    client.set_terminated(run.info.run_id)
     client.create_registered_model("sam2-demo")
-    version = client.create_model_version("sam2-demo", source=f"{run_uri}/mlflow_model")
+    version = client.create_model_version(
+        "sam2-demo", source=f"{run_uri}/mlflow_model", run_id=run.info.run_id
+    )
     client.set_registered_model_alias("sam2-demo", "champion", version.version)
 
 
@@ -95,7 +105,11 @@ def registry(s3_server, tmp_path_factory) -> Iterator[dict]:
         write_palette_png(root / "Annotations" / video / "00000.png", ids)
         for frame in sorted(folder.iterdir()):
             store.upload_file(frame, f"s3://{bucket}/JPEGImages/{video}/{frame.name}")
+        store.upload_file(
+            root / "Annotations" / video / "00000.png", f"s3://{bucket}/Annotations/{video}/00000.png"
+        )
         clips[video] = {"frames": folder, "ids": ids, "uri": f"s3://{bucket}/JPEGImages/{video}"}
+    store.write_bytes(f"s3://{bucket}/splits/val.txt", b"dog\ncat\n")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     env = {**s3_server.env(), "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url}
     with pytest.MonkeyPatch.context() as patch:
@@ -113,30 +127,20 @@ def registry(s3_server, tmp_path_factory) -> Iterator[dict]:
         }
 
 
-@pytest.fixture(scope="module")
-def server(registry) -> Iterator[str]:
-    """`python -m sam2.serving` (KServe's ModelServer) for models:/sam2-demo@champion; yields its URL."""
-    port = free_port()
+@contextlib.contextmanager
+def _running_server(args: list[str], port: int, registry: dict, log_path: Path) -> Iterator[str]:
+    """A model server process (`python <args>`) against the test registry; yields its URL once the model
+    is ready, stops it after."""
     env = {
         **os.environ,
         **registry["env"],
         "MLFLOW_TRACKING_URI": registry["tracking_uri"],
         "OMP_NUM_THREADS": "1",
     }
-    log_path = registry["root"] / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "sam2.serving",
-        "--model_uri=models:/sam2-demo@champion",
-        f"--model_name={NAME}",
-        f"--http_port={port}",
-        "--enable_grpc=false",
-        "--max_concurrent=2",
-        "--max_frames=50",
-    ]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
     try:
@@ -160,6 +164,49 @@ def server(registry) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(registry) -> Iterator[str]:
+    """`python -m sam2.serving` (KServe's ModelServer) for models:/sam2-demo@champion; yields its URL."""
+    port = free_port()
+    args = [
+        "-m",
+        "sam2.serving",
+        "--model_uri=models:/sam2-demo@champion",
+        f"--model_name={NAME}",
+        f"--http_port={port}",
+        "--enable_grpc=false",
+        "--max_concurrent=2",
+        "--max_frames=50",
+    ]
+    with _running_server(args, port, registry, registry["root"] / "server.log") as url:
+        yield url
+
+
+def _vos_inference(registry: dict, out: Path) -> Path:
+    """`python -m sam2.tools.vos_inference` with the registered checkpoint over both clips; returns `out`."""
+    root = registry["root"]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sam2.tools.vos_inference",
+            f"--sam2_cfg={MODEL_CONFIG}",
+            f"--sam2_checkpoint={registry['checkpoint']}",
+            f"--base_video_dir={root / 'JPEGImages'}",
+            f"--input_mask_dir={root / 'Annotations'}",
+            f"--output_mask_dir={out}",
+            "--device=cpu",
+            "--hydra_overrides",
+            *SMALL,
+        ],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=True,
+        capture_output=True,
+    )
+    return out
 
 
 def _post(url: str, body: object, raw: bytes | None = None) -> tuple[int, dict]:
@@ -219,27 +266,7 @@ def test_v1_masks_equal_pyfunc_and_vos_inference(server, registry, tmp_path):
     np.testing.assert_array_equal(served, by_pyfunc["masks"])
 
     # the upstream-compatible command line with the same checkpoint
-    root = registry["root"]
-    out = tmp_path / "vos"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sam2.tools.vos_inference",
-            f"--sam2_cfg={MODEL_CONFIG}",
-            f"--sam2_checkpoint={registry['checkpoint']}",
-            f"--base_video_dir={root / 'JPEGImages'}",
-            f"--input_mask_dir={root / 'Annotations'}",
-            f"--output_mask_dir={out}",
-            "--device=cpu",
-            "--hydra_overrides",
-            *SMALL,
-        ],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=True,
-        capture_output=True,
-    )
+    out = _vos_inference(registry, tmp_path / "vos")
     for t in range(5):
         np.testing.assert_array_equal(served[t], read_mask_png(out / "cat" / f"{t:05d}.png"))
     for t in range(1, 5):  # not vacuous: both objects hold pixels on every tracked frame
@@ -373,3 +400,20 @@ def test_malformed_bodies_are_400(server):
     bad_v2 = {"inputs": [{"name": "video", "shape": [1], "datatype": "BYTES", "data": ["{}"]}]}
     status, body = _post(f"{server}/v2/models/{NAME}/infer", bad_v2)
     assert status == 400 and "'request'" in body["error"]
+
+
+def test_make_serve_answers_a_val_video_of_the_local_champion(registry, tmp_path):
+    """What `make serve` runs (pipelines.serve_local): the champion of the local registry, served, answers
+    the example request it writes for the first val video with vos_inference's masks."""
+    port = free_port()
+    args = ["-m", "pipelines.serve_local", "--dataset=demo", f"--http_port={port}", f"--local_dir={tmp_path}"]
+    with _running_server(args, port, registry, tmp_path / "serve.log") as url:
+        body = json.loads((tmp_path / "serve-request.json").read_text())
+        (request,) = body["instances"]
+        assert request["video"] == registry["clips"]["dog"]["uri"], "the first video of the val list"
+        status, answer = _post(f"{url}/v1/models/{NAME}:predict", body)
+    assert status == 200, answer
+    served = _id_maps(answer["predictions"][0])
+    out = _vos_inference(registry, tmp_path / "vos")
+    for t in range(5):
+        np.testing.assert_array_equal(served[t], read_mask_png(out / "dog" / f"{t:05d}.png"))

@@ -223,12 +223,16 @@ class OwnerWatch(threading.Thread):
             self.owner.uid,
             self.poll_s,
         )
-        while not self.stopped.wait(self.poll_s):
+        # The first look is at once: a pod that starts (or is restarted) after its step ended stops before
+        # staging or training anything.
+        while True:
             reason = self.check()
             if reason is not None:
                 self.reason = reason
                 logger.warning("the pipeline step is over (%s): ending this training node for good", reason)
                 self.on_over(reason)
+                return
+            if self.stopped.wait(self.poll_s):
                 return
 
     def stop(self) -> None:

@@ -54,7 +54,22 @@ def main(argv: list[str] | None = None) -> None:
         max_download_bytes=args.max_download_mb << 20,
     )
     model.load()
-    ModelServer().start([model])
+    # ModelServer's defaults come from sys.argv (kserve parses it at import); pass ours, so a caller's argv
+    # (make serve) decides.
+    server = ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=args.workers,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+    )
+    server.start([model])
 
 
 if __name__ == "__main__":
