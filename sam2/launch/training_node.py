@@ -699,9 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.install()
     try:
         if stop.installed:
-            start_owner_watch(
-                stop
-            )  # the job ends when its pipeline step does; no-op without SAM2_OWNER_POD_*
+            # The job ends when its pipeline step does; a no-op without SAM2_OWNER_POD_*.
+            start_owner_watch(stop)
         run_node(
             args.config,
             args.dataset_uri,
