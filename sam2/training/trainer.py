@@ -53,7 +53,7 @@ from sam2.training.optimizer import (
     optimizer_state_from_upstream,
     upstream_param_groups,
 )
-from sam2.training.utils.checkpoint_utils import local_copy, save_checkpoint_atomic
+from sam2.training.utils.checkpoint_utils import local_copy, read_checkpoint_file, save_checkpoint_atomic
 from sam2.training.utils.distributed import (
     DistributedContext,
     all_ranks_true,
@@ -211,6 +211,9 @@ class Trainer:
     lora: the `trainer.lora` block (sam2.training.lora.LoRASettings); rank > 0 trains LoRA adapters on
         the frozen initial weights: checkpoints then hold the adapters alone, and the end of training
         also writes MERGED_CHECKPOINT_NAME (adapters merged into a plain checkpoint).
+
+    Setup runs as named steps (`_setup_*`, `_construct_optimizers`), each building one concern, in the
+    order of upstream's trainer where upstream has the step.
     """
 
     def __init__(
@@ -234,10 +237,45 @@ class Trainer:
         optim_overrides: Any = None,
         meters: DictConfig | None = None,
     ) -> None:
+        # The steps run in this order: the RNG draws of model construction, data sets and resumption
+        # follow it, and a resumed run replays an uninterrupted one only if they stay where they are.
+        self._setup_env_variables(env_variables)
+        self._check_upstream_blocks(checkpoint, logging, distributed, cuda, meters, optim_overrides)
+        self._setup_schedule(mode, max_epochs, seed_value, val_epoch_freq)
+        self._setup_log_file(logging)
+        self._setup_torch_dist_and_backend(accelerator, cuda, distributed)
+        self._setup_tensorboard(logging)
+        self._setup_checkpointing(checkpoint)
+        self._setup_components(model, lora)
+        self._setup_dataloaders(data)
+        self._setup_loss(loss)
+        self._construct_optimizers(optim)
+        self._setup_training_state()
+        self._setup_ddp_distributed_training(distributed or {})
+
+    # ------------------------------------------------------------------------------------------------------
+    # Setup, in the order __init__ runs it
+    # ------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _setup_env_variables(env_variables: Mapping | None) -> None:
+        """Upstream's `trainer.env_variables`, set first: later setup may read them."""
         for name, value in (env_variables or {}).items():
-            os.environ[str(name)] = str(value)  # first, as upstream: later setup may read them
+            os.environ[str(name)] = str(value)
+
+    @staticmethod
+    def _check_upstream_blocks(
+        checkpoint: Mapping,
+        logging_conf: Mapping,
+        distributed: Mapping | None,
+        cuda: Mapping | None,
+        meters: Mapping | None,
+        optim_overrides: Any,
+    ) -> None:
+        """Upstream's sub-blocks hold only the keys upstream reads; those that mean nothing here are
+        refused (meters) or named in a warning (optim_overrides)."""
         _check_keys("checkpoint", checkpoint, CHECKPOINT_KEYS)
-        _check_keys("logging", logging, LOGGING_KEYS)
+        _check_keys("logging", logging_conf, LOGGING_KEYS)
         _check_keys("distributed", distributed, DISTRIBUTED_KEYS)
         _check_keys("cuda", cuda, CUDA_KEYS)
         if meters:
@@ -252,7 +290,9 @@ class Trainer:
             )
         if optim_overrides:
             logger.warning("trainer.optim_overrides is set; upstream's trainer reads nothing from it either")
-        _apply_cuda_settings(cuda)
+
+    def _setup_schedule(self, mode: str, max_epochs: int, seed_value: int, val_epoch_freq: int) -> None:
+        """What to run, for how many epochs, validating how often, from which seed."""
         if mode not in MODES:
             raise ValueError(f"trainer.mode must be one of {MODES}, got {mode!r}")
         if max_epochs < 1:
@@ -267,15 +307,23 @@ class Trainer:
         self.max_epochs = int(max_epochs)
         self.seed_value = int(seed_value)
         self.val_epoch_freq = int(val_epoch_freq)
-        dist_conf = distributed or {}
-        # The log file first, so that joining the process group is recorded too.
-        self._log_handler = add_rank_log_file(logging.log_dir, int(os.environ.get("RANK", "0")))
-        # Upstream's log levels, where given: log_level_primary on rank 0, log_level_secondary elsewhere.
-        level = logging.get(
+
+    def _setup_log_file(self, logging_conf: Mapping) -> None:
+        """This rank's log file, before the process group, so that joining it is recorded too; upstream's
+        log levels where given (log_level_primary on rank 0, log_level_secondary elsewhere)."""
+        self._log_handler = add_rank_log_file(logging_conf.log_dir, int(os.environ.get("RANK", "0")))
+        level = logging_conf.get(
             "log_level_primary" if os.environ.get("RANK", "0") == "0" else "log_level_secondary"
         )
         if level:
             self._log_handler.setLevel(str(level).upper())
+
+    def _setup_torch_dist_and_backend(
+        self, accelerator: str, cuda: Mapping | None, distributed: Mapping | None
+    ) -> None:
+        """cuDNN / TF32 switches, the process group (nccl on CUDA, gloo on the CPU) and this rank's device."""
+        _apply_cuda_settings(cuda)
+        dist_conf = distributed or {}
         self.ctx: DistributedContext = setup_distributed(
             accelerator,
             backend=dist_conf.get("backend"),
@@ -283,15 +331,16 @@ class Trainer:
         )
         self.device = self.ctx.device
 
-        self.log_freq = int(logging.get("log_freq", 10))
-        tb_conf = logging.get("tensorboard_writer")
+    def _setup_tensorboard(self, logging_conf: Mapping) -> None:
+        """Step logging every log_freq optimizer steps; the TensorBoard writer on rank 0 only."""
+        self.log_freq = int(logging_conf.get("log_freq", 10))
+        tb_conf = logging_conf.get("tensorboard_writer")
         self.tb_writer = None
         if tb_conf is not None and self.ctx.is_main:
             self.tb_writer = instantiate(tb_conf)
 
-        # Same seed on every rank before building the model: identical initial weights everywhere.
-        _seed_everything(self.seed_value)
-        self.model: nn.Module = instantiate(model, _convert_="all").to(self.device)
+    def _setup_checkpointing(self, checkpoint: DictConfig) -> None:
+        """Where checkpoints go, which epochs keep their own file, what they leave out."""
         self.checkpoint_conf = checkpoint
         self.save_dir = Path(checkpoint.save_dir)
         self.save_freq = int(checkpoint.get("save_freq", 0) or 0)
@@ -302,7 +351,12 @@ class Trainer:
         self.initialize_after_preemption = (
             bool(self.skip_saving_parameters) if after_preemption is None else bool(after_preemption)
         )
-        self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients
+
+    def _setup_components(self, model: DictConfig, lora: DictConfig | None) -> None:
+        """The model, on this rank's device, with LoRA adapters when `trainer.lora` asks for them."""
+        # Same seed on every rank before building the model: identical initial weights everywhere.
+        _seed_everything(self.seed_value)
+        self.model: nn.Module = instantiate(model, _convert_="all").to(self.device)
         # LoRA: the frozen base is loaded before the adapters wrap (and rename) the layers they adapt,
         # and before the optimizer, which then holds the adapters alone.
         self.lora = LoRASettings.from_config(_as_container(lora))
@@ -311,19 +365,24 @@ class Trainer:
             add_lora_adapters(self.model, self.lora)
             self.lora_base_checksum = base_weights_checksum(self.model)
 
+    def _setup_dataloaders(self, data: DictConfig) -> None:
+        """The train data, and the val data only where the mode uses it (train_only never reads the val
+        list)."""
         self.train_data = instantiate(data.train, _convert_="all") if data.get("train") is not None else None
-        # Validation data is only built where it is used (train_only never touches the val list).
-        wants_val = mode in ("train", "val") and data.get("val") is not None
+        wants_val = self.mode in ("train", "val") and data.get("val") is not None
         self.val_data = instantiate(data.val, _convert_="all") if wants_val else None
-        if mode != "val" and self.train_data is None:
-            raise ValueError(f"trainer.mode={mode} needs trainer.data.train")
-        if mode == "val" and self.val_data is None:
+        if self.mode != "val" and self.train_data is None:
+            raise ValueError(f"trainer.mode={self.mode} needs trainer.data.train")
+        if self.mode == "val" and self.val_data is None:
             raise ValueError("trainer.mode=val needs trainer.data.val")
 
+    def _setup_loss(self, loss: DictConfig | None) -> None:
         self.loss_fns: dict[str, nn.Module] = {k: instantiate(v) for k, v in (loss or {}).items()}
-        if mode != "val" and not self.loss_fns:
+        if self.mode != "val" and not self.loss_fns:
             raise ValueError("trainer.loss is empty; configure trainer.loss.all (MultiStepMultiMasksAndIous)")
 
+    def _construct_optimizers(self, optim: DictConfig | None) -> None:
+        """AMP and its GradScaler, gradient accumulation and clipping, and the optimizer (not in mode val)."""
         optim = optim or OmegaConf.create({})
         self.optim_conf = optim
         amp_conf = optim.get("amp") or {}
@@ -338,9 +397,12 @@ class Trainer:
             instantiate(optim.gradient_clip) if optim.get("gradient_clip") is not None else None
         )
         self.optim = None
-        if mode != "val":
+        if self.mode != "val":
             self.optim = build_optimizer_from_config(self.model, optim)
 
+    def _setup_training_state(self) -> None:
+        """Epoch, step and loss records from the checkpoint to resume from, else the initial weights."""
+        self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients
         self.epoch = 0
         self.steps = 0
         self.batches_done_in_epoch = 0  # > 0 only in a checkpoint written mid-epoch
@@ -349,29 +411,32 @@ class Trainer:
         if not self._resume() and self.lora is None:
             self._initialize_weights()
 
-        # Wrapped after loading: DDP's initial broadcast then spreads rank 0's loaded weights.
+    def _setup_ddp_distributed_training(self, dist_conf: Mapping) -> None:
+        """DDP around the model when several ranks train. Wrapped after loading: DDP's initial broadcast
+        then spreads rank 0's loaded weights."""
         self.ddp_model: nn.Module = self.model
-        if self.ctx.is_distributed and mode != "val":
-            self.ddp_model = DistributedDataParallel(
-                self.model,
-                device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(dist_conf.get("find_unused_parameters", True)),
-            )
-            comms_dtype = dist_conf.get("comms_dtype")
-            if comms_dtype is not None:  # upstream: gradients all-reduced in bf16 or fp16
-                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+        if not self.ctx.is_distributed or self.mode == "val":
+            return
+        self.ddp_model = DistributedDataParallel(
+            self.model,
+            device_ids=[self.ctx.local_rank] if self.device.type == "cuda" else None,
+            find_unused_parameters=bool(dist_conf.get("find_unused_parameters", True)),
+        )
+        comms_dtype = dist_conf.get("comms_dtype")
+        if comms_dtype is not None:  # upstream: gradients all-reduced in bf16 or fp16
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-                if str(comms_dtype) not in ("bfloat16", "float16"):
-                    raise ValueError(
-                        f"trainer.distributed.comms_dtype must be bfloat16 or float16, got {comms_dtype!r}"
-                    )
-                hook = (
-                    default_hooks.bf16_compress_hook
-                    if comms_dtype == "bfloat16"
-                    else default_hooks.fp16_compress_hook
+            if str(comms_dtype) not in ("bfloat16", "float16"):
+                raise ValueError(
+                    f"trainer.distributed.comms_dtype must be bfloat16 or float16, got {comms_dtype!r}"
                 )
-                self.ddp_model.register_comm_hook(None, hook)
-                logger.info("gradients are all-reduced in %s", comms_dtype)
+            hook = (
+                default_hooks.bf16_compress_hook
+                if comms_dtype == "bfloat16"
+                else default_hooks.fp16_compress_hook
+            )
+            self.ddp_model.register_comm_hook(None, hook)
+            logger.info("gradients are all-reduced in %s", comms_dtype)
 
     # ------------------------------------------------------------------------------------------------------
     # Checkpoints
@@ -433,7 +498,7 @@ class Trainer:
         if self.ctx.is_main:
             source = self._resume_source()
             if source is not None:
-                state = torch.load(source, map_location="cpu", weights_only=True)
+                state = read_checkpoint_file(source)  # a damaged file is named, not a torch traceback
                 point = ResumePoint.of(source, state)
         if self.ctx.is_distributed:
             point, state = self._rank0_resume_state(point, state)
@@ -715,25 +780,8 @@ class Trainer:
             if not is_update:
                 continue
             # The schedule advances per optimizer step, so accumulation does not change the lr curve.
-            self.optim.step_schedulers((epoch + updates_done / num_updates) / self.max_epochs)
+            grad_norm = self._optimizer_step((epoch + updates_done / num_updates) / self.max_epochs)
             updates_done += 1
-            self.scaler.unscale_(self.optim.optimizer)
-            grad_norm = self.gradient_clipper(self.model) if self.gradient_clipper is not None else None
-            # DDP has averaged the gradients, so every rank takes the same decision.
-            if _grads_finite(self.model):
-                self.scaler.step(self.optim.optimizer)
-            else:
-                self.skipped_steps += 1
-                logger.warning(
-                    "step %d skipped: non-finite gradients (%d step(s) skipped so far)",
-                    self.steps + 1,
-                    self.skipped_steps,
-                )
-                if self.tb_writer is not None:
-                    self.tb_writer.add_scalar("train/skipped_steps", self.skipped_steps, self.steps + 1)
-            self.scaler.update()
-            self.optim.zero_grad(set_to_none=True)
-            self.steps += 1
             if self.steps % self.log_freq == 0:
                 elapsed = time.perf_counter() - window_start
                 self._log_step(losses, grad_norm, window_samples / max(elapsed, 1e-9))
@@ -746,7 +794,35 @@ class Trainer:
                 self.batches_done_in_epoch = batch_idx + 1
                 self.save_checkpoint()
                 self._seed_step(epoch)
-        seen = max(seen, 1)
+        self._log_epoch(epoch, totals, max(seen, 1))
+
+    def _optimizer_step(self, where: float) -> torch.Tensor | None:
+        """One optimizer step over the accumulated gradients, at `where` (the fraction of training done)
+        on the lr schedule; a step whose gradients are not finite is skipped and counted. Returns the
+        gradient norm the clipper measured (None without a clipper)."""
+        self.optim.step_schedulers(where)
+        self.scaler.unscale_(self.optim.optimizer)
+        grad_norm = self.gradient_clipper(self.model) if self.gradient_clipper is not None else None
+        # DDP has averaged the gradients, so every rank takes the same decision.
+        if _grads_finite(self.model):
+            self.scaler.step(self.optim.optimizer)
+        else:
+            self.skipped_steps += 1
+            logger.warning(
+                "step %d skipped: non-finite gradients (%d step(s) skipped so far)",
+                self.steps + 1,
+                self.skipped_steps,
+            )
+            if self.tb_writer is not None:
+                self.tb_writer.add_scalar("train/skipped_steps", self.skipped_steps, self.steps + 1)
+        self.scaler.update()
+        self.optim.zero_grad(set_to_none=True)
+        self.steps += 1
+        return grad_norm
+
+    def _log_epoch(self, epoch: int, totals: Mapping[str, float], seen: int) -> None:
+        """The epoch's mean of each loss term over its `seen` batches: logged, in TensorBoard, and the
+        core loss kept for the checkpoint."""
         self.loss_state["last_train_loss"] = totals[CORE_LOSS_KEY] / seen
         logger.info(
             "epoch %d done: %s", epoch, ", ".join(f"{k}={v / seen:.4f}" for k, v in sorted(totals.items()))
