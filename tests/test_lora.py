@@ -153,7 +153,7 @@ def test_lora_run_changes_only_adapters_and_merged_checkpoint_matches(tmp_path, 
     assert by_tool.keys() == by_trainer.keys()
     assert all(torch.equal(by_tool[k], by_trainer[k]) for k in by_tool)
     bad = [*common, "--adapter_checkpoint", str(base_checkpoint), "--output", str(tmp_path / "x.pt")]
-    assert merge_main(bad) == 1
+    assert merge_main(bad) == 2
     assert "not a LoRA adapter checkpoint" in capsys.readouterr().err
 
     # Base + adapters (built from the base checkpoint and the adapter-only checkpoint) against merged:
@@ -222,7 +222,7 @@ def test_lora_cli_resumes_from_adapter_checkpoint_bit_identically(tmp_path, base
     torch.save(state, other_base)
     swapped = [o for o in resumed_overrides if "checkpoint_path=" not in o]
     swapped += [f"trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path={other_base}"]
-    assert main([*argv[:6], *swapped, f"launcher.experiment_log_dir={resumed_dir}"]) == 1
+    assert main([*argv[:6], *swapped, f"launcher.experiment_log_dir={resumed_dir}"]) == 2  # a bad setting
     assert "trained on other base weights" in capsys.readouterr().err
 
 

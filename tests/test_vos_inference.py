@@ -611,3 +611,45 @@ def test_writes_what_the_official_tool_writes(
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_first_frame_without_a_mask_warns_naming_the_video_and_tracks_from_the_first_mask(
+    checkpoint: Path, tmp_path: Path, caplog
+) -> None:
+    """As SAM 2's propagate_in_video does, tracking starts at the earliest prompted frame; the frames before
+    it are written empty, and the log says so naming the video (it was silent)."""
+    root = tmp_path / "data"
+    write_dataset(root, ["late"])
+    first = root / "Annotations" / "late" / "00000.png"
+    first.rename(root / "Annotations" / "late" / "00001.png")
+    out = tmp_path / "pred"
+    with caplog.at_level(logging.WARNING, logger="sam2.eval.vos_inference"):
+        summary = run(root, checkpoint, out)
+    assert summary.frames == FRAMES
+    warning = [r.getMessage() for r in caplog.records if "has no input mask" in r.getMessage()]
+    assert warning and "video late: frame 00000 has no input mask" in warning[0]
+    assert "tracking starts at frame 00001" in warning[0]
+    assert not read_mask_png(out / "late" / "00000.png").any()
+    assert read_mask_png(out / "late" / "00001.png").any()
+
+
+@pytest.mark.parametrize("case", ["empty_folder", "cut_jpeg"])
+def test_cli_refuses_a_bad_video_folder_in_one_line(case: str, checkpoint: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_dataset(root, ["good", "bad"])
+    frames = root / "JPEGImages" / "bad"
+    if case == "empty_folder":
+        for path in frames.iterdir():
+            path.unlink()
+        expected = str(frames)
+    else:
+        cut = frames / "00002.jpg"
+        cut.write_bytes(cut.read_bytes()[:200])
+        expected = f"video bad: frame {cut} cannot be decoded"
+    out = tmp_path / "pred"
+    done = run_cli(root, checkpoint, out)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], done.stderr[-3000:]
+    assert not (out / "bad").exists()

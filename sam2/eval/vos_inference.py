@@ -112,6 +112,17 @@ def frame_stems(video_dir: Path) -> list[str]:
     return [Path(path).stem for path in list_jpeg_frames(video_dir)]
 
 
+def _undecodable_frame(video_dir: Path) -> Path | None:
+    """The first JPEG frame of `video_dir` PIL cannot decode (to name it in the error), or None."""
+    for path in list_jpeg_frames(video_dir):
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, SyntaxError):
+            return Path(path)
+    return None
+
+
 def _per_object_input(input_dir: Path) -> bool:
     """Whether a video's input masks are per-object folders (SA-V layout) rather than palette PNGs."""
     entries = list(os.scandir(input_dir))
@@ -228,6 +239,18 @@ def _track_together(predictor, state, video: str, input_dir: Path, writer: _Mask
     ]
     if not input_frames:
         raise MaskDataError(f"video {video}: no input mask for any frame in {input_dir}")
+    if input_frames[0] != 0:
+        # SAM 2's propagate_in_video starts at the earliest frame holding a prompt (as in the official
+        # tool with --use_all_masks); nothing is tracked before it, so those frames are written empty.
+        logger.warning(
+            "video %s: frame %s has no input mask in %s; tracking starts at frame %s, the first with one, "
+            "and the %d frame(s) before it are written empty",
+            video,
+            frames[0],
+            input_dir,
+            frames[input_frames[0]],
+            input_frames[0],
+        )
     if not options.use_all_masks:
         input_frames = input_frames[:1]
     known: set[int] | None = None
@@ -387,11 +410,20 @@ def infer_video(
     staging = output_root / f"{TEMP_PREFIX}{video}-{os.getpid()}"
     for stale in stale_staging_dirs(output_root, video):
         shutil.rmtree(stale, ignore_errors=True)
-    state = predictor.init_state(
-        video_path=str(Path(base_video_dir) / video),
-        offload_video_to_cpu=options.offload_video_to_cpu,
-        offload_state_to_cpu=options.offload_state_to_cpu,
-    )
+    try:
+        state = predictor.init_state(
+            video_path=str(Path(base_video_dir) / video),
+            offload_video_to_cpu=options.offload_video_to_cpu,
+            offload_state_to_cpu=options.offload_state_to_cpu,
+        )
+    except (OSError, SyntaxError, RuntimeError) as err:  # PIL's errors (or the loader's, wrapping them)
+        cause = err.__cause__ if isinstance(err, RuntimeError) else err
+        if isinstance(err, FileNotFoundError) or not isinstance(cause, (OSError, SyntaxError)):
+            raise
+        raise MaskDataError(
+            f"video {video}: frame {_undecodable_frame(Path(base_video_dir) / video) or '?'} cannot be "
+            f"decoded ({cause}); re-extract the video or leave it out (--video_list_file)"
+        ) from None
     size = (state["video_height"], state["video_width"])
     writer = _MaskWriter(staging, frames, size, options, _per_object_input(input_dir))
     track = _track_separately if options.track_object_appearing_later_in_video else _track_together

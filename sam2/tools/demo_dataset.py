@@ -12,8 +12,10 @@ from pathlib import Path
 
 from sam2.data.demo import generate_demo_dataset
 from sam2.data.layout import MANIFEST_NAME
+from sam2.utils.cli_errors import cli_entry
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, type=Path)

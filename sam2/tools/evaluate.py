@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from sam2.eval.evaluator import PROTOCOLS, EvaluationResult, evaluate, read_video_list, write_metrics_json
-from sam2.eval.masks import MaskDataError
+from sam2.utils.cli_errors import cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,23 +58,20 @@ def format_table(result: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        videos = read_video_list(args.video_list_file) if args.video_list_file else None
-        result = evaluate(
-            args.gt_root,
-            args.pred_root,
-            videos=videos,
-            protocol=args.protocol,
-            skip_first_and_last=not args.do_not_skip_first_and_last_frame,
-            num_processes=args.num_processes,
-            progress=not args.quiet,
-        )
-    except MaskDataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    videos = read_video_list(args.video_list_file) if args.video_list_file else None
+    result = evaluate(
+        args.gt_root,
+        args.pred_root,
+        videos=videos,
+        protocol=args.protocol,
+        skip_first_and_last=not args.do_not_skip_first_and_last_frame,
+        num_processes=args.num_processes,
+        progress=not args.quiet,
+    )
     if not args.quiet:
         print(format_table(result))
     print(f"J&F: {100 * result.jf:.2f}  J: {100 * result.j:.2f}  F: {100 * result.f:.2f}")

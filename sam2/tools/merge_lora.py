@@ -6,8 +6,8 @@
 
 A LoRA run (`trainer.lora.rank` > 0) writes its adapters alone (checkpoint.pt, checkpoint_best.pt,
 checkpoint_<epoch>.pt) and merges the last ones itself (checkpoint_merged.pt); this merges any of them.
-Paths may be s3:// URIs for the inputs. Exits 1 with a message naming the file for a checkpoint that is
-not a LoRA adapter checkpoint or does not fit the base model.
+Paths may be s3:// URIs for the inputs. Exits 2 with one line naming the file or setting for a wrong
+config, or a checkpoint that is damaged, not a LoRA adapter checkpoint or does not fit the base model.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import argparse
 import logging
 import sys
 
-import torch
+from sam2.training.utils.checkpoint_utils import local_copy, read_checkpoint_file, save_checkpoint_atomic
+from sam2.utils.cli_errors import cli_entry
 
-from sam2.training.utils.checkpoint_utils import local_copy, save_checkpoint_atomic
 
-
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -44,15 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     from sam2.build_sam import build_sam2
     from sam2.training.lora import merge_adapter_checkpoint
 
-    try:
-        model = build_sam2(
-            args.sam2_cfg, args.base_checkpoint, device="cpu", hydra_overrides_extra=args.override
-        )
-        adapters = torch.load(local_copy(args.adapter_checkpoint), map_location="cpu", weights_only=True)
-        merged = merge_adapter_checkpoint(model, adapters, source=args.adapter_checkpoint)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 1
+    model = build_sam2(args.sam2_cfg, args.base_checkpoint, device="cpu", hydra_overrides_extra=args.override)
+    adapters = read_checkpoint_file(local_copy(args.adapter_checkpoint), args.adapter_checkpoint)
+    merged = merge_adapter_checkpoint(model, adapters, source=args.adapter_checkpoint)
     path = save_checkpoint_atomic({"model": merged, "merged_lora": adapters["lora"]}, args.output)
     print(f"merged {len(adapters['model'])} adapter tensors of {args.adapter_checkpoint} into {path}")
     return 0

@@ -15,8 +15,8 @@ import argparse
 import logging
 import sys
 
-from sam2.eval.masks import MaskDataError
 from sam2.eval.vos_inference import VOSInferenceOptions, default_device, list_videos, run_vos_inference
+from sam2.utils.cli_errors import cli_entry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -77,25 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         offload_video_to_cpu=args.offload_video_to_cpu,
         offload_state_to_cpu=args.offload_state_to_cpu,
     )
-    try:
-        videos = list_videos(args.base_video_dir, args.video_list_file)
-        summary = run_vos_inference(
-            args.sam2_cfg,
-            args.sam2_checkpoint,
-            args.base_video_dir,
-            args.input_mask_dir,
-            args.output_mask_dir,
-            videos=videos,
-            options=options,
-            device=args.device,
-            num_workers=args.num_workers,
-            apply_postprocessing=args.apply_postprocessing,
-            hydra_overrides_extra=args.hydra_overrides,
-            vos_optimized=args.use_vos_optimized_video_predictor,
-        )
-    except (MaskDataError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    videos = list_videos(args.base_video_dir, args.video_list_file)
+    summary = run_vos_inference(
+        args.sam2_cfg,
+        args.sam2_checkpoint,
+        args.base_video_dir,
+        args.input_mask_dir,
+        args.output_mask_dir,
+        videos=videos,
+        options=options,
+        device=args.device,
+        num_workers=args.num_workers,
+        apply_postprocessing=args.apply_postprocessing,
+        hydra_overrides_extra=args.hydra_overrides,
+        vos_optimized=args.use_vos_optimized_video_predictor,
+    )
     fps = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(
         f"wrote {len(summary.written)} video(s), {summary.frames} frames ({fps:.1f} frames/s); "

@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sam2.utils.atomic_io import atomic_write_text
+from sam2.utils.cli_errors import exit_code_for
 from sam2.utils.cpu_threads import apply_cpu_threads, plan_cpu_threads
 from sam2.utils.network import free_port
 from sam2.utils.redaction import mask_secrets, redact_command
@@ -202,6 +203,15 @@ def describe_error(err: BaseException) -> str:
     return last
 
 
+def _root_error(err: BaseException) -> BaseException:
+    """The error Hydra wrapped while building objects (``err`` itself otherwise)."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sam2.training.train",
@@ -252,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.debug("training failed", exc_info=True)
         text = describe_error(err)
         print(f"error: {text}", file=sys.stderr)
-        return 1
+        # 2 for bad data or settings (a damaged checkpoint, a missing mask), 1 when training itself failed
+        return exit_code_for(_root_error(err))
     if metrics and int(os.environ.get("RANK", "0")) == 0:
         print("validation: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
     print(f"{cfg.trainer.mode} finished; outputs in {cfg.launcher.experiment_log_dir}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,30 @@ def local_copy(path_or_uri: str, cache_dir: str | os.PathLike | None = None) -> 
     return path
 
 
+class CheckpointReadError(ValueError):
+    """A checkpoint file torch.load cannot read (truncated, damaged, or not a checkpoint); names the file."""
+
+
+def read_checkpoint_file(path: str | os.PathLike, source: str | None = None) -> Any:
+    """``torch.load`` of a local checkpoint (CPU, weights only), naming the file when it cannot be read.
+
+    ``source``: what to name instead of ``path`` (e.g. the s3:// URI it was fetched from).
+
+    Raises:
+        CheckpointReadError: the file is damaged or not a torch checkpoint.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointReadError(
+            f"checkpoint {source or path} cannot be read ({reason}): it is truncated, damaged or not a "
+            "torch checkpoint; remove or replace it (a resume then uses the previous one)"
+        ) from None
+
+
 def load_checkpoint_state_dict(
     checkpoint_path: str | None, ckpt_state_dict_keys: Sequence[str] = ("model",)
 ) -> dict[str, torch.Tensor] | None:
@@ -58,7 +83,7 @@ def load_checkpoint_state_dict(
             "trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path to a SAM 2.1 checkpoint "
             "(a path or an s3:// URI), or to null to start from random weights"
         ) from err
-    checkpoint = torch.load(local, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint_file(local, str(checkpoint_path))
     state = checkpoint
     for key in ckpt_state_dict_keys:
         if not isinstance(state, dict) or key not in state:
