@@ -31,7 +31,9 @@ def configure(s3_endpoint_url: str = "", mlflow_tracking_uri: str = "") -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if s3_endpoint_url:
         os.environ["S3_ENDPOINT_URL"] = s3_endpoint_url
-    if mlflow_tracking_uri:
+    # KFP 2.17's MLflow integration injects MLFLOW_RUN_ID with the server holding it: that server stays
+    # (sam2.promotion.tracking.injected_run)
+    if mlflow_tracking_uri and not os.environ.get("MLFLOW_RUN_ID"):
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
 
 

@@ -24,6 +24,7 @@ from sam2.promotion.rules import Candidate, PromotionResult, model_name_for
 from sam2.promotion.tracking import (
     RunRecord,
     flatten,
+    injected_run,
     is_local_store,
     log_pipeline_run,
     resolved_training_config,
@@ -61,12 +62,23 @@ def promote_pipeline_run(
     """Log the run, publish the pyfunc model folder at <run>/mlflow_model, register and decide.
 
     `model`: the train step's artifact; `comparison`: evaluate's comparison JSON (comparison_summary).
+    With KFP's MLflow integration (MLFLOW_RUN_ID injected), the run logged is KFP's run for this task, on
+    its server, which is then also the registry (so the version links into KFP's run tree).
     """
     from sam2.promotion.pyfunc_model import save_model_folder
     from sam2.storage import ObjectStore, parse_s3_uri
 
     if os.environ.get("S3_ENDPOINT_URL"):
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", os.environ["S3_ENDPOINT_URL"])
+    kfp_run = injected_run()
+    if kfp_run is not None and kfp_run.tracking_uri != tracking_uri:
+        logger.warning(
+            "KFP's MLflow integration gave this task run %s on %s: logging and registering there, not on %s",
+            kfp_run.run_id,
+            kfp_run.tracking_uri,
+            tracking_uri,
+        )
+        tracking_uri = kfp_run.tracking_uri
     run_uri = model.run_uri.rstrip("/")
     params, metrics, curves = run_record_inputs(model, comparison, extra_params)
     name = model_name_for(dataset_name)
@@ -88,7 +100,7 @@ def promote_pipeline_run(
         (work / "comparison.json").write_text(json.dumps(comparison, indent=1))
         artifacts["comparison.json"] = work / "comparison.json"
         bucket = parse_s3_uri(run_uri).bucket
-        location = f"s3://{bucket}/mlflow/{name}" if is_local_store(tracking_uri) else None
+        location = f"s3://{bucket}/mlflow/{name}" if is_local_store(tracking_uri) and not kfp_run else None
         record = RunRecord(
             params=params,
             metrics=metrics,
@@ -96,7 +108,9 @@ def promote_pipeline_run(
             artifacts=artifacts,
             tags={"pipeline_run": pipeline_run, "dataset_name": dataset_name, "run_uri": run_uri},
         )
-        run_id = log_pipeline_run(tracking_uri, name, pipeline_run, record, artifact_location=location)
+        run_id = log_pipeline_run(
+            tracking_uri, name, pipeline_run, record, artifact_location=location, into=kfp_run
+        )
 
         model_dir = save_model_folder(
             work / MLFLOW_MODEL_DIR,

@@ -9,6 +9,12 @@ Artifacts go where the tracking store sends them: a tracking server's artifact r
 with `MLFLOW_S3_ENDPOINT_URL`), or, for a store on this machine (SQLite, a folder), the `artifact_location`
 given when the experiment is first created (the pipeline passes an `s3://` prefix in the runs bucket, so
 local runs keep their artifacts next to their checkpoints).
+
+Where KFP 2.17's own MLflow integration is on, KFP has already made the run tree: a parent run per
+pipeline run and a nested run per task, and it gives each task's container the nested run's id
+(:func:`injected_run`). The promote step then logs into that run instead of opening its own, so one
+pipeline run is one MLflow run tree and the registered version points into it; KFP's launcher ends the
+run when the task ends.
 """
 
 from __future__ import annotations
@@ -40,6 +46,43 @@ def metric_key(name: str) -> str:
     return _BAD_KEY_CHARS.sub("_", name.replace("&", "_and_"))
 
 
+# What KFP 2.17 sets in each task's container when its MLflow integration is on (kubeflow/pipelines at 2.17.0,
+# backend/src/v2/common/plugins/mlflow/handler.go RetrieveUserContainerEnvVars): the task's nested run, the
+# tracking server and the experiment, plus MLFLOW_TRACKING_AUTH / _TOKEN / _USERNAME / _PASSWORD by auth
+# type, which the MLflow client reads itself.
+KFP_RUN_ID_ENV = "MLFLOW_RUN_ID"
+KFP_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+KFP_EXPERIMENT_ID_ENV = "MLFLOW_EXPERIMENT_ID"
+
+
+@dataclass(frozen=True)
+class InjectedRun:
+    """The MLflow run KFP's integration made for this task (nested under the pipeline run's parent run)."""
+
+    run_id: str
+    tracking_uri: str
+    experiment_id: str = ""
+
+
+def injected_run(environ: Mapping[str, str] | None = None) -> InjectedRun | None:
+    """The run KFP's MLflow integration injected into this container, or None without the integration.
+
+    Raises:
+        ValueError: MLFLOW_RUN_ID is set but MLFLOW_TRACKING_URI is not (the run's server is unknown).
+    """
+    env = os.environ if environ is None else environ
+    run_id = env.get(KFP_RUN_ID_ENV, "").strip()
+    if not run_id:
+        return None
+    tracking_uri = env.get(KFP_TRACKING_URI_ENV, "").strip()
+    if not tracking_uri:
+        raise ValueError(
+            f"{KFP_RUN_ID_ENV}={run_id} is set (KFP's MLflow integration) but {KFP_TRACKING_URI_ENV} is not: "
+            "the server holding that run is unknown"
+        )
+    return InjectedRun(run_id, tracking_uri, env.get(KFP_EXPERIMENT_ID_ENV, "").strip())
+
+
 def is_local_store(tracking_uri: str) -> bool:
     """True for a SQLite database or a folder on this machine, False for a tracking server."""
     return urlparse(tracking_uri).scheme in ("", "file", "sqlite")
@@ -65,15 +108,31 @@ def log_pipeline_run(
     run_name: str,
     record: RunRecord,
     artifact_location: str | None = None,
+    into: InjectedRun | None = None,
 ) -> str:
     """Create the experiment when missing, log `record` as a finished run named `run_name`; returns its id.
+
+    `into`: KFP's run for this task (:func:`injected_run`): `record` is logged into it, on its server, and
+    it is left running for KFP to end; no experiment or run is created.
 
     Raises MlflowException when the tracking store refuses a write (e.g. an invalid key), naming it.
     """
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import RunTag
     from mlflow.exceptions import MlflowException
 
+    if into is not None:
+        client = MlflowClient(tracking_uri=into.tracking_uri)
+        client.get_run(into.run_id)  # fails here, naming the run, when KFP's run is not on that server
+        run_id = into.run_id
+        client.log_batch(
+            run_id, tags=[RunTag(k, v) for k, v in {**record.tags, "sam2.run_name": run_name}.items()]
+        )
+        _log_record(client, run_id, record)
+        logger.info(
+            "MLflow run %s (KFP's run for this task) on %s: logged into it", run_id, into.tracking_uri
+        )
+        return run_id
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
@@ -88,6 +147,17 @@ def log_pipeline_run(
         experiment_id = experiment.experiment_id
     run = client.create_run(experiment_id, run_name=run_name, tags=dict(record.tags))
     run_id = run.info.run_id
+    client.log_batch(run_id, tags=[RunTag("mlflow.runName", run_name)])
+    _log_record(client, run_id, record)
+    client.set_terminated(run_id, "FINISHED")
+    logger.info("MLflow run %s (%s) in experiment %r", run_id, run_name, experiment_name)
+    return run_id
+
+
+def _log_record(client: Any, run_id: str, record: RunRecord) -> None:
+    """Params, metrics with their curves, and artifacts of `record` into the run `run_id`."""
+    from mlflow.entities import Metric, Param
+
     now = int(time.time() * 1000)
     metrics = [Metric(metric_key(k), float(v), now, 0) for k, v in record.metrics.items() if _finite(v)] + [
         Metric(metric_key(name), float(v), now, int(step))
@@ -100,7 +170,6 @@ def log_pipeline_run(
         client.log_batch(run_id, metrics=chunk)
     for chunk in _chunks(params, 90):
         client.log_batch(run_id, params=chunk)
-    client.log_batch(run_id, tags=[RunTag("mlflow.runName", run_name)])
     for artifact_path, local in record.artifacts.items():
         local = Path(local)
         if local.is_dir():
@@ -109,9 +178,6 @@ def log_pipeline_run(
             client.log_artifact(run_id, str(local), os.path.dirname(artifact_path) or None)
         else:
             logger.warning("artifact %s (%s) does not exist; not logged", artifact_path, local)
-    client.set_terminated(run_id, "FINISHED")
-    logger.info("MLflow run %s (%s) in experiment %r", run_id, run_name, experiment_name)
-    return run_id
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
