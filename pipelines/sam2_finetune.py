@@ -35,11 +35,19 @@ Parameters (defaults are for a cluster; `python -m pipelines.run --dataset demo`
 - scheduler / scheduler_queue: "none", "volcano" (gang scheduling; the operator runs with
   --gang-scheduler-name=volcano; queue = a Volcano queue) or "kueue" (queue = a Kueue LocalQueue).
 - pending_timeout_minutes: fail the train step when the job's pods have not all started by then (0: wait).
+- image_pull_secret: the docker-registry Secret in the namespace that every step's pod (and the training
+  job's) pulls the image with; one name (KFP turns a whole parameter into one pod `imagePullSecrets`
+  entry), empty: none (a public image, or service accounts that carry it: docs/cluster-operations.md).
 
 Compile-time option: with `SAM2_SHARED_DATA_PVC=<claim>` set when compiling (k8s/shared-data-pvc.yaml),
 validate, split, infer and evaluate mount that ReadWriteMany claim at /shared-data and keep one copy of
 each data set version there (SAM2_SHARED_DATA_DIR) instead of fetching into their scratch disks; the train
 step passes the claim to the PyTorchJob, whose Master and Workers mount it the same way.
+
+Compile-time option: with `SAM2_KUEUE_QUEUE=<LocalQueue>` set when compiling, `scheduler` defaults to
+"kueue" with that queue, and the infer step's GPU pods carry the queue label (kueue.x-k8s.io/queue-name;
+Kueue's pod integration then admits them against the queue's quota). A pod label cannot come from a run
+parameter, so a run that picks another queue queues its training job there but not its infer pods.
 """
 
 import os
@@ -68,6 +76,9 @@ POD_FIELDS = {"POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMES
 TRAINING_IMAGE = train_model.component_spec.implementation.container.image
 # Optional ReadWriteMany claim holding the data sets (k8s/shared-data-pvc.yaml), fixed at compile time.
 SHARED_DATA_PVC = os.environ.get("SAM2_SHARED_DATA_PVC", "").strip()
+# Optional Kueue LocalQueue, fixed at compile time: the default queue, and the infer pods' label.
+KUEUE_QUEUE = os.environ.get("SAM2_KUEUE_QUEUE", "").strip()
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SHARED_DATA_MOUNT = "/shared-data"
 MLFLOW_SECRET_KEYS = {
     "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
@@ -136,9 +147,10 @@ def sam2_finetune(
     gpu_node_selector: dict = {},  # noqa: B006 - a KFP parameter default, never mutated
     gpu_tolerations: list = [],  # noqa: B006 - a KFP parameter default, never mutated
     priority_class: str = "",
-    scheduler: str = "none",
-    scheduler_queue: str = "",
+    scheduler: str = "kueue" if KUEUE_QUEUE else "none",
+    scheduler_queue: str = KUEUE_QUEUE,
     pending_timeout_minutes: float = 30.0,
+    image_pull_secret: str = "",
 ) -> PipelineOutputs:
     extract = extract_frames(
         source_uri=source_uri,
@@ -268,6 +280,9 @@ def sam2_finetune(
     for task in (extract, validate, split, references, train, shards, infer, merge, evaluate, promote):
         _with_s3(task, s3_secret_name)
         _restricted(task)
+        # An empty name (the default) is ignored by the kubelet (pkg/kubelet/kubelet_pods.go,
+        # getPullSecretsForPod: "API validation permitted entries with empty names").
+        kubernetes.set_image_pull_secrets(task, [image_pull_secret])
     if SHARED_DATA_PVC:
         for task in (validate, split, infer, evaluate):
             kubernetes.mount_pvc(task, pvc_name=SHARED_DATA_PVC, mount_path=SHARED_DATA_MOUNT)
@@ -276,6 +291,8 @@ def sam2_finetune(
     for env_name, field_path in POD_FIELDS.items():
         kubernetes.use_field_path_as_env(train, env_name, field_path)
     kubernetes.add_node_selector_json(infer, gpu_node_selector)
+    if KUEUE_QUEUE:  # Kueue admits the infer step's GPU pods through the same queue as the training job
+        kubernetes.add_pod_label(infer, KUEUE_QUEUE_LABEL, KUEUE_QUEUE)
     kubernetes.add_toleration_json(infer, gpu_tolerations)
     for task in (references, promote):
         kubernetes.use_secret_as_env(
