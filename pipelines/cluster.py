@@ -69,6 +69,10 @@ POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 MIN_BACKEND_VERSION = "2.16.0"
 
 
+class ClusterSettingError(RuntimeError):
+    """Defined below ClusterError; placeholder replaced at import."""
+
+
 class ClusterError(RuntimeError):
     """The KFP endpoint could not do what was asked; the message says what to change.
 
@@ -190,6 +194,13 @@ def _auth_hint(host: str, credentials: Credentials, answer: str = "") -> str:
             token = Path(credentials.token_path).read_text().strip()
     if token is not None:
         issuer = _jwt_issuer(token)
+        if "issuer is not configured" in answer and credentials.token_path:
+            return (
+                f"{host} refused the service-account token from {credentials.source}: its issuer {issuer!r} "
+                "is not one the Kubeflow gateway trusts (default overlay m2m-dex-only). Inside the cluster, talk "
+                "to Kubeflow Pipelines directly, not through the gateway: "
+                "KFP_HOST=http://ml-pipeline-ui.kubeflow.svc.cluster.local"
+            )
         if "issuer is not configured" in answer:
             return (
                 f"{host} refused the token from {credentials.source}: its issuer {issuer!r} is not one the "
@@ -357,6 +368,20 @@ def _dex_cookies(host: str, credentials: Credentials) -> str:
         raise ClusterAuthError(f"{err} (credentials from {credentials.source})") from None
 
 
+def _not_kfp_answer(err: Exception) -> str:
+    """What shows an error answer came from a server that is not KFP nor a Kubeflow gateway ("" when
+    nothing does): an S3 or other XML error document, or a method/route the KFP API serves (404/405/501)."""
+    body = getattr(err, "body", None) or ""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    body = body.strip()
+    if body.startswith("<?xml") or body.startswith("<Error>"):
+        return "with an XML error document (an S3 server?)"
+    if getattr(err, "status", None) in (404, 405, 501):
+        return "to GET /apis/v2beta1/healthz"
+    return ""
+
+
 def _probe(host: str, credentials: Credentials) -> dict:
     """GET healthz once with the credentials; returns the backend's healthz answer (multi_user, tag_name).
 
@@ -378,6 +403,14 @@ def _probe(host: str, credentials: Credentials) -> dict:
     try:
         response = kfp_server_api.HealthzServiceApi(api).healthz_service_get_healthz(_preload_content=False)
     except kfp_server_api.ApiException as err:
+        not_kfp = _not_kfp_answer(err)
+        if not_kfp:
+            raise ClusterSettingError(
+                f"{doing}: {host} answered HTTP {err.status} {not_kfp}, not as the Kubeflow Pipelines API does: "
+                "check KFP_HOST (the KFP API's base URL, e.g. http://localhost:8080 after `kubectl -n kubeflow "
+                "port-forward svc/ml-pipeline-ui 8080:80`, or the Kubeflow gateway's URL)",
+                err.status,
+            ) from None
         raise _api_error(err, host, credentials, doing, None) from None
     except urllib3.exceptions.HTTPError as err:
         raise ClusterError(f"{doing}: cannot reach {host} ({err}); check KFP_HOST", transient=True) from None

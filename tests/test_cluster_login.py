@@ -279,3 +279,18 @@ def test_make_pipeline_follow_is_the_resume_command():
     assert dry.returncode == 0 and "-m pipelines.run follow run-0007" in dry.stdout, dry.stderr
     missing = subprocess.run(["make", "-n", "pipeline-follow"], cwd=root, capture_output=True, text=True)
     assert missing.returncode != 0 and "needs RUN=<run-id>" in missing.stderr
+
+
+def test_in_a_notebook_the_service_account_token_stays_the_default(tmp_path):
+    """The projected token (KFP's default path) wins over a Dex login; through the gateway it is told to
+    use the in-cluster address, which does not go through the gateway."""
+    token_file = tmp_path / "token"
+    token_file.write_text(kubernetes_token(NAMESPACE, "default-editor"))
+    cluster.DEFAULT_SA_TOKEN_PATH = str(token_file)
+    credentials = cluster.resolve_credentials(None, _login_env(tmp_path))
+    assert credentials.token_path == str(token_file) and credentials.dex is None
+    with KfpApiServer(gateway=Gateway(), multi_user=True) as server:
+        with pytest.raises(cluster.ClusterAuthError) as caught:
+            cluster.connect(server.kfp_host, environ=_env(tmp_path))
+        assert "KFP_HOST=http://ml-pipeline-ui.kubeflow.svc.cluster.local" in str(caught.value)
+        assert server.state.gateway.logins == []
