@@ -145,9 +145,9 @@ def test_pytorchjob_operational_settings():
 
 
 def test_rbac_is_namespaced_and_least_privilege():
-    """Exactly what the steps need: the launcher's PyTorchJob and pod rules, Argo's executor rule and the
-    KFP driver/launcher ConfigMap and artifact-store Secret (sources in k8s/rbac.yaml); no wildcards, no
-    other Secret, no ClusterRole."""
+    """Exactly what the steps need: the launcher's PyTorchJob and pod rules, the deploy step's
+    InferenceService rule, Argo's executor rule and the KFP driver/launcher ConfigMap and artifact-store
+    Secret (sources in k8s/rbac.yaml); no wildcards, no other Secret, no ClusterRole."""
     docs = list(yaml.safe_load_all((K8S / "rbac.yaml").read_text()))
     kinds = {d["kind"] for d in docs}
     assert kinds == {"ServiceAccount", "Role", "RoleBinding"}, "a ClusterRole would reach other namespaces"
@@ -170,6 +170,8 @@ def test_rbac_is_namespaced_and_least_privilege():
         ("argoproj.io", "workflowtaskresults", "patch", "(any)"),
         ("", "configmaps", "get", "kfp-launcher"),
         ("", "secrets", "get", "mlpipeline-minio-artifact"),
+        # the deploy step (sam2/serving/deployment.py): read, create, patch the InferenceService
+        *{("serving.kserve.io", "inferenceservices", v, "(any)") for v in ("get", "create", "patch")},
     }
     assert all("*" not in item for entry in granted for item in entry)
     # the one Secret KFP's launcher reads (artifact store), by name, get only: no list, no other Secret
