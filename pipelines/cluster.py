@@ -69,10 +69,6 @@ POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 MIN_BACKEND_VERSION = "2.16.0"
 
 
-class ClusterSettingError(RuntimeError):
-    """Defined below ClusterError; placeholder replaced at import."""
-
-
 class ClusterError(RuntimeError):
     """The KFP endpoint could not do what was asked; the message says what to change.
 
@@ -87,6 +83,10 @@ class ClusterError(RuntimeError):
 
 class ClusterAuthError(ClusterError):
     """The KFP endpoint (or the auth proxy in front of it) refused the request."""
+
+
+class ClusterSettingError(ClusterError, ValueError):
+    """A setting is wrong (KFP_HOST points at a server that is not Kubeflow Pipelines): exit 2."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from pipelines.presets import PresetError, available_presets, load_preset
+from sam2.utils.cli_errors import cli_entry
 from sam2.utils.redaction import redact_url
 
 
@@ -73,6 +74,49 @@ def _print_local_summary(outputs: dict[str, Any], arguments: dict[str, Any], sec
             "downloadable here): this J&F is that of a model trained from scratch for a few minutes, which "
             "shows the pipeline learns, not what SAM 2.1 reaches. Fine-tune real weights with "
             "--set init_checkpoint_uri=s3://<bucket>/sam2.1_hiera_tiny.pt"
+        )
+
+
+_PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "String": (str,),
+    "Integer": (int,),
+    "Float": (int, float),
+    "Boolean": (bool,),
+    "Dict": (dict,),
+    "List": (list,),
+}
+
+
+def check_parameters(arguments: dict[str, Any], sets: dict[str, Any]) -> None:
+    """Every `--set` names a pipeline parameter and has its type (an unknown name or `epochs=abc` is
+    refused here, naming it, instead of failing inside KFP). Raises PresetError."""
+    from pipelines.sam2_finetune import sam2_finetune
+
+    inputs = sam2_finetune.component_spec.inputs
+    for key, value in sets.items():
+        if key not in inputs:
+            close = sorted(name for name in inputs if key.lower() in name or name in key.lower())
+            hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+            raise PresetError(
+                f"--set {key}=...: the pipeline has no parameter {key!r}{hint}; its parameters are in "
+                "pipelines/sam2_finetune.py"
+            )
+        kind = inputs[key].type
+        wanted = _PARAMETER_TYPES.get(kind, (object,))
+        if kind == "String" and isinstance(value, (int, float, bool)):
+            arguments[key] = str(value).lower() if isinstance(value, bool) else str(value)
+            continue
+        if not isinstance(value, wanted) or (kind in ("Integer", "Float") and isinstance(value, bool)):
+            raise PresetError(
+                f"--set {key}={value!r}: {key} is {'an' if kind == 'Integer' else 'a'} {kind.lower()} parameter (default "
+                f"{inputs[key].default!r}); pass e.g. --set {key}={inputs[key].default!r}"
+            )
+    init = str(arguments.get("init_checkpoint_uri") or "")
+    if init and not init.startswith("s3://"):
+        raise PresetError(
+            f"init_checkpoint_uri (SAM2_INIT_CHECKPOINT_URI or --set) is {init!r}, a path on this machine: the "
+            "pipeline's steps read the weights from object storage. Upload them (e.g. `aws s3 cp "
+            f"{init} s3://sam2-models/`) and pass the s3:// URI"
         )
 
 
@@ -151,6 +195,7 @@ def _follow(args: argparse.Namespace) -> int:
     return 0 if state == "SUCCEEDED" else 1
 
 
+@cli_entry  # anything not caught below: one line, exit 2 / 201 / 1 (docs/errors-and-exit-codes.md)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", nargs="?", default="run", choices=["run", "submit", "schedule", "follow"])
@@ -192,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
 
             check_cron(args.cron)
         target = "cluster" if on_cluster else "local"
-        arguments = load_preset(args.dataset, target=target) | _parse_sets(args.sets)
+        sets = _parse_sets(args.sets)
+        arguments = load_preset(args.dataset, target=target) | sets
+        check_parameters(arguments, sets)
         check_initial_weights(arguments)
         if args.action == "schedule":
             check_schedule_source(arguments)
@@ -236,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except cluster.ClusterError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, ValueError) else 1  # 2: a wrong setting (KFP_HOST at another server)
     reused = "reused" if run.version.reused else "uploaded"
     print(
         f"{'finished' if wait else 'submitted'} run {run.run_id} of pipeline version {run.version.name} "
