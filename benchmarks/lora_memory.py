@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_step import run_single  # noqa: E402  (a sibling script, found through the line above)
 
-SIZES = ("t", "s", "b+", "l")
+from sam2.build_sam import MODEL_SIZES, model_configs
 
 
 def _current_rss_gib() -> float:
@@ -46,7 +46,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     device = torch.device(args.device)
     cfg = compose_training_config(
-        f"configs/sam2.1_training/sam2.1_hiera_{args.size}_MOSE_finetune.yaml",
+        model_configs(args.size)[1],
         [f"trainer.accelerator={args.device}", f"scratch.resolution={args.resolution}"],
     )
     torch.manual_seed(0)
@@ -146,8 +146,8 @@ def main() -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = []
     for size in args.sizes.split(","):
-        if size not in SIZES:
-            parser.error(f"unknown size {size!r}; use {','.join(SIZES)}")
+        if size not in MODEL_SIZES:
+            parser.error(f"unknown size {size!r}; use {','.join(MODEL_SIZES)}")
         for rank in [0, *(int(r) for r in args.ranks.split(","))]:
             rows.append(_run_one(args, size, rank))
     print_table(rows, args)

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sam2.build_sam import MODEL_SIZES, model_configs
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STEP_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*\bstep (\d+): loss", re.M)
 PALETTE = [0, 0, 0, 230, 30, 30, 30, 230, 30] + [0] * (3 * 253)
@@ -69,7 +71,7 @@ def run_launch(
         "-m",
         "sam2.training.train",
         "-c",
-        f"configs/sam2.1_training/sam2.1_hiera_{args.size}_MOSE_finetune.yaml",
+        model_configs(args.size)[1],
         "--use-cluster",
         "0",
         "--num-gpus",
@@ -120,7 +122,7 @@ def main() -> int:
     parser.add_argument("--processes", default="1,2", help="comma list of --num-gpus values")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per process count")
     parser.add_argument("--steps", type=int, default=4, help="steps per rank and run (the first is left out)")
-    parser.add_argument("--size", default="t", choices=["t", "s", "b+", "l"])
+    parser.add_argument("--size", default="t", choices=MODEL_SIZES)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--frames", type=int, default=3)
     parser.add_argument("--videos", type=int, default=4)

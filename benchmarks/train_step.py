@@ -21,7 +21,8 @@ import sys
 import time
 from collections.abc import Callable
 
-SIZES = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
+from sam2.build_sam import MODEL_SIZES, model_configs
+
 SAVERS = [
     "model.freeze_image_encoder=true",
     "model.activation_checkpointing=true",
@@ -127,9 +128,7 @@ def measure(args: argparse.Namespace) -> dict:
         f"scratch.resolution={args.resolution}",
         *(SAVERS if args.savers else []),
     ]
-    cfg = compose_training_config(
-        f"configs/sam2.1_training/sam2.1_hiera_{args.size}_MOSE_finetune.yaml", overrides
-    )
+    cfg = compose_training_config(model_configs(args.size)[1], overrides)
     torch.manual_seed(0)
     model = instantiate(cfg.trainer.model, _convert_="all").to(device).train()
     model.reseed_prompts(0)
@@ -250,8 +249,8 @@ def main() -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = []
     for size in args.sizes.split(","):
-        if size not in SIZES:
-            parser.error(f"unknown size {size!r}; use {','.join(SIZES)}")
+        if size not in MODEL_SIZES:
+            parser.error(f"unknown size {size!r}; use {','.join(MODEL_SIZES)}")
         for resolution in (int(r) for r in args.resolutions.split(",")):
             for frames in (int(f) for f in args.frames.split(",")):
                 for savers in (False, True):

@@ -24,13 +24,15 @@ def evaluate_predictions(
     """
     import json
 
-    from components.runtime import configure, cpu_budget, fetch_report_frames, fetch_val_split, work_dir
+    from components.runtime import configure, work_dir
     from sam2.contracts import ComparisonSummary, DataSplits, Predictions, TrainedModel
+    from sam2.data.staging import fetch_val_split
     from sam2.eval.evaluator import evaluate, read_video_list
-    from sam2.eval.report import write_comparison_report
+    from sam2.eval.report import stage_report_frames, write_comparison_report
     from sam2.eval.training_curves import read_training_curves
     from sam2.promotion.comparison import NEW, comparison_summary
     from sam2.storage import ObjectStore
+    from sam2.utils.cpu_threads import available_cpu_cores
 
     configure(s3_endpoint_url)
     store = ObjectStore()
@@ -39,7 +41,7 @@ def evaluate_predictions(
     trained = TrainedModel.from_metadata(model.metadata)
     predicted = Predictions.from_metadata(predictions.metadata)
     # Masks only: scoring reads no frame; the overlays' few frames are fetched after scoring.
-    data, val_list = fetch_val_split(store, splits.metadata, work, parts=("Annotations",))
+    data, val_list = fetch_val_split(store, data_splits, work, parts=("Annotations",))
     videos = read_video_list(val_list)
     entries = predicted.entries()
     results, pred_roots = {}, {}
@@ -51,9 +53,9 @@ def evaluate_predictions(
             pred_roots[key],
             videos=videos,
             protocol=protocol,
-            num_processes=cpu_budget(),
+            num_processes=available_cpu_cores(),
         )
-    fetch_report_frames(store, data_splits.uri, data, results[NEW])
+    stage_report_frames(store, data_splits.uri, data, results[NEW])
     curves = None
     if trained.tensorboard_uri:
         tb_dir = work / "tensorboard"

@@ -37,8 +37,9 @@ def infer_videos(
     import subprocess
     import sys
 
-    from components.runtime import configure, fetch_val_split, log_transfers, work_dir, write_pointer
+    from components.runtime import configure, log_transfers, work_dir, write_pointer
     from sam2.contracts import DataSplits, ReferenceModels, ShardPredictions, TrainedModel
+    from sam2.data.staging import fetch_val_split
     from sam2.eval.inference_shards import REPORTS_DIR, ShardReport, plan_shards, report_name
     from sam2.promotion.comparison import NEW, ComparedModel
     from sam2.storage import ObjectStore
@@ -51,7 +52,7 @@ def infer_videos(
     trained = TrainedModel.from_metadata(model.metadata)
     refs = ReferenceModels.from_metadata(references.metadata)
     num_shards = plan_shards(num_shards, data_splits.num_val)
-    data, val_list = fetch_val_split(store, splits.metadata, work, shard=(shard_index, num_shards))
+    data, val_list = fetch_val_split(store, data_splits, work, shard=(shard_index, num_shards))
     videos = val_list.read_text().split()
     new = ComparedModel(NEW, trained.uri, trained.model_config, "new")
     todo = [new, *refs.models]

@@ -22,7 +22,7 @@ def resolve_reference_models(
     import os
 
     from components.runtime import configure, write_pointer
-    from components.training_setup import model_configs
+    from sam2.build_sam import model_configs
     from sam2.contracts import ReferenceModels
     from sam2.promotion.references import resolve_references
     from sam2.promotion.registry import MlflowModelRegistry

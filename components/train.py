@@ -64,9 +64,10 @@ def train_model(
     import logging
 
     from components.runtime import configure, run_uri, work_dir, write_pointer
-    from components.training_setup import model_configs, random_init_checkpoint
+    from sam2.build_sam import model_configs
     from sam2.contracts import RANDOM_INIT_NOTE, DataSplits, TrainedModel
     from sam2.launch.launcher import LocalTorchrunLauncher, TrainingRequest
+    from sam2.training.random_init import random_init_checkpoint
 
     configure(s3_endpoint_url)
     log = logging.getLogger("train_model")

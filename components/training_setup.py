@@ -1,10 +1,9 @@
-"""What the train component needs besides the launcher: config names, a random init, cluster settings."""
+"""What the train component needs besides the launcher: the cluster settings from its parameters."""
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,44 +15,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MODEL_SIZES = ("t", "s", "b+", "l")
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # The fields of a core/v1 Toleration.
 TOLERATION_KEYS = frozenset({"key", "operator", "value", "effect", "tolerationSeconds"})
-
-
-def model_configs(model_size: str) -> tuple[str, str]:
-    """(model config, training config) names for a model size: t, s, b+ or l."""
-    if model_size not in MODEL_SIZES:
-        raise ValueError(f"model_size must be one of {', '.join(MODEL_SIZES)}, got {model_size!r}")
-    return (
-        f"configs/sam2.1/sam2.1_hiera_{model_size}.yaml",
-        f"configs/sam2.1_training/sam2.1_hiera_{model_size}_MOSE_finetune.yaml",
-    )
-
-
-def random_init_checkpoint(model_config: str, target_uri: str, seed: int) -> str:
-    """Build the model with random weights (seeded, so reruns match) and store it at `target_uri` (s3://).
-
-    Stands in for the official SAM 2.1 weights, which cannot be downloaded here; a model trained from it
-    is only a smoke test of the pipeline.
-    """
-    import torch
-
-    from sam2.build_sam import build_sam2
-    from sam2.storage import ObjectStore
-
-    store = ObjectStore()
-    if store.exists(target_uri):
-        return target_uri
-    torch.manual_seed(seed)
-    model = build_sam2(model_config, None, device="cpu")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "random_init.pt"
-        torch.save({"model": model.state_dict()}, path)
-        store.upload_file(path, target_uri)
-    logger.warning("made a RANDOM-WEIGHT initial checkpoint %s (not SAM 2.1 weights)", target_uri)
-    return target_uri
 
 
 def cluster_settings(

@@ -26,9 +26,10 @@ def validate_dataset(
     Returns the number of good videos. Fails with the per-video summary when `on_bad` is "fail" and a
     video is bad, or when no good video is left.
     """
-    from components.runtime import configure, dataset_dir, log_transfers, work_dir, write_pointer
+    from components.runtime import configure, log_transfers, work_dir, write_pointer
     from sam2.contracts import ValidatedDataset
     from sam2.data import validation
+    from sam2.data.staging import dataset_dir
     from sam2.storage import ObjectStore
 
     configure(s3_endpoint_url)

@@ -65,6 +65,7 @@ from components.resolve_models import resolve_reference_models
 from components.split import split_dataset
 from components.train import train_model
 from components.validate import validate_dataset
+from sam2.data.layout import SHARED_DATA_ENV, SHARED_DATA_MOUNT
 
 PIPELINE_NAME = "sam2-finetune"
 S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
@@ -79,7 +80,6 @@ SHARED_DATA_PVC = os.environ.get("SAM2_SHARED_DATA_PVC", "").strip()
 # Optional Kueue LocalQueue, fixed at compile time: the default queue, and the infer pods' label.
 KUEUE_QUEUE = os.environ.get("SAM2_KUEUE_QUEUE", "").strip()
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-SHARED_DATA_MOUNT = "/shared-data"
 MLFLOW_SECRET_KEYS = {
     "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
@@ -271,7 +271,7 @@ def sam2_finetune(
     train.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("8Gi")
     infer.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
     infer.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-    # The limit is the cgroup quota evaluate sizes its worker pool from (components.runtime.cpu_budget).
+    # The limit is the cgroup quota evaluate sizes its worker pool from (sam2.utils.cpu_threads).
     evaluate.set_cpu_request("4").set_cpu_limit("4").set_memory_request("4Gi").set_memory_limit("16Gi")
     shards.set_cpu_request("100m").set_memory_request("256Mi").set_memory_limit("1Gi")
     merge.set_cpu_request("500m").set_memory_request("1Gi").set_memory_limit("4Gi")
@@ -286,7 +286,7 @@ def sam2_finetune(
     if SHARED_DATA_PVC:
         for task in (validate, split, infer, evaluate):
             kubernetes.mount_pvc(task, pvc_name=SHARED_DATA_PVC, mount_path=SHARED_DATA_MOUNT)
-            task.set_env_variable("SAM2_SHARED_DATA_DIR", SHARED_DATA_MOUNT)
+            task.set_env_variable(SHARED_DATA_ENV, SHARED_DATA_MOUNT)
     # The PyTorchJob is owned by the train step's pod (deleting the run deletes it): its name and uid.
     for env_name, field_path in POD_FIELDS.items():
         kubernetes.use_field_path_as_env(train, env_name, field_path)

@@ -44,6 +44,23 @@ _VIDEO_POSTPROCESSING = [
     "++model.fill_hole_area=8",
 ]
 
+MODEL_SIZES = ("t", "s", "b+", "l")
+"""The released Hiera trunk sizes (tiny, small, base plus, large): the suffix of every config name."""
+
+
+def model_configs(model_size: str) -> tuple[str, str]:
+    """(model config, fine-tuning recipe) names of a SAM 2.1 model size: t, s, b+ or l.
+
+    Raises ValueError naming the sizes there are.
+    """
+    if model_size not in MODEL_SIZES:
+        raise ValueError(f"model_size must be one of {', '.join(MODEL_SIZES)}, got {model_size!r}")
+    return (
+        f"configs/sam2.1/sam2.1_hiera_{model_size}.yaml",
+        f"configs/sam2.1_training/sam2.1_hiera_{model_size}_MOSE_finetune.yaml",
+    )
+
+
 # Parameters that SAM 2.1 added to SAM 2.0; their presence tells the two releases apart.
 _SAM21_ONLY_KEYS = ("no_obj_embed_spatial", "obj_ptr_tpos_proj.weight", "obj_ptr_tpos_proj.bias")
 # (trunk embed dim, number of trunk blocks) -> size suffix of the config names.

@@ -129,9 +129,10 @@ def tiny_trained_model(run_uri: str, model: Output[Model]) -> str:
     """Stands in for train: the tiny model with random weights written by our package, as a trained
     checkpoint at <run>/checkpoints/checkpoint.pt and as the 'given' initial checkpoint (the baseline)."""
     from components.runtime import write_pointer
-    from components.training_setup import model_configs, random_init_checkpoint
+    from sam2.build_sam import model_configs
     from sam2.contracts import TrainedModel
     from sam2.storage import ObjectStore
+    from sam2.training.random_init import random_init_checkpoint
 
     model_cfg, train_cfg = model_configs("t")
     init = random_init_checkpoint(model_cfg, f"{run_uri}/init/init.pt", seed=0)

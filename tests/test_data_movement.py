@@ -12,10 +12,18 @@ import pytest
 from s3_server import store_for
 from training_data_synth import make_davis
 
-from components.runtime import _cgroup_cpu_quota, cpu_budget, dataset_dir, fetch_val_split
+from sam2.contracts import DataSplits
 from sam2.data.manifest import manifest_from_disk
-from sam2.data.staging import STAMP_DIR, StagingError, selection_bytes, stage_videos
+from sam2.data.staging import (
+    STAMP_DIR,
+    StagingError,
+    dataset_dir,
+    fetch_val_split,
+    selection_bytes,
+    stage_videos,
+)
 from sam2.storage import MARKER_NAME, ObjectStore
+from sam2.utils.cpu_threads import _cgroup_cpu_quota, available_cpu_cores
 
 TRAIN = ["t0", "t1", "t2", "t3"]
 VAL = ["v0", "v1"]
@@ -46,11 +54,21 @@ def files_of(marker: dict, videos: list[str], parts: tuple[str, ...]) -> dict[st
 @pytest.fixture
 def dataset(s3_store, s3_bucket, tmp_path):
     uri = publish_dataset(s3_store, s3_bucket, tmp_path / "src")
-    splits = {
-        "uri": uri,
-        "val_list_uri": f"{uri}/splits/s0/val.txt",
-        "train_list_uri": f"{uri}/splits/s0/train.txt",
-    }
+    splits = DataSplits(
+        uri=uri,
+        dataset_name="demo",
+        version=uri.rsplit("/", 1)[1],
+        num_videos=len(TRAIN + VAL),
+        validation_uri=f"{uri}/validation",
+        valid_list_uri=f"{uri}/validation/valid_videos.txt",
+        num_good=len(TRAIN + VAL),
+        num_bad=0,
+        splits_uri=f"{uri}/splits/s0",
+        train_list_uri=f"{uri}/splits/s0/train.txt",
+        val_list_uri=f"{uri}/splits/s0/val.txt",
+        num_train=len(TRAIN),
+        num_val=len(VAL),
+    )
     return uri, splits
 
 
@@ -210,7 +228,7 @@ def test_cpu_budget_follows_the_cgroup_quota(tmp_path):
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000")
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
     assert _cgroup_cpu_quota(v1) == 4.0
-    assert 1 <= cpu_budget() <= len(os.sched_getaffinity(0))
+    assert 1 <= available_cpu_cores() <= len(os.sched_getaffinity(0))
 
 
 def test_split_step_reads_annotations_and_manifest_only(s3_env, s3_store, s3_bucket, tmp_path, monkeypatch):

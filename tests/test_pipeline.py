@@ -164,7 +164,7 @@ def test_demo_preset_is_small_and_self_contained():
 def test_demo_training_overrides_reach_the_training_config():
     """The demo trains from random weights: its overrides (some address list entries of the recipe's
     transforms) must land where meant, or the demo silently trains with the fine-tuning recipe."""
-    from components.training_setup import model_configs
+    from sam2.build_sam import model_configs
     from sam2.training.train import compose_training_config
 
     args = load_preset("demo", environ={})

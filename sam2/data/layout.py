@@ -1,7 +1,10 @@
-"""Names of the on-disk data set layout, shared by extraction, validation, splitting and the demo set."""
+"""Names of the on-disk data set layout, shared by extraction, validation, splitting and the demo set,
+and where a data set version lives on the optional shared volume."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 IMAGES_DIR = "JPEGImages"
@@ -14,6 +17,24 @@ SAV_ANNOTATION_SUFFIX = "_manual.json"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+SHARED_DATA_ENV = "SAM2_SHARED_DATA_DIR"
+"""Mount path of a ReadWriteMany volume holding data set copies (k8s/shared-data-pvc.yaml); unset: none."""
+SHARED_DATA_MOUNT = "/shared-data"
+"""Where the pipeline's steps and the training job's pods mount that volume (SHARED_DATA_ENV's value)."""
+
+
+def shared_dataset_dir(data_uri: str, env: Mapping[str, str] | None = None) -> Path | None:
+    """The shared volume's copy of the data set `data_uri` (``s3://<bucket>/<key>``):
+    ``<SAM2_SHARED_DATA_DIR>/<bucket>/<key>``, one per data set version, reused across steps, nodes and
+    runs; None when no shared volume is mounted (`env`, default os.environ, lacks SHARED_DATA_ENV)."""
+    shared = (os.environ if env is None else env).get(SHARED_DATA_ENV, "").strip()
+    if not shared:
+        return None
+    from sam2.storage import parse_s3_uri
+
+    loc = parse_s3_uri(data_uri)
+    return Path(shared) / loc.bucket / loc.key.strip("/")
 
 
 class DataPrepError(ValueError):

@@ -19,6 +19,10 @@ evaluation the val videos' masks only. :func:`stage_videos` fetches exactly that
   it to a POSIX lock the server enforces), so the processes of one node, or every node on a shared
   ReadWriteMany volume, fetch each byte once: the first to take the lock downloads, the others wait on it
   and then find the stamps.
+
+A pipeline step asks through :func:`fetch_val_split` / :func:`fetch_videos`, which stage into the step's
+scratch folder or, when a ReadWriteMany volume is mounted (``SAM2_SHARED_DATA_DIR``), into that volume's
+copy of the data set version (:func:`dataset_dir`), staged once and reused by every later step and run.
 """
 
 from __future__ import annotations
@@ -26,17 +30,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sam2.data.layout import ANNOTATIONS_DIR, IMAGES_DIR, MANIFEST_NAME, SAV_ANNOTATION_SUFFIX
+from sam2.data.layout import (
+    ANNOTATIONS_DIR,
+    IMAGES_DIR,
+    MANIFEST_NAME,
+    SAV_ANNOTATION_SUFFIX,
+    shared_dataset_dir,
+)
 from sam2.data.manifest import combined_digest
 from sam2.utils.atomic_io import atomic_write_text
 from sam2.utils.file_lock import exclusive_file_lock
 
 if TYPE_CHECKING:
+    from sam2.contracts import DataSplits
     from sam2.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -234,3 +245,53 @@ def stage_files(store: ObjectStore, data_uri: str, dest: str | Path, paths: Coll
     if paths:
         store.sync_to_local(data_uri, dest, include=list(paths))
     return store.counters.snapshot()["bytes_downloaded"] - before
+
+
+# -- what a pipeline step fetches ---------------------------------------------------------------------
+
+
+def dataset_dir(data_uri: str, work: Path, env: Mapping[str, str] | None = None) -> Path:
+    """Where a step keeps its copy of the data set `data_uri`: the shared volume's copy when one is
+    mounted (sam2.data.layout.shared_dataset_dir), else `work`/data."""
+    return shared_dataset_dir(data_uri, env) or work / "data"
+
+
+def read_video_list_uri(store: ObjectStore, uri: str, dest: Path) -> list[str]:
+    """Download a video list (one name per line) to `dest` and return its names."""
+    store.download_file(uri, dest)
+    return [line.strip() for line in dest.read_text().splitlines() if line.strip()]
+
+
+def fetch_videos(
+    store: ObjectStore,
+    data_uri: str,
+    videos: Sequence[str],
+    work: Path,
+    parts: Sequence[str] = PARTS,
+) -> Path:
+    """Stage `parts` of `videos` (and the manifest) of the published data set into `dataset_dir`; returns
+    that folder. Nothing else of the data set is downloaded."""
+    data = dataset_dir(data_uri, work)
+    stage_videos(store, data_uri, data, videos, parts)
+    return data
+
+
+def fetch_val_split(
+    store: ObjectStore,
+    splits: DataSplits,
+    work: Path,
+    parts: Sequence[str] = PARTS,
+    shard: tuple[int, int] | None = None,
+) -> tuple[Path, Path]:
+    """Stage `parts` of the val videos (frames and masks for inference, masks for evaluation) and write
+    their list to `work`/val.txt; returns (data folder, list file). The train videos are not fetched.
+    `shard` (index, count): only that inference shard's videos (sam2.utils.sharding.round_robin_shard),
+    listed and fetched."""
+    val_list = work / "val.txt"
+    videos = read_video_list_uri(store, splits.val_list_uri, val_list)
+    if shard is not None:
+        from sam2.utils.sharding import round_robin_shard
+
+        videos = round_robin_shard(videos, *shard)
+        val_list.write_text("".join(f"{video}\n" for video in videos))
+    return fetch_videos(store, splits.uri, videos, work, parts), val_list

@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -24,6 +25,9 @@ from PIL import Image  # noqa: E402
 from sam2.eval.evaluator import EvaluationResult, VideoResult  # noqa: E402
 from sam2.eval.masks import MaskDataError, VideoMasks, default_palette  # noqa: E402
 from sam2.utils.atomic_io import atomic_write_bytes  # noqa: E402
+
+if TYPE_CHECKING:
+    from sam2.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,24 @@ def worst_frames(video: VideoResult, count: int) -> list[WorstFrame]:
     return [
         WorstFrame(video.name, name, float(np.mean(list(js.values()))), js) for name, js in ranked[:count]
     ]
+
+
+def stage_report_frames(
+    store: ObjectStore, data_uri: str, data: Path, result: EvaluationResult, frames_per_video: int = 2
+) -> int:
+    """Fetch the frames a report's overlays draw on into `data`: the `frames_per_video` worst frames of
+    each scored video of `result` (`worst_frames`), not the val videos' every frame. Returns bytes."""
+    from sam2.data.layout import IMAGE_SUFFIXES, IMAGES_DIR
+    from sam2.data.staging import stage_files
+
+    published = store.read_marker(data_uri)["files"]
+    wanted = []
+    for video in result.videos.values():
+        for worst in worst_frames(video, frames_per_video):
+            stem = Path(worst.frame).stem
+            candidates = [f"{IMAGES_DIR}/{video.name}/{stem}{suffix}" for suffix in IMAGE_SUFFIXES]
+            wanted += [rel for rel in candidates if rel in published]
+    return stage_files(store, data_uri, data, wanted)
 
 
 def bar_chart_png(result: EvaluationResult) -> bytes:

@@ -52,7 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam2.data.staging import stage_videos
+from sam2.data.layout import SHARED_DATA_ENV  # noqa: F401 - re-exported; defined once in sam2.data.layout
+from sam2.data.staging import dataset_dir, stage_videos
 from sam2.launch.owner_watch import start_owner_watch
 from sam2.storage import (
     MARKER_NAME,
@@ -61,7 +62,6 @@ from sam2.storage import (
     StorageIntegrityError,
     StorageNotFoundError,
     is_s3_uri,
-    parse_s3_uri,
 )
 from sam2.utils.cli_errors import EXIT_UNREACHABLE, debug_enabled, report_failure
 from sam2.utils.redaction import redact_command
@@ -72,8 +72,6 @@ TRAIN_MODULE = "sam2.training.train"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 INIT_CHECKPOINT_OVERRIDE = "trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path"
-SHARED_DATA_ENV = "SAM2_SHARED_DATA_DIR"
-"""Mount path of a ReadWriteMany volume holding data set copies (k8s/shared-data-pvc.yaml); unset: none."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DEFAULT_STOP_GRACE_S = 90.0
 """How long a stopping node waits for torchrun (which gives its workers 30 s, then SIGKILLs them) before
@@ -551,12 +549,7 @@ def _stage_train_data(
                 )
             shutil.copyfile(src, file_list)
         return data_dir
-    shared = (env or os.environ).get(SHARED_DATA_ENV, "").strip()
-    if shared:
-        loc = parse_s3_uri(dataset_uri)
-        data_dir = Path(shared) / loc.bucket / loc.key.strip("/")
-    else:
-        data_dir = scratch_dir / "data"
+    data_dir = dataset_dir(dataset_uri, scratch_dir, env or None)  # the shared volume's copy, if mounted
     videos = [line.strip() for line in file_list.read_text().splitlines() if line.strip()]
     if not videos:
         raise ValueError(f"training video list {train_list} is empty")
