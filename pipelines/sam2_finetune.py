@@ -44,6 +44,12 @@ validate, split, infer and evaluate mount that ReadWriteMany claim at /shared-da
 each data set version there (SAM2_SHARED_DATA_DIR) instead of fetching into their scratch disks; the train
 step passes the claim to the PyTorchJob, whose Master and Workers mount it the same way.
 
+Compile-time option: with `SAM2_STEP_SCRATCH=<size>` (e.g. 60Gi) set when compiling, every step works in
+an emptyDir of that sizeLimit at /scratch (SAM2_SCRATCH and TMPDIR point there) instead of the container's
+writable layer: a step that outgrows it is evicted alone, not the node's other pods under disk pressure.
+KFP offers no ephemeral-storage request for a step, so this bounds a step's disk rather than reserving it;
+docs/cluster-operations.md has each step's measured peak to size it by.
+
 Compile-time option: with `SAM2_KUEUE_QUEUE=<LocalQueue>` set when compiling, `scheduler` defaults to
 "kueue" with that queue, and the infer step's GPU pods carry the queue label (kueue.x-k8s.io/queue-name;
 Kueue's pod integration then admits them against the queue's quota). A pod label cannot come from a run
@@ -79,6 +85,9 @@ TRAINING_IMAGE = train_model.component_spec.implementation.container.image
 SHARED_DATA_PVC = os.environ.get("SAM2_SHARED_DATA_PVC", "").strip()
 # Optional Kueue LocalQueue, fixed at compile time: the default queue, and the infer pods' label.
 KUEUE_QUEUE = os.environ.get("SAM2_KUEUE_QUEUE", "").strip()
+# Optional size of each step's scratch emptyDir (e.g. "60Gi"), fixed at compile time; empty: none.
+STEP_SCRATCH = os.environ.get("SAM2_STEP_SCRATCH", "").strip()
+STEP_SCRATCH_MOUNT = "/scratch"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MLFLOW_SECRET_KEYS = {
     "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
@@ -283,6 +292,10 @@ def sam2_finetune(
         # An empty name (the default) is ignored by the kubelet (pkg/kubelet/kubelet_pods.go,
         # getPullSecretsForPod: "API validation permitted entries with empty names").
         kubernetes.set_image_pull_secrets(task, [image_pull_secret])
+        if STEP_SCRATCH:  # components.runtime.work_dir and tempfile write here, bounded by the sizeLimit
+            kubernetes.empty_dir_mount(task, "scratch", STEP_SCRATCH_MOUNT, size_limit=STEP_SCRATCH)
+            task.set_env_variable("SAM2_SCRATCH", STEP_SCRATCH_MOUNT)
+            task.set_env_variable("TMPDIR", STEP_SCRATCH_MOUNT)
     if SHARED_DATA_PVC:
         for task in (validate, split, infer, evaluate):
             kubernetes.mount_pvc(task, pvc_name=SHARED_DATA_PVC, mount_path=SHARED_DATA_MOUNT)

@@ -561,7 +561,8 @@ def _resolve_input(source: str, work_dir: Path, store_factory: Callable) -> Path
         local_name = Path(loc.key.rstrip("/")).name or loc.bucket
         if is_video(Path(local_name)) or is_archive(Path(local_name)):
             local = work_dir / "input" / local_name
-            if not local.is_file():
+            unpacked_before = is_archive(local) and _unpack_target(local, work_dir).is_dir()
+            if not local.is_file() and not unpacked_before:  # a rerun after the unpack needs no download
                 store.download_file(source, local)
         else:
             local = work_dir / "input" / "folder"
@@ -570,10 +571,16 @@ def _resolve_input(source: str, work_dir: Path, store_factory: Callable) -> Path
         local = Path(source).expanduser()
         if not local.exists():
             raise DataPrepError(f"input {source} does not exist")
-    if local.is_file() and is_archive(local):
-        stem = local.name.split(".")[0]
-        return unpack_archive(local, work_dir / "unpacked" / stem)
+    if is_archive(local) and (local.is_file() or _unpack_target(local, work_dir).is_dir()):
+        unpacked = unpack_archive(local, _unpack_target(local, work_dir))
+        if is_s3_uri(source):  # our own download: extraction reads only the unpacked tree, free its disk now
+            local.unlink(missing_ok=True)
+        return unpacked
     return local
+
+
+def _unpack_target(archive: Path, work_dir: Path) -> Path:
+    return work_dir / "unpacked" / archive.name.split(".")[0]
 
 
 def extract_dataset(
