@@ -158,9 +158,24 @@ def resolve_namespace(
     return None
 
 
+CA_CERT_ENV = "KFP_SSL_CA_CERT"
+
+
+def _ca_cert(env: Mapping[str, str]) -> str | None:
+    """KFP_SSL_CA_CERT: the CA bundle that signed the endpoint's certificate (a gateway with a private CA).
+
+    Raises:
+        ClusterError: it names no file.
+    """
+    path = env.get(CA_CERT_ENV, "").strip()
+    if path and not Path(path).is_file():
+        raise ClusterError(f"{CA_CERT_ENV}={path}: no such file")
+    return path or None
+
+
 def _tls_verify(env: Mapping[str, str]) -> bool | str:
     """requests' `verify` for the Dex login: KFP_SSL_CA_CERT (a CA bundle), else the system's trust."""
-    return env.get("KFP_SSL_CA_CERT", "").strip() or True
+    return _ca_cert(env) or True
 
 
 def _normalise_host(host: str) -> str:
@@ -382,7 +397,7 @@ def _not_kfp_answer(err: Exception) -> str:
     return ""
 
 
-def _probe(host: str, credentials: Credentials) -> dict:
+def _probe(host: str, credentials: Credentials, ca_cert: str | None = None) -> dict:
     """GET healthz once with the credentials; returns the backend's healthz answer (multi_user, tag_name).
 
     kfp.Client retries healthz five times with sleeps on any error, so a rejected token would take half a
@@ -392,6 +407,8 @@ def _probe(host: str, credentials: Credentials) -> dict:
     import urllib3
 
     config = kfp_server_api.Configuration(host=host)
+    if ca_cert:
+        config.ssl_ca_cert = ca_cert
     token = credentials.token
     if credentials.token_path:
         token = Path(credentials.token_path).read_text().strip()
@@ -413,6 +430,13 @@ def _probe(host: str, credentials: Credentials) -> dict:
             ) from None
         raise _api_error(err, host, credentials, doing, None) from None
     except urllib3.exceptions.HTTPError as err:
+        if isinstance(err, urllib3.exceptions.SSLError) or isinstance(
+            getattr(err, "reason", None), urllib3.exceptions.SSLError
+        ):
+            raise ClusterError(
+                f"{doing}: the TLS certificate of {host} is not trusted ({err}); set {CA_CERT_ENV} to the CA "
+                "bundle that signed it"
+            ) from None
         raise ClusterError(f"{doing}: cannot reach {host} ({err}); check KFP_HOST", transient=True) from None
     if response.status in (401, 403):
         answer = response.data.decode(errors="replace") if response.data else ""
@@ -452,7 +476,7 @@ def connect(
     credentials = resolve_credentials(token, environ)
     if credentials.dex is not None:
         credentials = replace(credentials, cookies=_dex_cookies(host, credentials))
-    health = _probe(host, credentials)
+    health = _probe(host, credentials, _ca_cert(os.environ if environ is None else environ))
     check_backend_version(host, str(health.get("tag_name") or ""))
     multi_user = bool(health.get("multi_user"))
     resolved = resolve_namespace(namespace, environ)
@@ -465,7 +489,11 @@ def connect(
         if resolved:
             logger.info("%s is single-user: namespace %s is not used", host, resolved)
         resolved = None
-    kwargs: dict[str, Any] = {"host": host, "namespace": resolved}
+    kwargs: dict[str, Any] = {
+        "host": host,
+        "namespace": resolved,
+        "ssl_ca_cert": _ca_cert(os.environ if environ is None else environ),
+    }
     if credentials.token:
         kwargs["existing_token"] = credentials.token
     elif credentials.token_path:

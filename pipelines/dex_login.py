@@ -121,6 +121,11 @@ def session_cookies(host: str, login: DexLogin, timeout_s: float = 30.0) -> str:
                     verify=login.verify,
                     timeout=timeout_s,
                 )
+        except requests.exceptions.SSLError as err:
+            raise DexLoginError(
+                f"logging in at {host}: its TLS certificate is not trusted ({err}); set KFP_SSL_CA_CERT to the "
+                "CA bundle that signed it"
+            ) from None
         except requests.RequestException as err:
             raise DexLoginError(
                 f"logging in at {host}: {type(err).__name__}: {err}; check KFP_HOST"

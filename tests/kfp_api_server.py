@@ -572,16 +572,24 @@ def _route(state: FakeKfp, method: str, path: str, query: dict, body: Any, heade
 class KfpApiServer:
     """Run :class:`FakeKfp` on 127.0.0.1 in a thread; `url` is what KFP_HOST would be."""
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None, **settings: Any) -> None:
+        """`tls`: (certificate, key) files to answer HTTPS with, as a gateway with its own CA does."""
         self.state = FakeKfp(**settings)
         self._server = _Server(self.state)
+        self._scheme = "https" if tls else "http"
+        if tls:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         """The server's root; with a gateway, KFP_HOST is `kfp_host` (the API under /pipeline)."""
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self._scheme}://{host}:{port}"
 
     @property
     def kfp_host(self) -> str:

@@ -294,3 +294,54 @@ def test_in_a_notebook_the_service_account_token_stays_the_default(tmp_path):
             cluster.connect(server.kfp_host, environ=_env(tmp_path))
         assert "KFP_HOST=http://ml-pipeline-ui.kubeflow.svc.cluster.local" in str(caught.value)
         assert server.state.gateway.logins == []
+
+
+def _self_signed(folder) -> tuple[str, str]:
+    """A CA-less certificate for 127.0.0.1 (its own CA bundle), as a gateway with a private CA has."""
+    import subprocess
+
+    cert, key = folder / "gateway.crt", folder / "gateway.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def test_a_gateway_with_a_private_ca_needs_kfp_ssl_ca_cert(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    with KfpApiServer(tls=(cert, key), gateway=Gateway(), multi_user=True) as server:
+        assert server.kfp_host.startswith("https://")
+        with pytest.raises(cluster.ClusterAuthError, match="TLS certificate is not trusted.*KFP_SSL_CA_CERT"):
+            cluster.connect(server.kfp_host, environ=_login_env(tmp_path))
+        connection = cluster.connect(server.kfp_host, environ=_login_env(tmp_path, KFP_SSL_CA_CERT=cert))
+        cluster.submit(connection, {"dataset_name": "demo"}, "demo", package=COMPILED)
+        assert _api_users(server) == {USER}
+        token = server.state.gateway.dex_token(USER)
+        with pytest.raises(
+            cluster.ClusterError, match="TLS certificate of .* is not trusted.*KFP_SSL_CA_CERT"
+        ):
+            cluster.connect(server.kfp_host, environ=_env(tmp_path, KFP_TOKEN=token))
+        with pytest.raises(cluster.ClusterError, match="KFP_SSL_CA_CERT=.*missing.pem: no such file"):
+            cluster.connect(
+                server.kfp_host,
+                environ=_env(tmp_path, KFP_TOKEN=token, KFP_SSL_CA_CERT=str(tmp_path / "missing.pem")),
+            )

