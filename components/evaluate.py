@@ -20,7 +20,20 @@ def evaluate_predictions(
 ) -> float:
     """Score the predicted masks of each model on the val videos; publish metrics.json (the new model's
     scores, with every model's under "models") and report.md in the run folder; `comparison` holds the
-    scores promotion compares (see sam2.promotion.comparison). Returns the new model's J&F in percent.
+    scores promotion compares (see sam2.promotion.comparison).
+
+    Args:
+        predictions: merge_predictions's output: each scored model's masks.
+        splits: split_dataset's output: the val videos and their ground truth.
+        model: train_model's output: the new checkpoint, its run folder and training logs.
+        metrics: J&F, J, F of the new model and of each reference model, and the number of videos.
+        report: The comparison report (tables, per-video change, worst frames, training curves).
+        comparison: The scores promotion decides on (JSON, ComparisonSummary metadata).
+        protocol: The evaluation protocol: "sav" (SA-V) or "davis2017".
+        s3_endpoint_url: The S3 endpoint of object storage; empty for the environment's.
+
+    Returns:
+        The new model's J&F in percent.
     """
     import json
 

@@ -21,9 +21,20 @@ def extract_frames(
 ) -> str:
     """Extract frames and masks, publish them at s3://<data_bucket>/datasets/<name>/<version>/.
 
-    `source_uri` "demo:" generates the embedded demo data set (no download). Returns the data set version
-    (a hash of the manifest: the same input always gives the same version and the same S3 prefix, which
-    is what downstream caching keys on).
+    Args:
+        source_uri: The source: an `s3://` archive or folder (DAVIS/MOSE layout, SA-V, plain videos), a
+            local path, or "demo:" to generate the embedded demo data set (no download).
+        dataset_name: The data set's name, part of its S3 prefix.
+        data_bucket: The S3 bucket the data set is published in.
+        frames: The published data set (PublishedDataset metadata: uri, version, counts).
+        fps: Frame rate to extract videos at; 0 keeps every frame.
+        demo_videos: Number of videos of the demo data set ("demo:" only).
+        demo_frames: Frames per video of the demo data set ("demo:" only).
+        s3_endpoint_url: The S3 endpoint of object storage; empty for the environment's.
+
+    Returns:
+        The data set version: a hash of the manifest, so the same input always gives the same version and
+        the same S3 prefix, which is what downstream caching keys on.
     """
     import logging
 

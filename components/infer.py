@@ -25,13 +25,28 @@ def infer_videos(
 ) -> str:
     """Run `python -m sam2.tools.vos_inference` (upstream flags) on the val split for the new model and
     for each reference model (see resolve_reference_models); publish the masks at
-    <run>/predictions/<new|champion|baseline>/ and return <run>/predictions. `inference_args`: extra flags
-    for the tool, space-separated, the same for every model. A reference model whose inference fails is
-    reported as skipped (with the tool's exit status); the new model's failure fails the step.
+    <run>/predictions/<new|champion|baseline>/ and return <run>/predictions. A reference model whose
+    inference fails is reported as skipped (with the tool's exit status); the new model's failure fails
+    the step.
 
     Shard `shard_index` of `num_shards` (at most one shard per val video: plan_infer_shards runs that
-    many) fetches and infers only its videos (every n-th of the sorted val list), writes their masks into <run>/predictions/<model>/ unpublished, and its report
-    (videos, files, skipped models) to <run>/predictions/_shards/; merge_predictions publishes."""
+    many) fetches and infers only its videos (every n-th of the sorted val list), writes their masks into
+    <run>/predictions/<model>/ unpublished, and its report (videos, files, skipped models) to
+    <run>/predictions/_shards/; merge_predictions publishes.
+
+    Args:
+        model: train_model's output: the new checkpoint and its model config.
+        splits: split_dataset's output: the data set and its val list.
+        references: resolve_reference_models's output: the champion and baseline to score too.
+        predictions: Where this shard wrote its masks and report (ShardPredictions).
+        inference_args: Extra flags for the tool, space-separated, the same for every model.
+        shard_index: Which shard this task is, 0-based.
+        num_shards: How many shards run (clamped to one per val video).
+        s3_endpoint_url: The S3 endpoint of object storage; empty for the environment's.
+
+    Returns:
+        The run's predictions folder, <run>/predictions.
+    """
     import json
     import logging
     import subprocess

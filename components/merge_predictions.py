@@ -16,8 +16,17 @@ def merge_predictions(
 ) -> str:
     """Merge the shard reports (sam2.eval.inference_shards): fail naming any val video no shard or two
     shards predicted, any shard missing; else publish <run>/predictions/<model>/ with one marker over
-    every shard's files. `predictions` has the metadata one unsharded infer step would give evaluate
-    (uri, checkpoint, models, skipped). Returns the predictions URI."""
+    every shard's files. `predictions` has the metadata one unsharded infer step would give evaluate.
+
+    Args:
+        shards: Every infer_videos shard's output.
+        splits: split_dataset's output: the val list the shards must cover exactly once.
+        predictions: Each scored model's published predictions (Predictions).
+        s3_endpoint_url: The S3 endpoint of object storage; empty for the environment's.
+
+    Returns:
+        The run's predictions folder.
+    """
     import json
     import logging
 

@@ -13,6 +13,13 @@ def plan_infer_shards(splits: Input[Dataset], infer_shards: int = 1) -> list[int
 
     A single output on purpose: kfp.local 2.17.0 cannot iterate over one key of a NamedTuple output
     ("Parent pipeline input argument 'pipelinechannel--...' not found"); `.output` works there and on KFP.
+
+    Args:
+        splits: split_dataset's output, for the number of val videos.
+        infer_shards: The requested number of inference shards.
+
+    Returns:
+        The shard indices 0..n-1, the ParallelFor's items.
     """
     from sam2.contracts import DataSplits
     from sam2.eval.inference_shards import plan_shards

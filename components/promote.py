@@ -32,13 +32,33 @@ def promote_model(
 ):
     """Log this pipeline run as an MLflow run (experiment `sam2-<dataset_name>`), register a new version of
     model `sam2-<dataset_name>` linked to it and loadable with mlflow.pyfunc, and decide "champion" or
-    "challenger". Returns the decision, the registered version, its J&F, the run folder, the data set it
-    was trained on, and one line comparing it with the champion and the baseline.
+    "challenger".
 
     The rule compares the new model with the champion as both were scored in this run (`comparison`,
     from evaluate), by more than `promotion_margin` J&F points; if the champion could not be scored here
     it falls back to the champion's registered J&F and says so. A model trained from random weights never
-    becomes champion unless `allow_random_init`. Concurrent runs are serialised (see sam2.promotion.registry).
+    becomes champion unless `allow_random_init`. Concurrent runs are serialised (sam2.promotion.registry).
+
+    Args:
+        model: train_model's output: the new checkpoint and what produced it.
+        comparison: evaluate_predictions's output: the scores of every model on the same val videos.
+        dataset_name: The data set; the registered model is `sam2-<dataset_name>`.
+        pipeline_run: The pipeline run's id, the MLflow run's name and a version tag.
+        decision_report: The decision in Markdown: rule, reason, scores, where the version lives.
+        promotion_margin: J&F points the new model must beat the champion by.
+        allow_random_init: Let a model trained from random weights become champion.
+        inference_args: The infer step's flags; its --hydra_overrides are stored with the pyfunc model.
+        image: The image the run used, logged as a run parameter.
+        mlflow_tracking_uri: The MLflow server; empty for MLFLOW_TRACKING_URI.
+        s3_endpoint_url: The S3 endpoint of object storage; empty for the environment's.
+
+    Returns:
+        decision: "champion" or "challenger".
+        model_version: The registered version, `sam2-<dataset_name>/<n>`.
+        jf: The new model's J&F in percent.
+        run_uri: The run's folder.
+        dataset_uri: The data set version it was trained on.
+        comparison: One line comparing it with the champion and the baseline.
     """
     import json
     import os

@@ -17,7 +17,19 @@ def resolve_reference_models(
 ) -> str:
     """Look up the champion of `sam2-<dataset_name>` and the initial checkpoint (the zero-shot baseline);
     the `references` artifact lists those that can be scored and says why the others cannot. Runs beside
-    training (it needs only the registry), and decides once for every inference shard. Returns a summary.
+    training (it needs only the registry), and decides once for every inference shard.
+
+    Args:
+        dataset_name: The data set whose registered model's champion is looked up.
+        references: The reference models to score and the reasons for the others (ReferenceModels).
+        model_size: The new model's size (t, s, b+, l): the baseline's model config.
+        init_checkpoint_uri: The checkpoint training starts from, scored as the baseline; empty (random
+            weights) has no baseline.
+        mlflow_tracking_uri: The MLflow registry; empty for MLFLOW_TRACKING_URI, unset for no champion.
+        s3_endpoint_url: The S3 endpoint of object storage; empty for the environment's.
+
+    Returns:
+        A one-line summary of which reference models will be scored.
     """
     import os
 

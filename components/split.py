@@ -19,6 +19,17 @@ def split_dataset(
 
     Reads only the annotations and the manifest (no frame). `splits` carries `train_bytes`, what the
     train videos take on disk (from the marker's sizes): the training job sizes its scratch with it.
+
+    Args:
+        validated: validate_dataset's output: the data set and its list of good videos.
+        dataset_version: The data set version (a parameter, so a rerun on the same data is a cache hit).
+        splits: The train/val lists with the data set (DataSplits metadata).
+        val_fraction: Share of the good videos held out for validation.
+        seed: Seed of the split; the same seed and videos give the same split.
+        s3_endpoint_url: The S3 endpoint of object storage; empty for the environment's.
+
+    Returns:
+        The URI of the splits folder.
     """
     import json
 

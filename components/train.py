@@ -18,7 +18,7 @@ def train_model(
     epochs: int = 40,
     num_nodes: int = 1,
     gpus_per_node: int = 1,
-    launcher: str = "pytorchjob",
+    launcher: str = "auto",
     training_overrides: str = "",
     lora_rank: int = 0,
     namespace: str = "",
@@ -39,27 +39,52 @@ def train_model(
     pending_timeout_minutes: float = 30.0,
     shared_data_pvc: str = "",
 ) -> str:
-    """Train and publish checkpoints at s3://<runs_bucket>/<run_id>/checkpoints/; returns the checkpoint URI.
+    """Train and publish checkpoints at s3://<runs_bucket>/<run_id>/checkpoints/.
 
-    `launcher`: "pytorchjob" (Master + Workers on the cluster, `num_nodes` x `gpus_per_node`) or "local"
-    (`num_nodes` torchrun nodes on this machine; `gpus_per_node` 0 trains on the CPU with one process per
-    node). Without `init_checkpoint_uri` the weights start RANDOM (a checkpoint made by build_sam2): fine
-    for a smoke run, not for a useful model; pass the s3:// URI of an official SAM 2.1 checkpoint.
-    `training_overrides`: extra Hydra overrides, space-separated (the data set preset's settings).
-    `lora_rank`: > 0 trains LoRA adapters of that rank on the frozen initial weights (trainer.lora.rank;
-    alpha, targets and learning rates through `training_overrides`); the model is then the adapters merged
-    into the base, checkpoint_merged.pt (checkpoint.pt holds the adapters alone).
-    `s3_secret_name`: the Secret the PyTorchJob's pods read their S3 credentials from.
-    `image`: the PyTorchJob's image; the pipeline passes the one it was compiled with (empty: the default).
-    PyTorchJob only: `cpu_per_gpu` / `memory_per_gpu` / `shm_per_gpu` size each pod by its GPUs (memory
-    includes /dev/shm; DataLoader workers = CPUs per GPU - 1); `node_selector`, `tolerations` (core/v1
-    Toleration objects) and `priority_class` place it; `scheduler` "none", "volcano" (gang scheduling through
-    the operator's PodGroup, `queue` = Volcano queue) or "kueue" (`queue` = LocalQueue, required);
-    `pending_timeout_minutes`: fail when its pods have not all started by then (0: wait), with the
-    scheduler's last message. The job is owned by this step's pod (POD_NAME/POD_UID from the downward API).
-    `shared_data_pvc`: a ReadWriteMany claim (k8s/shared-data-pvc.yaml) the job's pods mount at
-    /shared-data to stage the train videos once per data set version; the pipeline passes the claim it
-    was compiled with (empty: none, each node downloads into its scratch volume).
+    Without `init_checkpoint_uri` the weights start RANDOM (a checkpoint made by build_sam2): fine for a
+    smoke run, not for a useful model. The job is owned by this step's pod (POD_NAME/POD_UID from the
+    downward API).
+
+    Args:
+        splits: split_dataset's output: the data set and its train list.
+        dataset_version: The data set version, recorded with the model.
+        run_id: The pipeline run's id: the run folder s3://<runs_bucket>/<run_id>/.
+        runs_bucket: The S3 bucket of the runs.
+        model: The trained checkpoint and what produced it (TrainedModel metadata).
+        model_size: SAM 2.1 Hiera size: t, s, b+ or l.
+        init_checkpoint_uri: `s3://` URI of an official SAM 2.1 checkpoint to start from; empty: random.
+        epochs: Training epochs.
+        num_nodes: Training nodes (torchrun nodes locally, Master + Workers on the cluster).
+        gpus_per_node: GPUs (training processes) per node; 0 trains on the CPU, one process per node.
+        launcher: "auto" (the cluster's job kind: a PyTorchJob where the Training Operator serves it, else a
+            Kubeflow Trainer v2 TrainJob), "pytorchjob", "trainjob" or "local" (torchrun on this machine).
+        training_overrides: Extra Hydra overrides, space-separated (the data set preset's settings).
+        lora_rank: > 0 trains LoRA adapters of that rank on the frozen initial weights (alpha, targets and
+            learning rates through `training_overrides`); the model is then the adapters merged into the
+            base, checkpoint_merged.pt (checkpoint.pt holds the adapters alone).
+        namespace: Where the job runs; empty for this pod's namespace.
+        image: The job's image; the pipeline passes the one it was compiled with (empty: the default).
+        timeout_hours: Fail when the job has not finished by then.
+        cleanup: When to delete the finished job: "on-success", "always" or "never".
+        seed: Training seed (also the random initial weights' seed).
+        s3_endpoint_url: The S3 endpoint of object storage; empty for the environment's.
+        s3_secret_name: The Secret the job's pods read their S3 credentials from.
+        cpu_per_gpu: CPUs of each job pod per GPU; DataLoader workers per GPU = CPUs per GPU - 1.
+        memory_per_gpu: Memory of each job pod per GPU, /dev/shm included.
+        shm_per_gpu: Shared memory (/dev/shm) of each job pod per GPU.
+        node_selector: nodeSelector (label -> value) of the job's pods.
+        tolerations: Tolerations (core/v1 Toleration objects) of the job's pods.
+        priority_class: The job's PriorityClass; empty for none.
+        scheduler: "none", "volcano" (gang scheduling through the operator's PodGroup) or "kueue".
+        queue: The Volcano queue, or the Kueue LocalQueue (required with "kueue").
+        pending_timeout_minutes: Fail when the job's pods have not all started by then, with the
+            scheduler's last message; 0 waits.
+        shared_data_pvc: A ReadWriteMany claim (k8s/shared-data-pvc.yaml) the job's pods mount at
+            /shared-data to stage the train videos once per data set version; empty: none, each node
+            downloads into its scratch volume.
+
+    Returns:
+        The checkpoint's URI.
     """
     import logging
 
@@ -100,9 +125,9 @@ def train_model(
     )
     if launcher == "local":
         job_launcher = LocalTorchrunLauncher(work_dir("train"), timeout_s=timeout_hours * 3600)
-    elif launcher == "pytorchjob":
+    elif launcher in ("auto", "pytorchjob", "trainjob"):
         from components.training_setup import cluster_settings
-        from sam2.launch.kubeflow import PyTorchJobLauncher
+        from sam2.launch.job_kind import cluster_launcher
 
         settings = cluster_settings(
             namespace,
@@ -122,9 +147,9 @@ def train_model(
             pending_timeout_minutes=pending_timeout_minutes,
             shared_data_pvc=shared_data_pvc,
         )
-        job_launcher = PyTorchJobLauncher(settings)
+        job_launcher = cluster_launcher(launcher, settings)  # auto: the kind the cluster serves, logged
     else:
-        raise ValueError(f"launcher must be 'local' or 'pytorchjob', got {launcher!r}")
+        raise ValueError(f"launcher must be one of auto, pytorchjob, trainjob, local, got {launcher!r}")
     result = job_launcher.launch(request)
     checkpoint_uri = (
         f"{result.checkpoints_uri}/{'checkpoint_merged.pt' if lora_rank > 0 else 'checkpoint.pt'}"

@@ -23,8 +23,19 @@ def validate_dataset(
     extract's output artifact: KFP's cache key holds an input artifact's id, new every run, but a
     parameter's value, so keyed on the content-hashed version a rerun on the same data is a cache hit.
 
-    Returns the number of good videos. Fails with the per-video summary when `on_bad` is "fail" and a
-    video is bad, or when no good video is left.
+    Args:
+        dataset_name: The data set's name, as extract_frames published it.
+        data_bucket: The S3 bucket the data set is published in.
+        dataset_version: The version extract_frames returned.
+        validated: The data set with its validation report and list of good videos (ValidatedDataset).
+        report: A Markdown summary of the bad videos and why.
+        num_frames: The training sampler's clip length, which every video must reach.
+        on_bad: What a bad video does: "exclude" it (reported by name) or "fail" the step.
+        s3_endpoint_url: The S3 endpoint of object storage; empty for the environment's.
+
+    Returns:
+        The number of good videos. Fails with the per-video summary when `on_bad` is "fail" and a video is
+        bad, or when no good video is left.
     """
     from components.runtime import configure, log_transfers, work_dir, write_pointer
     from sam2.contracts import ValidatedDataset

@@ -1,43 +1,9 @@
 """The SAM 2 fine-tuning pipeline: extract -> validate -> split -> train -> infer (sharded) -> merge ->
 evaluate -> promote.
 
-Parameters (defaults are for a cluster; `python -m pipelines.run --dataset demo` fills them from a preset):
-
-- dataset_name / source_uri: the data set's name (one registered model per name) and where it comes from:
-  an `s3://` archive or folder (DAVIS/MOSE layout, SA-V, plain videos), or "demo:" for the embedded demo.
-- data_bucket / runs_bucket: S3 buckets for data sets (`datasets/<name>/<version>/`) and runs (`<run-id>/`).
-- fps: frame rate to extract videos at (0: every frame).
-- validate_num_frames / on_bad: the sampler's clip length the videos must reach; "exclude" bad videos or
-  "fail" the run.
-- val_fraction / split_seed: the deterministic train/val split.
-- model_size: t, s, b+ or l (SAM 2.1 Hiera). init_checkpoint_uri: `s3://` URI of the weights to start from
-  (an official SAM 2.1 checkpoint); empty starts from RANDOM weights (a smoke test only).
-- epochs, num_nodes, gpus_per_node: training length and scale (PyTorchJob Master + num_nodes-1 Workers,
-  nprocPerNode = gpus_per_node; 0 GPUs trains on the CPU). train_launcher: "pytorchjob" or "local".
-- training_overrides: extra Hydra overrides for the training config, space-separated.
-- lora_rank: > 0 fine-tunes LoRA adapters of that rank on the frozen initial weights (trainer.lora.rank);
-  the model evaluated and registered is the adapters merged into the base (checkpoint_merged.pt).
-- inference_args: extra flags for `sam2.tools.vos_inference`, space-separated.
-- infer_shards: inference runs as this many parallel shards (a ParallelFor, one GPU each, at most one per
-  val video), each on its share of the val videos; merge-predictions checks that every val video was
-  predicted exactly once. 1 (the default, and right for small val sets) runs one infer task.
-- promotion_margin: J&F points a new model must beat the champion by to take the `champion` alias; both
-  are scored in this run on the same val videos (with the zero-shot baseline of the initial checkpoint).
-- allow_random_init: let a model trained from random weights (no init_checkpoint_uri) become champion;
-  by default such a version is registered but stays challenger.
-- mlflow_tracking_uri / s3_endpoint_url: where the registry and object storage are (not secret).
-- s3_secret_name: the Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (see k8s/pytorchjob.yaml);
-  MLflow credentials, when the server needs them, come from the optional Secret `sam2-mlflow-credentials`.
-- cpu_per_gpu / memory_per_gpu / shm_per_gpu: each PyTorchJob pod's CPUs, memory (/dev/shm included) and
-  shared memory per GPU; DataLoader workers per GPU = cpu_per_gpu - 1.
-- gpu_node_selector / gpu_tolerations: nodeSelector (label -> value) and tolerations (core/v1 Toleration
-  objects) of the GPU pods: the PyTorchJob's and the infer step's. priority_class: the job's PriorityClass.
-- scheduler / scheduler_queue: "none", "volcano" (gang scheduling; the operator runs with
-  --gang-scheduler-name=volcano; queue = a Volcano queue) or "kueue" (queue = a Kueue LocalQueue).
-- pending_timeout_minutes: fail the train step when the job's pods have not all started by then (0: wait).
-- image_pull_secret: the docker-registry Secret in the namespace that every step's pod (and the training
-  job's) pulls the image with; one name (KFP turns a whole parameter into one pod `imagePullSecrets`
-  entry), empty: none (a public image, or service accounts that carry it: docs/cluster-operations.md).
+Every run parameter is documented in the `Args:` of `sam2_finetune` below (the compiled YAML carries each
+as the input's description, which the Kubeflow UI shows); defaults are for a cluster, and
+`python -m pipelines.run --dataset demo` fills them from a preset.
 
 Compile-time option: with `SAM2_SHARED_DATA_PVC=<claim>` set when compiling (k8s/shared-data-pvc.yaml),
 validate, split, infer and evaluate mount that ReadWriteMany claim at /shared-data and keep one copy of
@@ -161,6 +127,68 @@ def sam2_finetune(
     pending_timeout_minutes: float = 30.0,
     image_pull_secret: str = "",
 ) -> PipelineOutputs:
+    """Fine-tune SAM 2 on a VOS data set, score it beside the champion and the zero-shot baseline on the
+    same val videos (J&F), and register it in MLflow as champion or challenger.
+
+    Args:
+        dataset_name: The data set's name; every fine-tune of it is a version of the registered model
+            `sam2-<dataset_name>`.
+        source_uri: Where the data comes from: an `s3://` archive or folder (DAVIS/MOSE layout, SA-V, plain
+            videos), or "demo:" for the embedded demo data set (no download).
+        data_bucket: S3 bucket of the data sets (`datasets/<name>/<version>/`).
+        runs_bucket: S3 bucket of the runs (`<run-id>/`: checkpoints, predictions, metrics, report).
+        fps: Frame rate to extract videos at; 0 keeps every frame.
+        validate_num_frames: The training sampler's clip length, which every video must reach.
+        on_bad: What a bad video does: "exclude" it (reported by name) or "fail" the run.
+        val_fraction: Share of the valid videos held out for validation (a deterministic split).
+        split_seed: Seed of the train/val split.
+        model_size: SAM 2.1 Hiera size: t, s, b+ or l.
+        init_checkpoint_uri: `s3://` URI of the weights to start from (an official SAM 2.1 checkpoint);
+            empty starts from RANDOM weights, a smoke test only.
+        epochs: Training epochs.
+        num_nodes: Training nodes (PyTorchJob Master + num_nodes - 1 Workers).
+        gpus_per_node: GPUs (training processes) per node; 0 trains on the CPU.
+        train_launcher: "pytorchjob" (on the cluster) or "local" (torchrun inside the train step).
+        training_overrides: Extra Hydra overrides of the training config, space-separated.
+        lora_rank: > 0 fine-tunes LoRA adapters of that rank on the frozen initial weights
+            (trainer.lora.rank); the model evaluated and registered is the adapters merged into the base.
+        inference_args: Extra flags for `sam2.tools.vos_inference`, space-separated, the same for every
+            scored model.
+        infer_shards: Inference runs as this many parallel shards (one GPU each, at most one per val
+            video); merge-predictions checks every val video was predicted exactly once. 1 runs one task.
+        promotion_margin: J&F points a new model must beat the champion by (both scored in this run on the
+            same val videos) to take the `champion` alias.
+        allow_random_init: Let a model trained from random weights (no init_checkpoint_uri) become
+            champion; by default such a version is registered but stays challenger.
+        mlflow_tracking_uri: The MLflow server (registry and runs); not secret. Credentials, when it needs
+            them, come from the optional Secret `sam2-mlflow-credentials`.
+        s3_endpoint_url: The S3 endpoint of object storage (MinIO, SeaweedFS); not secret.
+        s3_secret_name: The Secret holding AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for every step and the
+            training job's pods.
+        cpu_per_gpu: CPUs of each training pod per GPU; DataLoader workers per GPU = cpu_per_gpu - 1.
+        memory_per_gpu: Memory of each training pod per GPU, /dev/shm included.
+        shm_per_gpu: Shared memory (/dev/shm) of each training pod per GPU.
+        gpu_node_selector: nodeSelector (label -> value) of the GPU pods: the training job's and the
+            infer step's.
+        gpu_tolerations: Tolerations (core/v1 Toleration objects) of the GPU pods.
+        priority_class: The training job's PriorityClass; empty for none.
+        scheduler: "none", "volcano" (gang scheduling; the operator runs with
+            --gang-scheduler-name=volcano) or "kueue".
+        scheduler_queue: The Volcano queue, or the Kueue LocalQueue (required with "kueue").
+        pending_timeout_minutes: Fail the train step when the job's pods have not all started by then,
+            with the scheduler's last message; 0 waits.
+        image_pull_secret: The docker-registry Secret every step's pod (and the training job's) pulls the
+            image with; one name, empty for none (a public image, or service accounts that carry it:
+            docs/cluster-operations.md).
+
+    Returns:
+        decision: "champion" or "challenger".
+        model_version: The registered version, `sam2-<dataset_name>/<n>`.
+        jf: The new model's J&F on the val split, in percent.
+        run_uri: The run's folder in the runs bucket.
+        dataset_uri: The data set version it was trained on.
+        comparison: One line comparing it with the champion and the baseline.
+    """
     extract = extract_frames(
         source_uri=source_uri,
         dataset_name=dataset_name,
