@@ -26,6 +26,7 @@ from sam2.data.layout import (
     DataPrepError,
     list_frames,
 )
+from sam2.data.rle import check_sav_annotation, read_json_document
 from sam2.utils.atomic_io import atomic_write_text
 from sam2.utils.file_hashing import sha256_of_file
 
@@ -148,9 +149,9 @@ def scan_video(
     if annotations.is_file():
         data = annotations.read_bytes()
         try:
-            sav_json = json.loads(data)
-        except json.JSONDecodeError as err:
-            raise DataPrepError(f"video {video!r}: {annotations} is not valid JSON ({err})") from None
+            sav_json = check_sav_annotation(read_json_document(annotations), annotations, check_rles=False)
+        except DataPrepError as err:
+            raise DataPrepError(f"video {video!r}: {err}") from None
         object_ids = set(sav_object_ids(sav_json))
         fmt, num_annotated = "sav_json", len(sav_json.get("masklet", []))
         ann_digest = combined_digest([(annotations.name, hashlib.sha256(data).hexdigest())])
@@ -206,11 +207,27 @@ def write_manifest(root: Path, manifest: dict) -> Path:
 
 
 def load_manifest(root: Path) -> dict | None:
-    """The manifest of the data set at ``root``, or None when it has none."""
+    """The manifest of the data set at ``root``, or None when it has none.
+
+    Raises:
+        DataPrepError: manifest.json is not readable JSON or not a manifest's shape (naming the file).
+    """
     path = root / MANIFEST_NAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    manifest = read_json_document(path)
+    videos = manifest.get("videos", {}) if isinstance(manifest, dict) else None
+    if not isinstance(videos, dict) or not all(isinstance(r, dict) for r in videos.values()):
+        raise DataPrepError(
+            f"{path} is not a data set manifest (a dict whose 'videos' maps names to records); re-run "
+            "extract_frames, or remove it to validate the folder as it is"
+        )
+    ids = [r.get("object_ids", []) for r in videos.values()]
+    if not all(isinstance(i, list) and all(isinstance(v, int) for v in i) for i in ids):
+        raise DataPrepError(
+            f"{path}: a video's 'object_ids' is not a list of integers; re-run extract_frames"
+        )
+    return manifest
 
 
 def record_path(root: Path, video: str) -> Path:

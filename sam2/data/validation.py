@@ -30,6 +30,7 @@ from sam2.data.layout import (
     list_videos,
 )
 from sam2.data.manifest import combined_digest, load_manifest, sav_object_ids
+from sam2.data.rle import check_rle, check_sav_annotation, read_json_document
 from sam2.data.rules import frames_without_masks, missing_masks_problem
 from sam2.data.validation_report import ValidationReport
 from sam2.utils.atomic_io import atomic_write_text
@@ -162,16 +163,19 @@ def _rle_area(rle: dict) -> int:
 
 def _check_sav_json(path: Path, size: tuple[int, int] | None, problems: list[str]) -> set[int]:
     try:
-        annotation = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        problems.append(f"{path.name} is not readable JSON ({err})")
+        annotation = check_sav_annotation(read_json_document(path), path.name, check_rles=False)
+    except DataPrepError as err:
+        problems.append(str(err).replace(f"{path}", path.name))
         return set()
-    masklet = annotation.get("masklet")
-    if not isinstance(masklet, list) or not masklet:
+    masklet = annotation["masklet"]
+    if not masklet:
         problems.append(f"{path.name} has no 'masklet' frames")
         return set()
     ids = set(sav_object_ids(annotation))
     for index, frame_rles in enumerate(masklet):
+        if frame_rles is None or None in frame_rles:
+            problems.append(f"{path.name}: annotated frame {index} leaves an object unannotated (null)")
+            break
         if len(frame_rles) != len(ids):
             problems.append(
                 f"{path.name}: annotated frame {index} has {len(frame_rles)} objects, expected {len(ids)}"
@@ -180,12 +184,18 @@ def _check_sav_json(path: Path, size: tuple[int, int] | None, problems: list[str
         bad_size = [
             r.get("size")
             for r in frame_rles
-            if size is not None and list(r.get("size", [])) != [size[1], size[0]]
+            if size is not None and isinstance(r, dict) and r.get("size") != [size[1], size[0]]
         ]
         if bad_size:
             problems.append(
                 f"{path.name}: annotated frame {index} has RLE size {bad_size[0]}, frames are {size[0]}x{size[1]}"
             )
+            break
+        try:  # before pycocotools reads them (sam2.data.rle)
+            for obj, rle in enumerate(frame_rles):
+                check_rle(rle, f"{path.name}: annotated frame {index}, object {obj}")
+        except DataPrepError as err:
+            problems.append(str(err))
             break
     if not problems and not any(_rle_area(r) for r in masklet[0]):
         problems.append(f"{path.name}: the first annotated frame holds no object")

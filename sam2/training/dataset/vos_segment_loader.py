@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator
 
@@ -16,6 +17,8 @@ import torch
 from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 
+from sam2.data.layout import DataPrepError
+from sam2.data.rle import check_rle, check_sav_annotation, read_json_document
 from sam2.data.rules import frames_without_masks, missing_masks_problem
 from sam2.training.dataset.errors import DatasetError
 
@@ -153,31 +156,30 @@ class JSONSegmentLoader:
         self.video_json_path = video_json_path
         self.ann_every = ann_every
         self.valid_obj_ids = None if valid_obj_ids is None else set(valid_obj_ids)
-        try:
-            with open(video_json_path) as f:
-                data = json.load(f)
-        except FileNotFoundError as err:
+        if not os.path.isfile(video_json_path):
             raise DatasetError(
                 f"annotation {video_json_path!r} does not exist; SA-V videos need <gt_folder>/<video>_manual.json"
-            ) from err
-        except json.JSONDecodeError as err:
-            raise DatasetError(f"annotation {video_json_path!r} is not valid JSON: {err}") from err
-        if isinstance(data, list):
-            self.frame_annots = data
-        elif isinstance(data, dict) and ("masklet" in data or "masks" in data):
-            self.frame_annots = data.get("masklet", data.get("masks"))
-            if "fps" in data:
-                fps = data["fps"][0] if isinstance(data["fps"], list) else data["fps"]
-                fps = int(fps)
-                if fps <= 0 or frames_fps % fps:
-                    raise DatasetError(
-                        f"{video_json_path!r}: annotation fps {fps} does not divide frames_fps={frames_fps}"
-                    )
-                self.ann_every = frames_fps // fps
-        else:
-            raise DatasetError(
-                f"{video_json_path!r}: expected a list of per-frame RLE lists or a dict with 'masklet'"
             )
+        try:  # the shape checked here, each RLE when it is decoded (sam2.data.rle: shared with validation)
+            data = read_json_document(video_json_path)
+            if isinstance(data, list):
+                data = {"masklet": data}
+            elif isinstance(data, dict) and "masklet" not in data and "masks" in data:
+                data = {**data, "masklet": data["masks"]}
+            check_sav_annotation(data, video_json_path, check_rles=False)
+        except DataPrepError as err:
+            raise DatasetError(f"annotation {err}") from None
+        self.frame_annots = data["masklet"]
+        if "fps" in data:
+            fps = data["fps"][0] if isinstance(data["fps"], list) and data["fps"] else data["fps"]
+            if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not math.isfinite(fps):
+                raise DatasetError(f"{video_json_path!r}: annotation fps {fps!r:.40} is not a number")
+            fps = int(fps)
+            if fps <= 0 or frames_fps % fps:
+                raise DatasetError(
+                    f"{video_json_path!r}: annotation fps {fps} does not divide frames_fps={frames_fps}"
+                )
+            self.ann_every = frames_fps // fps
 
     def annotated_frame_ids(self) -> list[int]:
         """Frame ids whose annotation is complete (no object left as null)."""
@@ -203,6 +205,11 @@ class JSONSegmentLoader:
             wanted &= set(obj_ids)
         wanted_sorted = sorted(wanted)
         present = [o for o in wanted_sorted if rles[o] is not None]
+        for o in present:
+            try:
+                check_rle(rles[o], f"{self.video_json_path}: annotated frame {k}, object {o}")
+            except DataPrepError as err:
+                raise DatasetError(str(err)) from None
         decoded = _decode_rles([rles[o] for o in present]) if present else None
         segments: dict[int, torch.Tensor | None] = dict.fromkeys(wanted_sorted)
         for i, o in enumerate(present):
