@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from sam2.contracts import TrainedModel
-from sam2.promotion.comparison import NEW, SCORES, comparison_lines, head_to_head
+from sam2.promotion.comparison import BASELINE, NEW, SCORES, comparison_lines, head_to_head
+from sam2.promotion.gate import (
+    GateCheck,
+    GateSettings,
+    RegressionScores,
+    baseline_check,
+    gate_lines,
+    gate_tags,
+    regression_check,
+)
 from sam2.promotion.registry import MlflowModelRegistry
 from sam2.promotion.rules import Candidate, PromotionResult, model_name_for
 from sam2.promotion.tracking import (
@@ -44,6 +53,7 @@ class PromotionOutcome:
     run_id: str
     model_uri: str
     comparison_lines: list[str]
+    gate: tuple[GateCheck, ...] = ()
 
 
 def promote_pipeline_run(
@@ -58,10 +68,14 @@ def promote_pipeline_run(
     allow_random_init: bool,
     extra_params: Mapping[str, Any],
     inference_overrides: list[str] | None = None,
+    gate: GateSettings | None = None,
+    regression: RegressionScores | None = None,
 ) -> PromotionOutcome:
     """Log the run, publish the pyfunc model folder at <run>/mlflow_model, register and decide.
 
     `model`: the train step's artifact; `comparison`: evaluate's comparison JSON (comparison_summary).
+    `gate` (default: beat the zero-shot baseline by more than 0) and `regression` (the regression set's
+    scores, when the run has one): the gate against the starting point (sam2.promotion.gate).
     With KFP's MLflow integration (MLFLOW_RUN_ID injected), the run logged is KFP's run for this task, on
     its server, which is then also the registry (so the version links into KFP's run tree).
     """
@@ -137,8 +151,18 @@ def promote_pipeline_run(
         source_uri=model_uri,
         run_id=run_id,
     )
+    settings = gate or GateSettings()
+    checks = gate_checks(model, comparison, settings, regression)
     registry = MlflowModelRegistry(tracking_uri)
-    result = registry.register_and_promote(candidate, margin=margin, allow_random_init=allow_random_init)
+    result = registry.register_and_promote(
+        candidate,
+        margin=margin,
+        allow_random_init=allow_random_init,
+        gate_checks=checks,
+        gate_settings=settings,
+    )
+    for key, value in gate_tags(checks, settings).items():
+        registry.client.set_tag(run_id, key, value)
     for key, value in (
         ("promotion", result.decision),
         ("promotion_rule", result.rule),
@@ -148,5 +172,31 @@ def promote_pipeline_run(
     lines = comparison_lines(comparison)
     for line in lines:
         logger.info("%s", line)
+    for line in gate_lines(checks):
+        logger.info("%s", line)
     logger.info("%s: %s", result.decision.upper(), result.reason)
-    return PromotionOutcome(result, run_id, model_uri, lines)
+    return PromotionOutcome(result, run_id, model_uri, lines, tuple(checks))
+
+
+def gate_checks(
+    model: TrainedModel,
+    comparison: Mapping[str, Any],
+    settings: GateSettings,
+    regression: RegressionScores | None,
+) -> list[GateCheck]:
+    """The gate's checks for this run: against the zero-shot baseline on the val videos (unless there is
+    no starting point), and on the regression set when the run has one."""
+    if model.random_init:
+        no_start = "trained from random weights (the random-init rule decides)"
+    elif not model.init_checkpoint:
+        no_start = "no initial checkpoint was given"
+    else:
+        no_start = None
+    baseline = baseline_check(
+        head_to_head(comparison),
+        settings.baseline_margin,
+        videos=[str(v) for v in comparison.get("videos", [])],
+        unscored_reason=comparison.get("skipped", {}).get(BASELINE),
+        no_starting_point=no_start,
+    )
+    return [baseline, regression_check(settings, regression)]

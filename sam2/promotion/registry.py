@@ -27,11 +27,12 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from sam2.promotion.gate import GateCheck, GateSettings, apply_gate, gate_tags
 from sam2.promotion.rules import (
     CHALLENGER,
     CHAMPION,
@@ -56,7 +57,12 @@ class ModelRegistry(Protocol):
     with respect to other runs, and name the current champion (to score it beside the new model)."""
 
     def register_and_promote(
-        self, candidate: Candidate, margin: float, allow_random_init: bool = False
+        self,
+        candidate: Candidate,
+        margin: float,
+        allow_random_init: bool = False,
+        gate_checks: Sequence[GateCheck] = (),
+        gate_settings: GateSettings | None = None,
     ) -> PromotionResult: ...
 
     def champion_details(self, dataset_name: str) -> ChampionInfo | None: ...
@@ -85,9 +91,16 @@ class MlflowModelRegistry:
     # -- public -----------------------------------------------------------------------------------------
 
     def register_and_promote(
-        self, candidate: Candidate, margin: float, allow_random_init: bool = False
+        self,
+        candidate: Candidate,
+        margin: float,
+        allow_random_init: bool = False,
+        gate_checks: Sequence[GateCheck] = (),
+        gate_settings: GateSettings | None = None,
     ) -> PromotionResult:
-        """Register `candidate` as a new version and give it `champion` or `challenger` (see `choose`).
+        """Register `candidate` as a new version and give it `champion` or `challenger` (see `choose`);
+        a failed check of the gate against the starting point (sam2.promotion.gate) keeps it challenger,
+        and every check is tagged on the version.
 
         Raises ValueError for a candidate without the primary metric or with a non-S3 source, and
         TimeoutError when another run holds the promotion lock for longer than `lock_timeout_s`.
@@ -104,7 +117,9 @@ class MlflowModelRegistry:
         name = model_name_for(candidate.dataset_name)
         with self._locked(name):
             version = self._register(name, candidate)
-            result = self._promote(name, version, candidate, margin, allow_random_init)
+            result = self._promote(
+                name, version, candidate, margin, allow_random_init, gate_checks, gate_settings
+            )
         logger.info(
             "registered %s version %s (J&F %.2f): %s by rule %s: %s",
             name,
@@ -159,12 +174,19 @@ class MlflowModelRegistry:
         return str(mv.version)
 
     def _promote(
-        self, name: str, version: str, candidate: Candidate, margin: float, allow_random_init: bool
+        self,
+        name: str,
+        version: str,
+        candidate: Candidate,
+        margin: float,
+        allow_random_init: bool,
+        gate_checks: Sequence[GateCheck] = (),
+        gate_settings: GateSettings | None = None,
     ) -> PromotionResult:
         score = float(candidate.metrics[PRIMARY_METRIC])
         current = self._champion_info(name)
         prev_version = current.version if current else None
-        choice = choose(candidate, current, margin, allow_random_init)
+        choice = apply_gate(choose(candidate, current, margin, allow_random_init), gate_checks)
         decision = choice.decision
         self.client.set_registered_model_alias(name, decision, version)
         if decision == CHAMPION:
@@ -177,6 +199,9 @@ class MlflowModelRegistry:
         self.client.set_model_version_tag(name, version, "promotion", decision)
         self.client.set_model_version_tag(name, version, "promotion_rule", choice.rule)
         self.client.set_model_version_tag(name, version, "promotion_reason", choice.reason[:4900])
+        if gate_checks:
+            for key, value in gate_tags(gate_checks, gate_settings or GateSettings()).items():
+                self.client.set_model_version_tag(name, version, key, value)
         return PromotionResult(
             name,
             version,
