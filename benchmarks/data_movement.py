@@ -21,6 +21,10 @@ shard processes (as the ParallelFor's pods would run, each on its round-robin sh
 against one process on all of them. On a machine with fewer cores than shards the shards share them.
 
     .venv/bin/python benchmarks/data_movement.py --before /tmp/before [--videos 1000] [--frames 3]
+
+Peak disk: while each step runs, its work folder (scratch, TMPDIR, outputs) is measured every 0.2 s and
+the largest size printed per step and tree: the ephemeral storage its pod must have. With
+``--source_archive`` extract reads a .tar.gz of the source from S3, as a real data set arrives.
 """
 
 from __future__ import annotations
@@ -249,6 +253,69 @@ def probe(tree: str, step: str, spec_path: str) -> None:
     )
 
 
+# ---- peak disk of a step -----------------------------------------------------------------------
+
+
+def disk_usage(roots: list[Path]) -> int:
+    """Bytes on disk (allocated blocks) under `roots`; files that vanish while walking are skipped."""
+    total = 0
+    stack = [str(r) for r in roots]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+class DiskPeak:
+    """The largest `disk_usage(roots)` seen while the block runs, sampled every `interval_s`: what a step's
+    pod holds at once in its scratch, temporary files and outputs (its ephemeral storage)."""
+
+    def __init__(self, roots: list[Path], interval_s: float = 0.2) -> None:
+        self.roots, self.interval_s, self.peak = roots, interval_s, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, disk_usage(self.roots))
+            if self._done.wait(self.interval_s):
+                self.peak = max(self.peak, disk_usage(self.roots))
+                return
+
+    def __enter__(self) -> DiskPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def print_disk_table(measured: dict[str, dict]) -> None:
+    """Peak disk per step (MB) of each tree: its scratch, temporary files and outputs at once."""
+    labels = list(measured)
+    print("\npeak disk per step (MB): scratch + temporary files + outputs, sampled every 0.2 s")
+    print(f"{'step':<24}" + "".join(f"{label:>12}" for label in labels))
+    for step in STEPS:
+        if not any(step in measured[label] for label in labels):
+            continue
+        row = "".join(
+            f"{measured[label][step]['disk_peak'] / 1e6:>12.1f}" if step in measured[label] else f"{'-':>12}"
+            for label in labels
+        )
+        print(f"{step:<24}{row}")
+
+
 # ---- the driver ----------------------------------------------------------------------------
 
 
@@ -256,14 +323,17 @@ def run_probe(tree: Path, step: str, spec: dict, env: dict[str, str], log: Path)
     spec_path = Path(spec["work"]) / f"spec-{step}.json"
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec))
-    env = {**env, "SAM2_SCRATCH": str(Path(spec["work"]) / f"scratch-{step}"), "PYTHONPATH": str(tree)}
+    scratch, tmp = Path(spec["work"]) / f"scratch-{step}", Path(spec["work"]) / f"tmp-{step}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {**env, "SAM2_SCRATCH": str(scratch), "TMPDIR": str(tmp), "PYTHONPATH": str(tree)}
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, str(HERE), "--probe", str(tree), step, str(spec_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    with DiskPeak([Path(spec["work"])]) as disk:
+        proc = subprocess.run(
+            [sys.executable, str(HERE), "--probe", str(tree), step, str(spec_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     seconds = time.perf_counter() - start
     with open(log, "a") as handle:
         handle.write(
@@ -278,6 +348,7 @@ def run_probe(tree: Path, step: str, spec: dict, env: dict[str, str], log: Path)
     if not result["sam2"].startswith(str(tree)):
         raise SystemExit(f"step {step} imported sam2 from {result['sam2']}, not from {tree}")
     result["seconds"] = seconds
+    result["disk_peak"] = disk.peak
     return result
 
 
@@ -291,7 +362,12 @@ def measure_tree(
     store.ensure_bucket(bucket)
     ckpt = f"s3://{bucket}/models/checkpoint.pt"
     store.write_bytes(ckpt, os.urandom(args.checkpoint_kb * 1024))  # inference is faked: any bytes do
-    base = {"bucket": bucket, "source": str(source), "val_fraction": args.val_fraction}
+    if source.is_file():  # an archive: extract downloads it from S3, as from a real data bucket
+        source_uri = f"s3://{bucket}/sources/{source.name}"
+        store.upload_file(source, source_uri)
+    else:
+        source_uri = str(source)
+    base = {"bucket": bucket, "source": source_uri, "val_fraction": args.val_fraction}
     results: dict[str, dict] = {}
 
     def step(name: str, probe_step: str, inputs: dict) -> dict:
@@ -461,6 +537,14 @@ def measure_bytes(args, work: Path, log: Path) -> None:
             f"{sum(p.stat().st_size for p in files) / 1e6:.1f} MB ({time.perf_counter() - t0:.0f}s to make)",
             flush=True,
         )
+        if args.source_archive:
+            import tarfile
+
+            archive = work / "source.tar.gz"
+            with tarfile.open(archive, "w:gz") as tar:
+                tar.add(source, arcname="bench")
+            print(f"source archive: {archive.stat().st_size / 1e6:.1f} MB (extract downloads it from S3)")
+            source = archive
         trees = [("after", ROOT)] + ([("before", args.before.resolve())] if args.before else [])
         measured = {}
         for label, tree in trees:
@@ -468,6 +552,7 @@ def measure_bytes(args, work: Path, log: Path) -> None:
             measured[label] = measure_tree(tree, f"bench-{label}", source, work / label, env, log, args)
         if "before" in measured:
             print_bytes_table(measured["before"], measured["after"])
+        print_disk_table(measured)
         for note in check_counters_agree(measured["after"]):
             print(f"note: {note}")
         if not check_counters_agree(measured["after"]):
@@ -496,6 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image_size", type=int, default=128, help="model input size of the shard timing")
     parser.add_argument("--work", type=Path, default=None, help="keep the work folder here")
     parser.add_argument("--no_bytes", action="store_true", help="skip the bytes part (shard timing only)")
+    parser.add_argument(
+        "--source_archive",
+        action="store_true",
+        help="extract from a .tar.gz of the source in S3 (as a real data set arrives) instead of a folder",
+    )
     args = parser.parse_args(argv)
     if args.frames < 3:
         parser.error("--frames must be >= 3: evaluation skips the first and the last frame")
