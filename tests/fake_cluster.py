@@ -36,9 +36,17 @@ JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 _uids = itertools.count(1)
 
 
-def api_error(status: int, reason: str, **headers: str) -> ApiException:
+def api_error(status: int, reason: str, message: str = "", **headers: str) -> ApiException:
+    """The client's error for an answer `status`/`reason`; `message` is the Status object's message."""
     exc = ApiException(status=status, reason=reason)
     exc.headers = headers
+    exc.status_message = message
+    if message:
+        import json
+
+        exc.body = json.dumps(
+            {"kind": "Status", "status": "Failure", "reason": reason, "message": message, "code": status}
+        )
     return exc
 
 
@@ -127,6 +135,10 @@ class FakeCluster:
     `exit_pod`). Thread-safe enough for the launcher's log thread.
     """
 
+    # The API groups/versions and resources its discovery answers (`/apis/<group>/<version>`); a cluster
+    # with the Training Operator serves pytorchjobs, one with only Kubeflow Trainer v2 trainjobs.
+    served: frozenset[str] = frozenset({"pytorchjobs"})
+
     def __init__(self, status: dict | None = None) -> None:
         self.lock = threading.Lock()
         self.jobs: dict[str, dict] = {}
@@ -151,9 +163,17 @@ class FakeCluster:
         if queue:
             raise queue.pop(0)
 
+    def _unserved(self, plural: str) -> None:
+        """404, as the API server answers a resource no installed CRD defines."""
+        if plural not in self.served:
+            raise api_error(404, "NotFound", message="the server could not find the requested resource")
+
     # -- CustomObjectsApi ------------------------------------------------------------------------------
-    def create_namespaced_custom_object(self, group, version, ns, plural, body):
+    def create_namespaced_custom_object(self, group, version, ns, plural, body, **kwargs):
         self._maybe_fail("create")
+        self._unserved(plural)
+        if plural != "pytorchjobs":
+            return self.create_trainer_object(plural, body, kwargs.get("field_validation"))
         name = body["metadata"]["name"]
         with self.lock:
             if name in self.jobs:
@@ -167,10 +187,15 @@ class FakeCluster:
 
     def get_namespaced_custom_object(self, group, version, ns, plural, name):
         self._maybe_fail("get")
+        self._unserved(plural)
+        if plural == "trainingruntimes":
+            return self.get_trainer_object(plural, name)
         if self.script:
             action = self.script.pop(0)
             if action is not None:
                 action()
+        if plural != "pytorchjobs":
+            return self.get_trainer_object(plural, name)
         with self.lock:
             if name not in self.jobs:
                 raise api_error(404, "NotFound")
@@ -181,6 +206,9 @@ class FakeCluster:
     def patch_namespaced_custom_object(self, group, version, ns, plural, name, body):
         """A JSON merge patch of metadata (lists are replaced whole, as RFC 7386 says)."""
         self._maybe_fail("patch")
+        self._unserved(plural)
+        if plural != "pytorchjobs":
+            return self.patch_trainer_object(plural, name, body)
         with self.lock:
             if name not in self.jobs:
                 raise api_error(404, "NotFound")
@@ -192,6 +220,9 @@ class FakeCluster:
         self._maybe_fail("delete")
         if self.before_delete is not None:
             self.before_delete()
+        self._unserved(plural)
+        if plural != "pytorchjobs":
+            return self.delete_trainer_object(plural, name, propagation_policy)
         with self.lock:
             if name not in self.jobs:
                 raise api_error(404, "NotFound")
@@ -202,12 +233,59 @@ class FakeCluster:
             ]:
                 del self.pods[pod_name]
 
+    def api_resources(self, group: str, version: str) -> dict:
+        """The APIResourceList of `GET /apis/<group>/<version>` (the API server's discovery); 404 when the
+        cluster serves nothing of that group version (kubernetes apiserver: no such handler)."""
+        kinds = {
+            "pytorchjobs": ("kubeflow.org", "v1", "PyTorchJob", True),
+            "trainjobs": ("trainer.kubeflow.org", "v1alpha1", "TrainJob", True),
+            "trainingruntimes": ("trainer.kubeflow.org", "v1alpha1", "TrainingRuntime", True),
+            "clustertrainingruntimes": ("trainer.kubeflow.org", "v1alpha1", "ClusterTrainingRuntime", False),
+        }
+        resources = [
+            {
+                "name": plural,
+                "singularName": kind.lower(),
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"],
+            }
+            for plural, (g, v, kind, namespaced) in kinds.items()
+            if plural in self.served and (g, v) == (group, version)
+        ]
+        if not resources:
+            raise api_error(404, "NotFound", message="the server could not find the requested resource")
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}",
+            "resources": resources,
+        }
+
+    def get_api_resources(self, group: str, version: str) -> SimpleNamespace:
+        """`CustomObjectsApi.get_api_resources` for in-process tests: the list's resources by name."""
+        self._maybe_fail("discovery")
+        found = self.api_resources(group, version)
+        return SimpleNamespace(
+            resources=[SimpleNamespace(name=r["name"], kind=r["kind"]) for r in found["resources"]]
+        )
+
+    # Kubeflow Trainer objects: see tests/fake_trainer.py (FakeTrainerCluster)
+    def create_trainer_object(self, plural, body, field_validation):
+        raise api_error(404, "NotFound")
+
+    get_trainer_object = patch_trainer_object = delete_trainer_object = create_trainer_object
+
     # -- CoreV1Api ---------------------------------------------------------------------------------------
     def list_namespaced_pod(self, ns, label_selector=""):
         self._maybe_fail("list_pods")
-        key, _, value = label_selector.partition(",")[0].partition("=")
+        wanted = [part.partition("=")[::2] for part in label_selector.split(",") if part]
         with self.lock:
-            items = [p for p in self.pods.values() if p.metadata.labels.get(key) == value]
+            items = [
+                p
+                for p in self.pods.values()
+                if all(p.metadata.labels.get(k) == v for k, v in wanted if not k.endswith("replica-type"))
+            ]
             if "replica-type=master" in label_selector:
                 items = [p for p in items if "-master-" in p.metadata.name]
             return SimpleNamespace(items=list(items))
@@ -349,7 +427,8 @@ def serve(cluster: FakeCluster):
 
     from kubernetes import client
 
-    jobs = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
+    jobs = re.compile(r"^/apis/([^/]+)/([^/]+)/namespaces/([^/]+)/([a-z]+)(?:/([^/]+))?$")
+    discovery = re.compile(r"^/apis/([^/]+)/([^/]+)$")
     core = re.compile(r"^/api/v1/namespaces/([^/]+)/(pods|events)(?:/([^/]+)/log)?$")
     one_pod = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 
@@ -378,11 +457,18 @@ def serve(cluster: FakeCluster):
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             try:
                 body = self._body() if method in ("POST", "PATCH", "DELETE") else None
+                if (match := discovery.match(url.path)) and method == "GET":
+                    return self._reply(200, cluster.api_resources(*match.groups()))
                 if match := jobs.match(url.path):
-                    ns, name = match.groups()
-                    args = ("kubeflow.org", "v1", ns, "pytorchjobs")
+                    group, version, ns, plural, name = match.groups()
+                    args = (group, version, ns, plural)
                     if method == "POST":
-                        return self._reply(201, cluster.create_namespaced_custom_object(*args, body))
+                        extra = (
+                            {"field_validation": query["fieldValidation"]}
+                            if "fieldValidation" in query
+                            else {}
+                        )
+                        return self._reply(201, cluster.create_namespaced_custom_object(*args, body, **extra))
                     if method == "GET":
                         return self._reply(200, cluster.get_namespaced_custom_object(*args, name))
                     if method == "PATCH":
@@ -424,6 +510,7 @@ def serve(cluster: FakeCluster):
                     "apiVersion": "v1",
                     "status": "Failure",
                     "reason": exc.reason,
+                    "message": getattr(exc, "status_message", "") or "",
                     "code": exc.status,
                 }
                 return self._reply(exc.status, status, headers=getattr(exc, "headers", None))

@@ -65,7 +65,7 @@ def test_the_job_is_owned_by_the_steps_pod_and_collected_with_the_run(caplog):
         {"apiVersion": "v1", "kind": "Pod", "name": "step-1", "uid": "uid-step-1"}
     ]
     validate_against_crd(job)
-    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    caplog.set_level(logging.INFO, logger="sam2.launch")
     _launcher(cluster, owner_pod=("team-a", "step-2", "uid-step-2")).launch(_request())
     assert [o["uid"] for o in cluster.jobs[NAME]["metadata"]["ownerReferences"]] == [
         "uid-step-1",
@@ -147,7 +147,7 @@ def test_transient_api_errors_during_the_watch_are_retried(caplog):
     ]
     cluster.fail_next["list_pods"] = [api_error(504, "Gateway Timeout")]
     cluster.script = [None] * 3 + [lambda: setattr(cluster, "status", done("Succeeded"))]
-    caplog.set_level(logging.WARNING, logger="sam2.launch.kubeflow")
+    caplog.set_level(logging.WARNING, logger="sam2.launch")
     result = _launcher(cluster).launch(_request())
     assert result.details["job"] == f"team-a/{NAME}"
     assert cluster.calls.count("create") == 2
@@ -256,7 +256,7 @@ def _pending_with_events(cluster: FakeCluster):
 def test_a_pod_that_cannot_be_scheduled_is_reported_and_fails_at_the_pending_timeout(caplog):
     cluster = FakeCluster(running())
     cluster.on_create = _pending_with_events(cluster)
-    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    caplog.set_level(logging.INFO, logger="sam2.launch")
     with pytest.raises(PendingTimeout) as err:
         _launcher(cluster, pending_timeout_s=0.3, cleanup="on-success").launch(_request())
     message = str(err.value)
@@ -283,7 +283,7 @@ def test_pods_that_start_before_the_pending_timeout_are_followed_to_the_end(capl
     cluster.script = (
         [None] * 5 + [start_all] + [None] * 30 + [lambda: setattr(cluster, "status", done("Succeeded"))]
     )
-    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    caplog.set_level(logging.INFO, logger="sam2.launch")
     _launcher(cluster, pending_timeout_s=0.2).launch(_request())  # 30 polls of 10 ms after starting
     assert f"pod {NAME}-worker-0: Pending -> Running" in caplog.text
 
@@ -350,7 +350,7 @@ def test_an_oom_kill_replaces_the_pod_and_training_goes_on(caplog):
         None,
         lambda: setattr(cluster, "status", done("Succeeded")),
     ]
-    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    caplog.set_level(logging.INFO, logger="sam2.launch")
     _launcher(cluster).launch(_request())
     assert f"pod {worker} was replaced by the operator (1 replacement(s)" in caplog.text
     assert "Restarting (PyTorchJobRestarting) job sam2-train-run-7 is restarting" in caplog.text
@@ -453,7 +453,7 @@ def test_cluster_settings_take_the_owner_from_the_downward_api_and_check_placeme
     assert cluster_settings("team-a", "i:1", "", 1.0, "never", "s", env={}).owner_pod is None
     with pytest.raises(ValueError, match="each toleration must be an object"):
         cluster_settings("n", "i:1", "", 1.0, "never", "s", env={}, tolerations=[{"keyy": "x"}])
-    with pytest.raises(ValueError, match="scheduler=kueue needs queue"):
+    with pytest.raises(ValueError, match="scheduler=kueue needs a queue"):
         cluster_settings("n", "i:1", "", 1.0, "never", "s", env={}, scheduler="kueue")
     with pytest.raises(ValueError, match="memory_per_gpu: '64GB' is not a Kubernetes quantity"):
         cluster_settings("n", "i:1", "", 1.0, "never", "s", env={}, memory_per_gpu="64GB")
@@ -524,7 +524,7 @@ def test_over_http_pending_pods_show_the_schedulers_events_and_a_retry_adopts_th
     cluster.on_create = _pending_with_events(cluster)
     cluster.owner_pods = {"uid-a": "step-a", "uid-b": "step-b"}
     server, launcher = _http_launcher(cluster, pending_timeout_s=0.3, owner_pod=("team-a", "step-a", "uid-a"))
-    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    caplog.set_level(logging.INFO, logger="sam2.launch")
     try:
         with pytest.raises(PendingTimeout, match="Insufficient nvidia.com/gpu"):
             launcher.launch(_request())

@@ -160,9 +160,10 @@ def test_rbac_is_namespaced_and_least_privilege():
         for v in rule["verbs"]
         for name in rule.get("resourceNames") or ["(any)"]
     }
-    job_verbs = ("create", "get", "list", "watch", "delete")
     assert granted == {
-        *{("kubeflow.org", "pytorchjobs", v, "(any)") for v in job_verbs},
+        *{("kubeflow.org", "pytorchjobs", v, "(any)") for v in ("create", "get", "delete")},
+        *{("trainer.kubeflow.org", "trainjobs", v, "(any)") for v in ("create", "get", "patch", "delete")},
+        ("trainer.kubeflow.org", "trainingruntimes", "create", "(any)"),
         ("", "pods", "get", "(any)"),
         ("", "pods", "list", "(any)"),
         ("", "pods/log", "get", "(any)"),

@@ -293,7 +293,7 @@ def test_a_retry_deletes_a_failed_job_waits_until_it_is_gone_and_creates_it_anew
     running = {"conditions": [{"type": "Running", "status": "True"}]}
     cluster = _FakeCluster([running, _done("Succeeded")], linger_gets=3)
     name = _existing_job(cluster, _done("Failed", "BackoffLimitExceeded"))
-    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    caplog.set_level(logging.INFO, logger="sam2.launch")
     result = _launcher(cluster, cleanup="never").launch(_request(num_nodes=2))
     assert result.details["job"] == f"team-a/{name}"
     assert cluster.deleted == [name] and cluster.delete_policies == ["Foreground"]
@@ -320,7 +320,7 @@ def test_a_retry_deletes_a_failed_job_waits_until_it_is_gone_and_creates_it_anew
 def test_a_retry_attaches_to_a_succeeded_or_running_job(caplog, statuses, state):
     cluster = _FakeCluster(list(statuses))
     name = _existing_job(cluster)  # the scripted statuses play for it: running, then done
-    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    caplog.set_level(logging.INFO, logger="sam2.launch")
     result = _launcher(cluster, cleanup="never").launch(_request())
     assert result.checkpoints_uri == "s3://sam2-runs/run-42/checkpoints"
     assert cluster.deleted == [] and cluster.creates == 1
@@ -436,7 +436,7 @@ class _RestartingMaster(_FakeCluster):
 
 def test_master_log_follows_restarts_and_new_pods_until_the_job_is_over_without_repeats(caplog):
     cluster = _RestartingMaster()
-    caplog.set_level(logging.INFO, logger="sam2.launch.kubeflow")
+    caplog.set_level(logging.INFO, logger="sam2.launch")
     # The job only ends once its log has been read to the end: a streamer that stops early times it out.
     settings = ClusterSettings(namespace="team-a", image="i:1", poll_s=0.01, cleanup="never", timeout_s=10)
     PyTorchJobLauncher(settings, custom_api=cluster, core_api=cluster).launch(_request())

@@ -11,28 +11,29 @@ import copy
 import math
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal
 from importlib import resources
 from typing import Any
 
 import yaml
+
+from sam2.data.layout import SHARED_DATA_ENV, SHARED_DATA_MOUNT
+from sam2.launch.cluster_settings import (
+    DEFAULT_CPU_PER_GPU,
+    DEFAULT_MEMORY_PER_GPU,
+    DEFAULT_SHM_PER_GPU,
+    SCHEDULERS,
+    scale_quantity,
+)
 
 TEMPLATE_RESOURCE = "pytorchjob.yaml"
 CONTAINER_NAME = "pytorch"
 GPU_RESOURCE = "nvidia.com/gpu"
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 
-# Per GPU (or per CPU training process): what one training process and its DataLoader workers need. The
-# template's values are these for one GPU.
-DEFAULT_CPU_PER_GPU = "8"
-DEFAULT_MEMORY_PER_GPU = "64Gi"
-DEFAULT_SHM_PER_GPU = "16Gi"
 # The scratch volume holds the data set (unless the shared data claim does) plus the run's checkpoints (the
 # newest, a staging copy, the initial weights: a few GiB for Hiera-L with optimizer state) and TensorBoard logs.
 SCRATCH_HEADROOM_BYTES = 16 * 2**30
-SCHEDULERS = ("none", "volcano", "kueue")
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # The operator's gang scheduling (--gang-scheduler-name=volcano) creates a PodGroup from
 # runPolicy.schedulingPolicy and sets this scheduler on pods that name none (pkg/controller.v1/common/pod.go).
@@ -40,17 +41,15 @@ VOLCANO_SCHEDULER = "volcano"
 # The optional ReadWriteMany claim holding data set copies (k8s/shared-data-pvc.yaml): the volume's name,
 # where the pipeline's steps mount it too, and the variable training_node.SHARED_DATA_ENV reads.
 SHARED_DATA_VOLUME = "shared-data"
-SHARED_DATA_MOUNT = "/shared-data"
-SHARED_DATA_ENV = "SAM2_SHARED_DATA_DIR"
 
 
 @dataclass(frozen=True)
-class PyTorchJobSpec:
-    """What differs between two training jobs; everything else comes from the template.
+class TrainingJobSpec:
+    """What differs between two training jobs, of either kind; everything else comes from the template.
 
     `gpus_per_node` is also the number of training processes per node (`nprocPerNode`); with 0 the pods
     request no GPU and `cpu_procs_per_node` processes train on the CPU (gloo). CPU, memory and /dev/shm
-    are per training process and scale with their number; `cpu`/`memory` override the whole pod's.
+    are per training process and scale with their number.
     `scratch_bytes` (the data set's size) sizes the scratch emptyDir (`sizeLimit`, plus
     `SCRATCH_HEADROOM_BYTES` for checkpoints) and its ephemeral-storage request; None leaves it unbounded.
     With `shared_data_pvc` the data lives on the claim, so the scratch is sized without it (the headroom).
@@ -60,6 +59,8 @@ class PyTorchJobSpec:
     and reuse that copy (None: no such volume, each node downloads into its scratch emptyDir).
     `scheduler`: "none", "volcano" (gang: schedulingPolicy with minAvailable = all replicas, `queue`,
     `priority_class`) or "kueue" (the `queue` label; created suspended, Kueue admits it whole).
+    The pods run as the template's service account (sam2-training, k8s/serviceaccount.yaml); the pod's CPU
+    and memory come from the per-GPU sizes, the run policy's TTL and backoff limit from the template.
     """
 
     name: str
@@ -69,12 +70,8 @@ class PyTorchJobSpec:
     gpus_per_node: int = 1
     cpu_procs_per_node: int = 1
     namespace: str | None = None
-    cpu: str | None = None
-    memory: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     s3_secret_name: str | None = None
-    ttl_seconds_after_finished: int | None = None
-    backoff_limit: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     cpu_per_gpu: str = DEFAULT_CPU_PER_GPU
     memory_per_gpu: str = DEFAULT_MEMORY_PER_GPU
@@ -87,22 +84,12 @@ class PyTorchJobSpec:
     owner: dict[str, Any] | None = None
     scheduler: str = "none"
     queue: str | None = None
-    service_account: str | None = None
     shared_data_pvc: str | None = None
     shared_data_mount: str = SHARED_DATA_MOUNT
 
 
-def scale_quantity(quantity: str, factor: int) -> str:
-    """`quantity` (a Kubernetes quantity: "8", "500m", "64Gi") times `factor`, in the same unit.
-
-    Raises ValueError naming the quantity when it is not a plain number with an optional unit.
-    """
-    match = _QUANTITY.match(str(quantity).strip())
-    if not match:
-        raise ValueError(f"{quantity!r} is not a Kubernetes quantity such as 8, 500m or 64Gi")
-    number = Decimal(match.group(1)) * factor
-    text = format(number.normalize(), "f") if number != number.to_integral() else str(int(number))
-    return text + (match.group(2) or "")
+# The name the PyTorchJob path has always used for it.
+PyTorchJobSpec = TrainingJobSpec
 
 
 def _mebibytes(num_bytes: int) -> str:
@@ -135,7 +122,7 @@ def job_name_for(run_id: str, prefix: str = "sam2-train") -> str:
     return name
 
 
-def render_pytorchjob(spec: PyTorchJobSpec) -> dict[str, Any]:
+def render_pytorchjob(spec: TrainingJobSpec) -> dict[str, Any]:
     """Fill the template with `spec`: one Master, `num_nodes - 1` Workers, `nprocPerNode` processes each.
 
     Raises ValueError when the result would break the training operator's admission rules.
@@ -172,10 +159,6 @@ def render_pytorchjob(spec: PyTorchJobSpec) -> dict[str, Any]:
     procs = spec.gpus_per_node if spec.gpus_per_node > 0 else spec.cpu_procs_per_node
     job["spec"]["nprocPerNode"] = str(procs)
     run_policy = job["spec"].setdefault("runPolicy", {})
-    if spec.ttl_seconds_after_finished is not None:
-        run_policy["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    if spec.backoff_limit is not None:
-        run_policy["backoffLimit"] = spec.backoff_limit
     if spec.active_deadline_seconds is not None:
         if spec.active_deadline_seconds < 1:
             raise ValueError(f"active_deadline_seconds must be >= 1, got {spec.active_deadline_seconds}")
@@ -219,11 +202,11 @@ def _pytorch_container(replica: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"template replica has no container named {CONTAINER_NAME!r}")
 
 
-def _procs(spec: PyTorchJobSpec) -> int:
+def _procs(spec: TrainingJobSpec) -> int:
     return spec.gpus_per_node if spec.gpus_per_node > 0 else spec.cpu_procs_per_node
 
 
-def _fill_pod(pod: dict[str, Any], spec: PyTorchJobSpec) -> None:
+def _fill_pod(pod: dict[str, Any], spec: TrainingJobSpec) -> None:
     """Placement, account, the sizes of the shared-memory and scratch volumes, the shared data claim."""
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
@@ -231,8 +214,6 @@ def _fill_pod(pod: dict[str, Any], spec: PyTorchJobSpec) -> None:
         pod["tolerations"] = [dict(t) for t in spec.tolerations]
     if spec.priority_class:
         pod["priorityClassName"] = spec.priority_class
-    if spec.service_account:
-        pod["serviceAccountName"] = spec.service_account
     if spec.scheduler == "volcano":
         pod["schedulerName"] = VOLCANO_SCHEDULER
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -251,7 +232,7 @@ def scratch_size_bytes(dataset_bytes: int) -> int:
     return -(-dataset_bytes * 11 // 10) + SCRATCH_HEADROOM_BYTES
 
 
-def _scratch_bytes(spec: PyTorchJobSpec) -> int | None:
+def _scratch_bytes(spec: TrainingJobSpec) -> int | None:
     """The scratch volume of `spec`'s pods, None when unbounded (no `scratch_bytes`). With the shared data
     claim the train videos are staged there, not on the scratch: it holds only the run's checkpoints,
     logs and caches."""
@@ -262,7 +243,7 @@ def _scratch_bytes(spec: PyTorchJobSpec) -> int | None:
     )
 
 
-def _fill_container(container: dict[str, Any], spec: PyTorchJobSpec) -> None:
+def _fill_container(container: dict[str, Any], spec: TrainingJobSpec) -> None:
     container["image"] = spec.image
     container["args"] = list(spec.args)
     for item in container.get("env", []):
@@ -299,8 +280,8 @@ def _fill_container(container: dict[str, Any], spec: PyTorchJobSpec) -> None:
         requests.pop(GPU_RESOURCE, None)
         limits.pop(GPU_RESOURCE, None)
     procs = _procs(spec)
-    cpu = spec.cpu or scale_quantity(spec.cpu_per_gpu, procs)
-    memory = spec.memory or scale_quantity(spec.memory_per_gpu, procs)
+    cpu = scale_quantity(spec.cpu_per_gpu, procs)
+    memory = scale_quantity(spec.memory_per_gpu, procs)
     # Requests equal limits (Guaranteed QoS): a training pod is neither throttled below what the
     # scheduler reserved nor killed first under node memory pressure.
     requests["cpu"] = limits["cpu"] = cpu
