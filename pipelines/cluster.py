@@ -1,10 +1,7 @@
 """Start and schedule the pipeline on a Kubeflow Pipelines endpoint (KFP_HOST), as a multi-user Kubeflow needs.
 
-- Credentials, first found wins: an explicit token (`--token` / `KFP_TOKEN`), the in-cluster service-account
-  token file (`KF_PIPELINES_SA_TOKEN_PATH`, else KFP's default path: the default inside a notebook), a Dex
-  login (`KFP_USERNAME` / `KFP_PASSWORD`, connector `KFP_DEX_CONNECTOR`, pipelines/dex_login.py: what a
-  default Kubeflow 26.03 accepts from outside the cluster), a Dex / oauth2-proxy session cookie
-  (`KFP_COOKIES`), or none (a single-user install, or a port-forward to the API server).
+- Credentials and what a refusal says: pipelines/cluster_auth.py (KFP_TOKEN, the service-account token
+  file, KFP_USERNAME / KFP_PASSWORD through Dex, KFP_COOKIES, none).
 - A Dex login is repeated when the session cookie expires (oauth2-proxy's cookie_expire, 24 h), so a long
   wait goes on; reads are retried with backoff on 5xx answers and dropped connections.
 - Namespace: `--namespace` / `KFP_NAMESPACE`, else the current kube context's, else the pod's own; a
@@ -22,7 +19,6 @@ setting to fix.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime
 import hashlib
@@ -33,13 +29,21 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from pipelines.dex_login import DexLogin, DexLoginError, session_cookies
+from pipelines.cluster_auth import (
+    CA_CERT_ENV,
+    Credentials,
+    auth_hint,
+    ca_cert,
+    dex_cookies,
+    resolve_credentials,
+)
+from pipelines.cluster_errors import ClusterAuthError, ClusterError, ClusterSettingError
 from pipelines.sam2_finetune import PIPELINE_NAME
 from sam2.utils.code_version import code_version
 
@@ -50,16 +54,7 @@ logger = logging.getLogger(__name__)
 # Every step runs as this account; k8s/rbac.yaml grants it PyTorchJobs, their pods and logs, what the KFP
 # driver/launcher and Argo's executor need, and get on KFP's artifact-store Secret.
 DEFAULT_SERVICE_ACCOUNT = "sam2-pipeline"
-TOKEN_ENV = "KFP_TOKEN"
-COOKIES_ENV = "KFP_COOKIES"
-USERNAME_ENV = "KFP_USERNAME"
-PASSWORD_ENV = "KFP_PASSWORD"
-CONNECTOR_ENV = "KFP_DEX_CONNECTOR"
 NAMESPACE_ENV = "KFP_NAMESPACE"
-# kfp.client.KF_PIPELINES_SA_TOKEN_ENV / KF_PIPELINES_SA_TOKEN_PATH (kfp/client/__init__.py), spelled out so
-# that this module imports without kfp's client.
-SA_TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
-DEFAULT_SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
 POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # The oldest KFP backend that accepts the compiled pipeline: every step's Kubernetes executor config carries
 # `securityContext` (the restricted Pod Security Standard), a field kubeflow/pipelines first has at tag
@@ -67,71 +62,6 @@ POD_NAMESPACE_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # 18`; absent at 2.15.0), and the API server unmarshals that config strictly (protojson, unknown fields
 # refused). tests/test_min_backend.py parses the compiled YAML with the protos of this release.
 MIN_BACKEND_VERSION = "2.16.0"
-
-
-class ClusterError(RuntimeError):
-    """The KFP endpoint could not do what was asked; the message says what to change.
-
-    `status` is the HTTP status when there was one; `transient` marks what may pass on its own (a 5xx
-    answer, a dropped or refused connection), which reads retry.
-    """
-
-    def __init__(self, message: str, status: int | None = None, transient: bool = False) -> None:
-        super().__init__(message)
-        self.status, self.transient = status, transient
-
-
-class ClusterAuthError(ClusterError):
-    """The KFP endpoint (or the auth proxy in front of it) refused the request."""
-
-
-class ClusterSettingError(ClusterError, ValueError):
-    """A setting is wrong (KFP_HOST points at a server that is not Kubeflow Pipelines): exit 2."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """How requests are authenticated; `source` names the setting it came from (never the secret)."""
-
-    source: str
-    token: str | None = field(default=None, repr=False)
-    token_path: str | None = None
-    cookies: str | None = field(default=None, repr=False)
-    dex: DexLogin | None = None
-
-    @property
-    def renewable(self) -> bool:
-        """A Dex login can be repeated; a given token or cookie cannot be made fresh here."""
-        return self.dex is not None
-
-
-def resolve_credentials(token: str | None = None, environ: Mapping[str, str] | None = None) -> Credentials:
-    """The credentials a user expects, in order: explicit token, service-account token file, cookie, none."""
-    env = os.environ if environ is None else environ
-    if token:
-        return Credentials("--token", token=token.strip())
-    if env.get(TOKEN_ENV, "").strip():
-        return Credentials(TOKEN_ENV, token=env[TOKEN_ENV].strip())
-    explicit_path = env.get(SA_TOKEN_PATH_ENV, "").strip()
-    path = explicit_path or DEFAULT_SA_TOKEN_PATH
-    if Path(path).is_file():
-        return Credentials(f"{SA_TOKEN_PATH_ENV}={path}" if explicit_path else path, token_path=path)
-    if explicit_path:
-        raise ClusterAuthError(f"{SA_TOKEN_PATH_ENV}={explicit_path}: no such file")
-    username, password = env.get(USERNAME_ENV, "").strip(), env.get(PASSWORD_ENV, "")
-    if username or password:
-        if not (username and password):
-            missing = PASSWORD_ENV if username else USERNAME_ENV
-            raise ClusterAuthError(f"{USERNAME_ENV} and {PASSWORD_ENV} go together: {missing} is not set")
-        connector = env.get(CONNECTOR_ENV, "").strip() or "local"
-        try:
-            dex = DexLogin(username, password, connector, _tls_verify(env))
-        except DexLoginError as err:
-            raise ClusterAuthError(str(err)) from None
-        return Credentials(f"{USERNAME_ENV}={username} (Dex connector {connector})", dex=dex)
-    if env.get(COOKIES_ENV, "").strip():
-        return Credentials(COOKIES_ENV, cookies=env[COOKIES_ENV].strip())
-    return Credentials("none")
 
 
 def resolve_namespace(
@@ -158,91 +88,9 @@ def resolve_namespace(
     return None
 
 
-CA_CERT_ENV = "KFP_SSL_CA_CERT"
-
-
-def _ca_cert(env: Mapping[str, str]) -> str | None:
-    """KFP_SSL_CA_CERT: the CA bundle that signed the endpoint's certificate (a gateway with a private CA).
-
-    Raises:
-        ClusterError: it names no file.
-    """
-    path = env.get(CA_CERT_ENV, "").strip()
-    if path and not Path(path).is_file():
-        raise ClusterError(f"{CA_CERT_ENV}={path}: no such file")
-    return path or None
-
-
-def _tls_verify(env: Mapping[str, str]) -> bool | str:
-    """requests' `verify` for the Dex login: KFP_SSL_CA_CERT (a CA bundle), else the system's trust."""
-    return _ca_cert(env) or True
-
-
 def _normalise_host(host: str) -> str:
     host = host.strip().rstrip("/")
     return host if host.startswith(("http://", "https://")) else f"https://{host}"
-
-
-def _jwt_issuer(token: str) -> str | None:
-    """The `iss` claim of a JWT, read without verifying it (for the message only)."""
-    try:
-        payload = token.split(".")[1]
-        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("iss")
-    except (IndexError, ValueError, AttributeError):
-        return None
-
-
-LOGIN_ADVICE = (
-    f"From outside the cluster a default Kubeflow (oauth2-proxy overlay m2m-dex-only) accepts your Dex login: "
-    f"set {USERNAME_ENV} and {PASSWORD_ENV} (what you log in to the Kubeflow UI with; {CONNECTOR_ENV}=ldap for an LDAP "
-    f"account), or {COOKIES_ENV} to an oauth2_proxy_kubeflow session cookie from the browser"
-)
-
-
-def _auth_hint(host: str, credentials: Credentials, answer: str = "") -> str:
-    """What was tried, what the gateway said, and what works on a default 26.03 install (never the secret)."""
-    answer = " ".join(answer.split())[:200]
-    said = f" (the gateway said: {answer})" if answer and not answer.startswith("<") else ""
-    token = credentials.token
-    if credentials.token_path:
-        with contextlib.suppress(OSError):
-            token = Path(credentials.token_path).read_text().strip()
-    if token is not None:
-        issuer = _jwt_issuer(token)
-        if "issuer is not configured" in answer and credentials.token_path:
-            return (
-                f"{host} refused the service-account token from {credentials.source}: its issuer {issuer!r} "
-                "is not one the Kubeflow gateway trusts (default overlay m2m-dex-only). Inside the cluster, talk "
-                "to Kubeflow Pipelines directly, not through the gateway: "
-                "KFP_HOST=http://ml-pipeline-ui.kubeflow.svc.cluster.local"
-            )
-        if "issuer is not configured" in answer:
-            return (
-                f"{host} refused the token from {credentials.source}: its issuer {issuer!r} is not one the "
-                "Kubeflow gateway trusts. A default install (m2m-dex-only) trusts only tokens issued by Dex, "
-                "so a service-account token (`kubectl create token`) works only inside the cluster (a "
-                "notebook) or where an admin installed the m2m-dex-and-kind / m2m-dex-and-eks overlay. "
-                f"Unset {TOKEN_ENV}. {LOGIN_ADVICE}"
-            )
-        return (
-            f"{host} refused the token from {credentials.source}{said}. If it expired, a new one is needed; "
-            f"if it is a service-account token used from outside the cluster, unset {TOKEN_ENV}. {LOGIN_ADVICE}"
-        )
-    if credentials.cookies is not None:
-        return (
-            f"{host} refused the session cookie from {COOKIES_ENV}{said}: oauth2-proxy sessions end after "
-            f"24 h (cookie_expire). Set {USERNAME_ENV} and {PASSWORD_ENV} to log in (and again on expiry) "
-            f"instead, or copy a fresh cookie; {TOKEN_ENV} works where the gateway trusts the token's issuer"
-        )
-    if credentials.dex is not None:
-        return (
-            f"{host} refused the Dex session of {credentials.dex.username!r}{said} right after logging in: "
-            f"check {NAMESPACE_ENV} and that KFP_HOST is the Kubeflow address the login was made at"
-        )
-    return (
-        f"{host} needs a login{said}. {LOGIN_ADVICE}. {TOKEN_ENV} (a bearer token) works where the gateway "
-        "trusts its issuer: Dex's on every install, the cluster's with the m2m-dex-and-kind / -eks overlays"
-    )
 
 
 def _api_error(
@@ -254,7 +102,7 @@ def _api_error(
         body = body.decode(errors="replace")
     body = body.strip()
     if status == 401:
-        return ClusterAuthError(f"{doing}: 401 Unauthorized. {_auth_hint(host, credentials, body)}", 401)
+        return ClusterAuthError(f"{doing}: 401 Unauthorized. {auth_hint(host, credentials, body)}", 401)
     if status == 403:
         where = f"namespace {namespace!r}" if namespace else "the shared namespace"
         return ClusterAuthError(
@@ -310,7 +158,7 @@ class Connection:
         """
         if self.credentials.dex is None:
             return False
-        cookies = _dex_cookies(self.host, self.credentials)
+        cookies = dex_cookies(self.host, self.credentials)
         if self.client is not None:
             # every service API of kfp.Client shares this one ApiClient (kfp/client/client.py __init__)
             self.client._run_api.api_client.cookie = cookies
@@ -375,14 +223,6 @@ def check_backend_version(host: str, tag_name: str) -> None:
         )
 
 
-def _dex_cookies(host: str, credentials: Credentials) -> str:
-    assert credentials.dex is not None
-    try:
-        return session_cookies(host, credentials.dex)
-    except DexLoginError as err:
-        raise ClusterAuthError(f"{err} (credentials from {credentials.source})") from None
-
-
 def _not_kfp_answer(err: Exception) -> str:
     """What shows an error answer came from a server that is not KFP nor a Kubeflow gateway ("" when
     nothing does): an S3 or other XML error document, or a method/route the KFP API serves (404/405/501)."""
@@ -441,7 +281,7 @@ def _probe(host: str, credentials: Credentials, ca_cert: str | None = None) -> d
     if response.status in (401, 403):
         answer = response.data.decode(errors="replace") if response.data else ""
         raise ClusterAuthError(
-            f"{doing}: {response.status}. {_auth_hint(host, credentials, answer)}", response.status
+            f"{doing}: {response.status}. {auth_hint(host, credentials, answer)}", response.status
         )
     if response.status >= 300:
         raise ClusterError(
@@ -452,7 +292,7 @@ def _probe(host: str, credentials: Credentials, ca_cert: str | None = None) -> d
     except ValueError:
         raise ClusterAuthError(
             f"{doing}: {host} answered with a page that is not the KFP API (a login page?). "
-            + _auth_hint(host, credentials)
+            + auth_hint(host, credentials)
         ) from None
     return health
 
@@ -475,8 +315,8 @@ def connect(
     host = _normalise_host(host)
     credentials = resolve_credentials(token, environ)
     if credentials.dex is not None:
-        credentials = replace(credentials, cookies=_dex_cookies(host, credentials))
-    health = _probe(host, credentials, _ca_cert(os.environ if environ is None else environ))
+        credentials = replace(credentials, cookies=dex_cookies(host, credentials))
+    health = _probe(host, credentials, ca_cert(os.environ if environ is None else environ))
     check_backend_version(host, str(health.get("tag_name") or ""))
     multi_user = bool(health.get("multi_user"))
     resolved = resolve_namespace(namespace, environ)
@@ -492,7 +332,7 @@ def connect(
     kwargs: dict[str, Any] = {
         "host": host,
         "namespace": resolved,
-        "ssl_ca_cert": _ca_cert(os.environ if environ is None else environ),
+        "ssl_ca_cert": ca_cert(os.environ if environ is None else environ),
     }
     if credentials.token:
         kwargs["existing_token"] = credentials.token

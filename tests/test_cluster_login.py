@@ -17,7 +17,7 @@ from kfp_api_server import KfpApiServer
 from kubeflow_gateway import Gateway, kubernetes_token, make_jwt
 from pipelines_cli import run_pipelines_cli
 
-from pipelines import cluster
+from pipelines import cluster, cluster_auth
 from pipelines.compile import COMPILED
 
 USER, PASSWORD = "user@example.com", "12341234"  # the default install's Dex static user
@@ -31,7 +31,7 @@ def hermetic_kfp(tmp_path, monkeypatch):
     import kfp.client.client as kfp_client
 
     monkeypatch.setattr(kfp_client.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    monkeypatch.setattr(cluster, "DEFAULT_SA_TOKEN_PATH", str(tmp_path / "no-sa-token"))
+    monkeypatch.setattr(cluster_auth, "DEFAULT_SA_TOKEN_PATH", str(tmp_path / "no-sa-token"))
     monkeypatch.setattr(cluster, "POD_NAMESPACE_PATH", str(tmp_path / "no-pod-namespace"))
 
 
@@ -286,7 +286,7 @@ def test_in_a_notebook_the_service_account_token_stays_the_default(tmp_path):
     use the in-cluster address, which does not go through the gateway."""
     token_file = tmp_path / "token"
     token_file.write_text(kubernetes_token(NAMESPACE, "default-editor"))
-    cluster.DEFAULT_SA_TOKEN_PATH = str(token_file)
+    cluster_auth.DEFAULT_SA_TOKEN_PATH = str(token_file)
     credentials = cluster.resolve_credentials(None, _login_env(tmp_path))
     assert credentials.token_path == str(token_file) and credentials.dex is None
     with KfpApiServer(gateway=Gateway(), multi_user=True) as server:

@@ -18,7 +18,7 @@ import yaml
 from kfp_api_server import KfpApiServer
 from pipelines_cli import run_pipelines_cli
 
-from pipelines import cluster
+from pipelines import cluster, cluster_auth
 from pipelines.compile import COMPILED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def hermetic_kfp(tmp_path, monkeypatch):
     import kfp.client.client as kfp_client
 
     monkeypatch.setattr(kfp_client.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    monkeypatch.setattr(cluster, "DEFAULT_SA_TOKEN_PATH", str(tmp_path / "no-sa-token"))
+    monkeypatch.setattr(cluster_auth, "DEFAULT_SA_TOKEN_PATH", str(tmp_path / "no-sa-token"))
     monkeypatch.setattr(cluster, "POD_NAMESPACE_PATH", str(tmp_path / "no-pod-namespace"))
 
 
@@ -162,7 +162,7 @@ def test_credentials_are_taken_in_the_documented_order(tmp_path):
     with pytest.raises(cluster.ClusterAuthError, match="KF_PIPELINES_SA_TOKEN_PATH=.*no such file"):
         cluster.resolve_credentials(None, {"KF_PIPELINES_SA_TOKEN_PATH": str(tmp_path / "missing")})
     # KFP's default in-cluster path is used when present
-    cluster.DEFAULT_SA_TOKEN_PATH = str(token_file)
+    cluster_auth.DEFAULT_SA_TOKEN_PATH = str(token_file)
     assert cluster.resolve_credentials(None, {"KFP_COOKIES": "c=1"}).token_path == str(token_file)
     assert "sa" not in repr(cluster.resolve_credentials(None, {"KFP_TOKEN": "sa"}))  # never in logs
 
