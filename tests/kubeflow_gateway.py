@@ -29,7 +29,8 @@ kubeflow/manifests (now kubeflow/community-distribution) at tag 26.03:
 - `/oauth2/start?rd=<path>` redirects to `login_url = "/dex/auth"` with `redirect_url = "/oauth2/callback"`
   and a CSRF cookie; `/oauth2/callback` redeems the code, sets the session cookie and redirects to `rd`.
 - Dex (`common/dex/overlays/oauth2-proxy/config-map.yaml`): `enablePasswordDB: true` (connector `local`,
-  static passwords, login by email), `skipApprovalScreen: true`. Dex (dexidp/dex `server/handlers.go`)
+  static passwords, login by email), `skipApprovalScreen: true`. Dex (dexidp/dex at v2.45.0, the image
+  `common/dex/base/deployment.yaml` pins; `server/handlers.go`)
   sends `/auth` straight to the only connector, else shows the connector list; a password connector's
   `/auth/<id>` redirects to `/auth/<id>/login?state=<request>`, whose form POSTs `login` and `password`;
   a wrong pair re-renders the form (200, "Invalid ..."), a right one 303s to `/approval`, which (approval
