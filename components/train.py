@@ -38,6 +38,7 @@ def train_model(
     queue: str = "",
     pending_timeout_minutes: float = 30.0,
     shared_data_pvc: str = "",
+    trainer_runtime: str = "torch-distributed",
 ) -> str:
     """Train and publish checkpoints at s3://<runs_bucket>/<run_id>/checkpoints/.
 
@@ -82,6 +83,7 @@ def train_model(
         shared_data_pvc: A ReadWriteMany claim (k8s/shared-data-pvc.yaml) the job's pods mount at
             /shared-data to stage the train videos once per data set version; empty: none, each node
             downloads into its scratch volume.
+        trainer_runtime: The Kubeflow Trainer ClusterTrainingRuntime a TrainJob references (TrainJob only).
 
     Returns:
         The checkpoint's URI.
@@ -146,6 +148,7 @@ def train_model(
             queue=queue,
             pending_timeout_minutes=pending_timeout_minutes,
             shared_data_pvc=shared_data_pvc,
+            trainer_runtime=trainer_runtime,
         )
         job_launcher = cluster_launcher(launcher, settings)  # auto: the kind the cluster serves, logged
     else:

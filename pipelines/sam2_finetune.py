@@ -106,7 +106,7 @@ def sam2_finetune(
     epochs: int = 40,
     num_nodes: int = 2,
     gpus_per_node: int = 1,
-    train_launcher: str = "pytorchjob",
+    train_launcher: str = "auto",
     training_overrides: str = "",
     lora_rank: int = 0,
     inference_args: str = "",
@@ -125,6 +125,7 @@ def sam2_finetune(
     scheduler: str = "kueue" if KUEUE_QUEUE else "none",
     scheduler_queue: str = KUEUE_QUEUE,
     pending_timeout_minutes: float = 30.0,
+    trainer_runtime: str = "torch-distributed",
     image_pull_secret: str = "",
 ) -> PipelineOutputs:
     """Fine-tune SAM 2 on a VOS data set, score it beside the champion and the zero-shot baseline on the
@@ -148,7 +149,9 @@ def sam2_finetune(
         epochs: Training epochs.
         num_nodes: Training nodes (PyTorchJob Master + num_nodes - 1 Workers).
         gpus_per_node: GPUs (training processes) per node; 0 trains on the CPU.
-        train_launcher: "pytorchjob" (on the cluster) or "local" (torchrun inside the train step).
+        train_launcher: "auto" (the job kind the cluster serves: a PyTorchJob where the Training Operator is
+            installed, else a Kubeflow Trainer v2 TrainJob; docs/job-kinds.md), "pytorchjob", "trainjob" or
+            "local" (torchrun inside the train step).
         training_overrides: Extra Hydra overrides of the training config, space-separated.
         lora_rank: > 0 fine-tunes LoRA adapters of that rank on the frozen initial weights
             (trainer.lora.rank); the model evaluated and registered is the adapters merged into the base.
@@ -177,6 +180,8 @@ def sam2_finetune(
         scheduler_queue: The Volcano queue, or the Kueue LocalQueue (required with "kueue").
         pending_timeout_minutes: Fail the train step when the job's pods have not all started by then,
             with the scheduler's last message; 0 waits.
+        trainer_runtime: The Kubeflow Trainer ClusterTrainingRuntime a TrainJob references (an admin's
+            own runtime works; docs/job-kinds.md).
         image_pull_secret: The docker-registry Secret every step's pod (and the training job's) pulls the
             image with; one name, empty for none (a public image, or service accounts that carry it:
             docs/cluster-operations.md).
@@ -241,6 +246,7 @@ def sam2_finetune(
         queue=scheduler_queue,
         pending_timeout_minutes=pending_timeout_minutes,
         shared_data_pvc=SHARED_DATA_PVC,
+        trainer_runtime=trainer_runtime,
     ).set_display_name("train")
 
     # The champion and the zero-shot baseline, scored beside the new model on the same videos.
