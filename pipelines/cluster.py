@@ -155,6 +155,7 @@ class Connection:
 
         Raises:
             ClusterAuthError: Dex refused the login (the password changed, the account was removed).
+            ClusterError: the gateway or Dex was unavailable (transient).
         """
         if self.credentials.dex is None:
             return False
@@ -181,21 +182,26 @@ class Connection:
             try:
                 with self.calling(doing):
                     return request()
-            except ClusterAuthError as err:
-                if err.status == 401 and not renewed and self.renew():
-                    renewed = True
-                    continue
-                raise
-            except ClusterError as err:
-                if not (read and err.transient):
-                    raise
-                now = time.monotonic()
-                first_failure = first_failure or now
-                if now - first_failure + pause > patience:
-                    raise
-                logger.warning("%s: %s; retrying in %.0f s", doing, err, pause)
-                time.sleep(pause)
-                pause = min(pause * 2, self.backoff_max_s)
+            except ClusterError as failed:
+                err = failed
+            if isinstance(err, ClusterAuthError) and err.status == 401 and not renewed:
+                try:
+                    if self.renew():
+                        renewed = True
+                        continue
+                except ClusterError as login_failed:  # a gateway or Dex blip during the login: waited out
+                    if not login_failed.transient:
+                        raise
+                    err = login_failed
+            if not (read and err.transient):
+                raise err
+            now = time.monotonic()
+            first_failure = first_failure or now
+            if now - first_failure + pause > patience:
+                raise err
+            logger.warning("%s: %s; retrying in %.0f s", doing, err, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, self.backoff_max_s)
 
 
 def _release(version: str) -> tuple[int, ...] | None:

@@ -167,4 +167,6 @@ def dex_cookies(host: str, credentials: Credentials) -> str:
     try:
         return session_cookies(host, credentials.dex)
     except DexLoginError as err:
+        if err.transient:
+            raise ClusterError(f"{err} (credentials from {credentials.source})", transient=True) from None
         raise ClusterAuthError(f"{err} (credentials from {credentials.source})") from None

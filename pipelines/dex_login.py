@@ -30,7 +30,14 @@ _CONNECTOR_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class DexLoginError(RuntimeError):
-    """The login did not end with a session; the message says which step and what to check."""
+    """The login did not end with a session; the message says which step and what to check.
+
+    `transient`: the gateway or Dex was unavailable (5xx, no connection), so trying again later may work.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,17 @@ def session_cookies(host: str, login: DexLogin, timeout_s: float = 30.0) -> str:
     with requests.Session() as session:
         session.headers["Accept"] = "text/html"
 
+        def available(response: requests.Response) -> requests.Response:
+            if response.status_code >= 500:
+                raise DexLoginError(
+                    f"logging in at {host}: HTTP {response.status_code} from {_no_query(response.url)} (the "
+                    "gateway or Dex is unavailable)",
+                    transient=True,
+                )
+            return response
+
         def get(url: str) -> requests.Response:
-            return session.get(url, allow_redirects=True, verify=login.verify, timeout=timeout_s)
+            return available(session.get(url, allow_redirects=True, verify=login.verify, timeout=timeout_s))
 
         try:
             response = get(host)
@@ -100,12 +116,14 @@ def session_cookies(host: str, login: DexLogin, timeout_s: float = 30.0) -> str:
                         "the connector your Kubeflow login page offers (local for Dex static passwords, ldap, ...)"
                     )
                 login_url = response.url
-            response = session.post(
-                login_url,
-                data={"login": login.username, "password": login.password},
-                allow_redirects=True,
-                verify=login.verify,
-                timeout=timeout_s,
+            response = available(
+                session.post(
+                    login_url,
+                    data={"login": login.username, "password": login.password},
+                    allow_redirects=True,
+                    verify=login.verify,
+                    timeout=timeout_s,
+                )
             )
             if response.status_code == 200 and not response.history:
                 raise DexLoginError(
@@ -114,12 +132,14 @@ def session_cookies(host: str, login: DexLogin, timeout_s: float = 30.0) -> str:
                     "email; for an LDAP account set KFP_DEX_CONNECTOR=ldap)"
                 )
             if urllib.parse.urlsplit(response.url).path.endswith("/approval"):
-                response = session.post(
-                    response.url,
-                    data={"approval": "approve"},
-                    allow_redirects=True,
-                    verify=login.verify,
-                    timeout=timeout_s,
+                response = available(
+                    session.post(
+                        response.url,
+                        data={"approval": "approve"},
+                        allow_redirects=True,
+                        verify=login.verify,
+                        timeout=timeout_s,
+                    )
                 )
         except requests.exceptions.SSLError as err:
             raise DexLoginError(
@@ -128,7 +148,8 @@ def session_cookies(host: str, login: DexLogin, timeout_s: float = 30.0) -> str:
             ) from None
         except requests.RequestException as err:
             raise DexLoginError(
-                f"logging in at {host}: {type(err).__name__}: {err}; check KFP_HOST"
+                f"logging in at {host}: {type(err).__name__}: {err}; check KFP_HOST",
+                transient=isinstance(err, requests.ConnectionError | requests.Timeout),
             ) from None
         if response.status_code != 200:
             raise DexLoginError(

@@ -33,7 +33,8 @@ session cookie gets 401, or with login_page=True a redirect to an HTML page), or
 the ingress gateway, oauth2-proxy and Dex of a Kubeflow 26.03 install (tests/kubeflow_gateway.py, cited
 there), with the KFP API under `/pipeline` as the distribution routes it. `faults` makes the next API GETs
 fail as a gateway or network does ("503": Envoy's 503 without an upstream answer; "reset": the
-connection closed before any answer).
+connection closed before any answer); "503:/dex/" fails the next request to a path starting `/dex/`
+(a Dex restart during a login).
 
 Version: healthz answers `tag_name` = the version of the `kfp-kubernetes` / `kfp-pipeline-spec` protos
 installed here, which are the ones uploads are parsed with (tests/test_min_backend.py parses with the
@@ -335,11 +336,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(reply.body)
 
     def _fault(self, state: FakeKfp, method: str, path: str) -> bool:
-        """Apply the next injected fault to an API GET; True when the request was answered (or dropped)."""
-        if method != "GET" or "/apis/" not in path or not state.faults:
-            return False
+        """Apply the next injected fault that fits the request; True when it was answered (or dropped)."""
         with state._lock:
-            fault = state.faults.pop(0)
+            for index, spec in enumerate(state.faults):
+                fault, _, prefix = spec.partition(":")
+                if (prefix and path.startswith(prefix)) or (
+                    not prefix and method == "GET" and "/apis/" in path
+                ):
+                    del state.faults[index]
+                    break
+            else:
+                return False
         if fault == "reset":
             self.close_connection = True
             self.connection.shutdown(2)
