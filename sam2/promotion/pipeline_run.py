@@ -28,7 +28,7 @@ from sam2.promotion.gate import (
     gate_tags,
     regression_check,
 )
-from sam2.promotion.registry import MlflowModelRegistry
+from sam2.promotion.registry import MlflowModelRegistry, wait_for_tracking_server
 from sam2.promotion.rules import Candidate, PromotionResult, model_name_for
 from sam2.promotion.tracking import (
     RunRecord,
@@ -93,6 +93,7 @@ def promote_pipeline_run(
             tracking_uri,
         )
         tracking_uri = kfp_run.tracking_uri
+    wait_for_tracking_server(tracking_uri)  # a restarting server is waited for (SAM2_RETRY_BUDGET_S)
     run_uri = model.run_uri.rstrip("/")
     params, metrics, curves = run_record_inputs(model, comparison, extra_params)
     name = model_name_for(dataset_name)

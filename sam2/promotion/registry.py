@@ -46,6 +46,7 @@ from sam2.promotion.rules import (
     model_name_for,
 )
 from sam2.utils.file_lock import exclusive_file_lock
+from sam2.utils.retry import wait_for_http_service
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,19 @@ class ModelRegistry(Protocol):
     def champion_details(self, dataset_name: str) -> ChampionInfo | None: ...
 
 
+def wait_for_tracking_server(uri: str) -> None:
+    """For an http(s) tracking URI, wait until the MLflow server answers, for SAM2_RETRY_BUDGET_S: a server
+    restarting must not fail a promotion, nor MLflow's own retries (7, about 4 min) end in a raw
+    MlflowException. Raises ServiceUnreachableError (one line naming the server, tries and seconds)."""
+    if urlparse(uri).scheme in ("http", "https"):
+        wait_for_http_service(
+            uri,
+            service="MLflow tracking server",
+            what="connecting to the model registry",
+            hint="Is the server running and MLFLOW_TRACKING_URI right? Locally: unset it (SQLite under .local/)",
+        )
+
+
 class MlflowModelRegistry:
     """`ModelRegistry` on MLflow: SQLite locally, a tracking server URI on a cluster."""
 
@@ -81,6 +95,7 @@ class MlflowModelRegistry:
     ) -> None:
         from mlflow import MlflowClient
 
+        wait_for_tracking_server(registry_uri)
         self.registry_uri = registry_uri
         self.client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
         self._lock_file = _local_lock_file(registry_uri, lock_dir)

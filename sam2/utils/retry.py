@@ -122,3 +122,42 @@ def call_with_retry(
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:300] if text else ""
+
+
+def wait_for_http_service(
+    url: str,
+    *,
+    service: str,
+    what: str,
+    health_path: str = "/health",
+    hint: str = "",
+    budget_s: float | None = None,
+    timeout_s: float = 10.0,
+) -> None:
+    """Block until ``url + health_path`` answers HTTP at all (any status), retrying a refused or dropped
+    connection and 5xx answers for the retry budget.
+
+    Raises:
+        ServiceUnreachableError: it did not answer within the budget (naming ``service``, ``url``, the
+            attempts and seconds).
+    """
+    import urllib.error
+    import urllib.request
+
+    def probe() -> None:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + health_path, timeout=timeout_s):
+                return
+        except urllib.error.HTTPError as err:
+            if err.code >= 500:
+                raise
+            return  # it answers (a 401/403/404 is the caller's to interpret)
+
+    def transient(err: BaseException) -> bool:
+        if isinstance(err, urllib.error.HTTPError):
+            return err.code >= 500
+        return isinstance(err, (urllib.error.URLError, OSError, TimeoutError))
+
+    call_with_retry(
+        probe, service=f"{service} {url}", what=what, is_transient=transient, budget_s=budget_s, hint=hint
+    )
