@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 import trainer_crds
@@ -36,6 +37,7 @@ from sam2.launch.trainjob import (
 from sam2.launch.trainjob_launcher import TrainJobLauncher
 
 NAME = job_name_for("run-7")
+ROOT = Path(__file__).resolve().parents[1]
 FORM_OF = {"2.1.0": POD_TEMPLATE_OVERRIDES, "2.3.0": RUNTIME_PATCHES}
 GPU_MESSAGE = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."
 
@@ -306,23 +308,30 @@ def test_a_wrong_guess_is_refused_not_dropped(version):
     assert auto.api == FORM_OF[version] and FORM_OF[version] in sent[0]["spec"]
 
 
-def test_kueue_creates_it_suspended_with_the_queue_and_the_timeout_says_so(caplog):
+def test_kueue_creates_it_suspended_with_the_queue_and_it_runs_once_admitted(caplog):
     """Kueue's TrainJob integration (kueue.sigs.k8s.io/docs/tasks/run/trainjobs/): the LocalQueue label
-    and spec.suspend true; no pod starts before admission; the pending timeout names the suspension.
-    Admitted (Kueue sets suspend false), the Trainer reports Resumed and the pods start."""
+    and spec.suspend true; no pod starts before admission (the step waits, the Trainer reports Suspended).
+    Admitted (Kueue sets suspend false), the Trainer reports Resumed and the pods start; a retried step
+    adopts the job."""
     caplog.set_level(logging.INFO, logger="sam2.launch")
     cluster = FakeTrainerCluster("2.3.0")
-    with _Http(cluster, scheduler="kueue", queue="team-a-gpus", pending_timeout_s=0.3) as http:
-        with pytest.raises(PendingTimeout, match="suspended: waiting for Kueue to admit it"):
-            http.launcher().launch(_request())
-        job = cluster.trainjobs[NAME]
-        assert (
-            job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a-gpus" and job["spec"]["suspend"] is True
-        )
-        assert cluster.pods == {}
-        assert f"TrainJob team-a/{NAME}: Suspended (Suspended) TrainJob is suspended" in caplog.text
-        _polls(cluster, None, lambda: cluster.admit(NAME), None, None, lambda: cluster.complete(NAME))
-        http.launcher(pending_timeout_s=30).launch(_request())  # a retried step adopts the admitted job
+    seen: dict[str, object] = {}
+
+    def before_admission():
+        seen["job"] = copy.deepcopy(cluster.trainjobs[NAME])
+        seen["pods"] = dict(cluster.pods)
+
+    with _Http(cluster, scheduler="kueue", queue="team-a-gpus") as http:
+        _polls(cluster, None, None, before_admission, lambda: cluster.admit(NAME), None, None)
+        with pytest.raises(TimeoutError):  # the first attempt's step ran out of time; the job stays
+            http.launcher(timeout_s=1.0).launch(_request())
+        _polls(cluster, None, lambda: cluster.complete(NAME))
+        http.launcher().launch(_request())
+    job = seen["job"]
+    assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a-gpus" and job["spec"]["suspend"] is True
+    assert seen["pods"] == {}, "no pod before Kueue admits the job"
+    assert f"TrainJob team-a/{NAME}: Suspended (Suspended) TrainJob is suspended" in caplog.text
+    assert f"pod {NAME}-node-0-1-" in caplog.text, "admitted: the pods started"
     assert "exists already (it has not finished); attaching to it" in caplog.text
 
 
@@ -474,3 +483,51 @@ def test_job_spec_for_is_the_one_place_settings_become_a_job():
     with pytest.raises(ValueError, match="cleanup must be one of"):
         ClusterSettings(namespace="n", image="i:1", cleanup="sometimes")
     assert copy.deepcopy(settings) == settings
+
+
+# -- k8s/trainjob.yaml ---------------------------------------------------------------------------------------
+
+
+def test_the_trainjob_manifest_is_valid_for_both_trainer_versions_and_matches_the_pytorchjob_manifest():
+    """kubectl apply -f k8s/trainjob.yaml: both objects valid (nothing pruned) against v2.1.0's and v2.3.0's
+    CRDs; generated from k8s/pytorchjob.yaml without drift; the node pod the Trainer builds from them is the
+    PyTorchJob Master's pod, restricted, with the torch plugin's env."""
+    import yaml
+
+    from sam2.launch.trainjob import render_manifest
+
+    path = ROOT / "k8s" / "trainjob.yaml"
+    docs = list(yaml.safe_load_all(path.read_text()))
+    assert docs == render_manifest(), "k8s/trainjob.yaml drifted from k8s/pytorchjob.yaml: regenerate it"
+    runtime, trainjob = docs
+    for version in trainer_crds.VERSIONS:
+        trainer_crds.validate(runtime, version)
+        trainer_crds.validate(trainjob, version)
+        built = node_job(trainjob, runtime, version)["template"]
+        assert restricted_violations(built["spec"]) == [], version
+        master = yaml.safe_load((ROOT / "k8s" / "pytorchjob.yaml").read_text())["spec"][
+            "pytorchReplicaSpecs"
+        ]["Master"]["template"]
+        (node,), (pytorch,) = built["spec"]["containers"], master["spec"]["containers"]
+        for key in ("image", "command", "args", "resources", "volumeMounts", "securityContext"):
+            assert node[key] == pytorch[key], key
+        for key in ("volumes", "securityContext", "terminationGracePeriodSeconds", "serviceAccountName"):
+            assert built["spec"][key] == master["spec"][key], key
+        assert built["spec"]["automountServiceAccountToken"] is False
+        assert {e["name"] for e in node["env"]} >= {
+            "PET_NNODES",
+            "PET_NODE_RANK",
+            "PET_MASTER_ADDR",
+            "S3_ENDPOINT_URL",
+        }
+    assert trainjob["spec"]["trainer"]["numNodes"] == 2
+
+
+def test_both_kinds_manifests_validate_against_their_crds():
+    import yaml
+    from pytorchjob_crd import validate_against_crd
+
+    validate_against_crd(yaml.safe_load((ROOT / "k8s" / "pytorchjob.yaml").read_text()))
+    for doc in yaml.safe_load_all((ROOT / "k8s" / "trainjob.yaml").read_text()):
+        for version in trainer_crds.VERSIONS:
+            trainer_crds.validate(doc, version)

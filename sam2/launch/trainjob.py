@@ -37,6 +37,10 @@ NODE = "node"  # the replicated job and container name of the torch runtime (con
 RUNTIME_PATCHES = "runtimePatches"
 POD_TEMPLATE_OVERRIDES = "podTemplateOverrides"
 TRAINER_APIS = (RUNTIME_PATCHES, POD_TEMPLATE_OVERRIDES)
+# A TrainJob with spec.trainer alone, valid for both versions: every other pod setting is its runtime's
+# (k8s/trainjob.yaml, for kubectl apply beside its own TrainingRuntime).
+TRAINER_ONLY = "trainer"
+FORMS = (*TRAINER_APIS, TRAINER_ONLY)
 PATCH_MANAGER = "sam2-kubeflow"  # runtimePatches[].manager: who owns the patch entry
 # The env the torch plugin sets itself; a TrainJob naming one is refused (plugins/torch/torch.go, Validate).
 TORCH_RESERVED_ENV = frozenset(
@@ -49,6 +53,7 @@ VOLCANO_QUEUE_ANNOTATION = "scheduling.volcano.sh/queue-name"
 VOLCANO_SCHEDULER = "volcano"
 # The pod spec fields each form carries (the CRDs' schemas at v2.1.0 and v2.3.0).
 POD_FIELDS = {
+    TRAINER_ONLY: frozenset(),
     POD_TEMPLATE_OVERRIDES: frozenset(
         {"serviceAccountName", "nodeSelector", "tolerations", "volumes", "affinity", "imagePullSecrets"}
     ),
@@ -66,6 +71,7 @@ POD_FIELDS = {
     ),
 }
 CONTAINER_FIELDS = {
+    TRAINER_ONLY: frozenset(),
     POD_TEMPLATE_OVERRIDES: frozenset({"volumeMounts"}),
     RUNTIME_PATCHES: frozenset({"volumeMounts", "securityContext"}),
 }
@@ -139,12 +145,12 @@ def render_trainjob(
     spec: TrainingJobSpec, api: str, runtime: RuntimeRef | None = None, customize: PodHook | None = None
 ) -> RenderedTrainJob:
     """The TrainJob for `spec` in the form `api` ("runtimePatches" for Trainer >= v2.2.0,
-    "podTemplateOverrides" for v2.1.0), referencing `runtime`.
+    "podTemplateOverrides" for v2.1.0, "trainer" for spec.trainer alone), referencing `runtime`.
 
     Raises ValueError for an unknown form or an env name the torch plugin reserves.
     """
-    if api not in TRAINER_APIS:
-        raise ValueError(f"api must be one of {', '.join(TRAINER_APIS)}, got {api!r}")
+    if api not in FORMS:
+        raise ValueError(f"api must be one of {', '.join(FORMS)}, got {api!r}")
     runtime = runtime or RuntimeRef()
     template = node_pod_template(spec, customize)
     pod, container = template["spec"], _node_container(template)
@@ -210,7 +216,7 @@ def render_trainjob(
             job_spec["annotations"] = job_annotations
         if spec.active_deadline_seconds is not None:
             rendered.covered["activeDeadlineSeconds"] = "the train step deletes the TrainJob at its timeout"
-    else:
+    elif api == RUNTIME_PATCHES:
         node_job: dict[str, Any] = {"name": NODE, "template": {"spec": {"template": {"spec": pod_patch}}}}
         if pod_metadata:
             node_job["template"]["spec"]["template"]["metadata"] = pod_metadata
@@ -220,6 +226,8 @@ def render_trainjob(
         job_spec["runtimePatches"] = [{"manager": PATCH_MANAGER, "trainingRuntimeSpec": runtime_spec}]
         if spec.active_deadline_seconds is not None:
             job_spec["activeDeadlineSeconds"] = int(spec.active_deadline_seconds)
+    elif job_annotations:
+        rendered.runtime_fields["metadata.annotations"] = job_annotations
     rendered.trainjob = {
         "apiVersion": f"{TRAINER_GROUP}/{TRAINER_VERSION}",
         "kind": "TrainJob",
@@ -230,7 +238,11 @@ def render_trainjob(
 
 
 def render_training_runtime(
-    spec: TrainingJobSpec, api: str, customize: PodHook | None = None, name_prefix: str = "sam2-torch"
+    spec: TrainingJobSpec,
+    api: str,
+    customize: PodHook | None = None,
+    name_prefix: str = "sam2-torch",
+    name: str | None = None,
 ) -> dict[str, Any]:
     """A namespaced TrainingRuntime shaped like the Trainer's torch-distributed one (torch mlPolicy, one
     replicated job `node` labelled as the trainer step) holding the node pod settings that a TrainJob in
@@ -240,10 +252,11 @@ def render_training_runtime(
     codes 128-255 and fails at once for 1-127 (podFailurePolicy with restartPolicy Never), as the
     PyTorchJob's restartPolicy ExitCode does.
 
-    The name ends in a hash of the content, so one name is always one runtime (created once, never updated).
+    The name ends in a hash of the content, so one name is always one runtime (created once, never updated);
+    `name` names it instead (k8s/trainjob.yaml's).
     """
-    if api not in TRAINER_APIS:
-        raise ValueError(f"api must be one of {', '.join(TRAINER_APIS)}, got {api!r}")
+    if api not in FORMS:
+        raise ValueError(f"api must be one of {', '.join(FORMS)}, got {api!r}")
     template = node_pod_template(spec, customize)
     pod = template["spec"]
     for key in POD_FIELDS[api]:
@@ -291,7 +304,7 @@ def render_training_runtime(
         runtime_spec["podGroupPolicy"] = {"volcano": {}}
     digest = hashlib.sha256(json.dumps(runtime_spec, sort_keys=True).encode()).hexdigest()[:10]
     metadata: dict[str, Any] = {
-        "name": f"{name_prefix}-{digest}",
+        "name": name or f"{name_prefix}-{digest}",
         "labels": {"app.kubernetes.io/part-of": "sam2-kubeflow", "trainer.kubeflow.org/framework": "torch"},
     }
     if spec.namespace:
@@ -302,3 +315,26 @@ def render_training_runtime(
         "metadata": metadata,
         "spec": runtime_spec,
     }
+
+
+MANIFEST_RUNTIME = "sam2-torch-distributed"
+
+
+def render_manifest() -> list[dict[str, Any]]:
+    """k8s/trainjob.yaml: a TrainingRuntime holding the whole node pod of k8s/pytorchjob.yaml (restricted,
+    its volumes, grace period) and a TrainJob with spec.trainer alone that references it, so one file is
+    valid for Trainer v2.1.0 and v2.3.0 alike; the same training as `kubectl apply -f k8s/pytorchjob.yaml`."""
+    from sam2.launch.pytorchjob import load_template
+
+    template = load_template()
+    master = template["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    spec = TrainingJobSpec(
+        name=template["metadata"]["name"],
+        image=master["image"],
+        args=list(master["args"]),
+        num_nodes=1 + template["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"],
+        gpus_per_node=int(master["resources"]["limits"]["nvidia.com/gpu"]),
+    )
+    runtime = render_training_runtime(spec, TRAINER_ONLY, name=MANIFEST_RUNTIME)
+    trainjob = render_trainjob(spec, TRAINER_ONLY, RuntimeRef(MANIFEST_RUNTIME, "TrainingRuntime")).trainjob
+    return [runtime, trainjob]
