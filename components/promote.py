@@ -21,6 +21,10 @@ def promote_model(
     image: str = "",
     mlflow_tracking_uri: str = "",
     s3_endpoint_url: str = "",
+    baseline_margin: float = 0.0,
+    regression_dataset_uri: str = "",
+    max_regression: float = 0.0,
+    regression: Input[Dataset] = None,
 ) -> NamedTuple(
     "PromotionOutputs",
     decision=str,
@@ -38,6 +42,9 @@ def promote_model(
     from evaluate), by more than `promotion_margin` J&F points; if the champion could not be scored here
     it falls back to the champion's registered J&F and says so. A model trained from random weights never
     becomes champion unless `allow_random_init`. Concurrent runs are serialised (sam2.promotion.registry).
+    On top, the gate against the starting point (sam2.promotion.gate): a version takes champion only when
+    it also beats the run's zero-shot baseline by more than `baseline_margin`, the first version included,
+    and (with a regression set) loses at most `max_regression` against the baseline there.
 
     Args:
         model: train_model's output: the new checkpoint and what produced it.
@@ -51,6 +58,10 @@ def promote_model(
         image: The image the run used, logged as a run parameter.
         mlflow_tracking_uri: The MLflow server; empty for MLFLOW_TRACKING_URI.
         s3_endpoint_url: The S3 endpoint of object storage; empty for the environment's.
+        baseline_margin: J&F points the new model must beat the zero-shot baseline by (val videos).
+        regression_dataset_uri: The regression set the gate checks (empty: no regression gate).
+        max_regression: J&F points the new model may lose against the baseline on the regression set.
+        regression: score_regression_set's output: both models' J&F on the regression set.
 
     Returns:
         decision: "champion" or "challenger".
@@ -68,6 +79,7 @@ def promote_model(
 
     from components.runtime import configure
     from sam2.contracts import PromotionDecision, TrainedModel
+    from sam2.promotion.gate import GateSettings, RegressionScores, gate_lines
     from sam2.promotion.pipeline_run import promote_pipeline_run
     from sam2.storage import ObjectStore
     from sam2.utils.code_version import code_version
@@ -80,6 +92,12 @@ def promote_model(
         scores = json.load(handle)
     trained = TrainedModel.from_metadata(model.metadata)
     run_uri = trained.run_uri
+    gate = GateSettings(baseline_margin, regression_dataset_uri, max_regression)
+    regression_scores = None
+    if regression is not None and regression_dataset_uri:
+        with open(regression.path) as handle:
+            found = json.load(handle)
+        regression_scores = RegressionScores(**{**found, "videos": tuple(found.get("videos", ()))})
     store = ObjectStore()
     with tempfile.TemporaryDirectory(prefix="sam2-promote-inputs-") as tmp:
         work = Path(tmp)
@@ -110,8 +128,13 @@ def promote_model(
                 "promotion_margin": promotion_margin,
                 "allow_random_init": allow_random_init,
                 "pipeline_run": pipeline_run,
+                "baseline_margin": baseline_margin,
+                "regression_dataset_uri": regression_dataset_uri,
+                "max_regression": max_regression,
             },
             inference_overrides=overrides,
+            gate=gate,
+            regression=regression_scores,
         )
     result = outcome.result
     table = "\n".join(f"    {line}" for line in outcome.comparison_lines)
@@ -121,6 +144,9 @@ def promote_model(
             f"Rule `{result.rule}`: {result.reason}.\n\n"
             f"Scores on the same {len(scores.get('videos', []))} val videos of data set version "
             f"{scores.get('dataset_version')} (this run):\n\n{table}\n\n"
+            "Gate against the starting point (zero-shot baseline):\n\n"
+            + "".join(f"- {line}\n" for line in gate_lines(outcome.gate))
+            + "\n"
             f"MLflow run `{outcome.run_id}`; model `{outcome.model_uri}` "
             f'(load: `mlflow.pyfunc.load_model("models:/{result.model_name}/{result.version}")`); '
             f"checkpoint `{trained.uri}`\n"

@@ -1,10 +1,11 @@
 """The gate against the starting point (sam2.promotion.gate): each rule decides a case of its own, and the
 registry, the MLflow run and the decision record every check."""
 
-from __future__ import annotations
-
 import pytest
+from kfp import dsl
+from kfp.dsl import Dataset, Model, Output
 
+from components.promote import promote_model
 from sam2.promotion.gate import (
     FAIL,
     NOT_APPLICABLE,
@@ -193,3 +194,91 @@ def test_promote_records_the_gate_on_the_version_and_the_run(tmp_path, s3_env, s
     above = run("run-b", new=46.0, baseline=45.0)
     assert above.result.decision == CHAMPION and above.result.rule == "first"
     assert client.get_model_version("sam2-demo", above.result.version).tags["gate.baseline"] == PASS
+
+
+@dsl.component(base_image="unused", install_kfp_package=False)
+def scored_run(
+    run_uri: str,
+    new: float,
+    baseline: float,
+    reg_new: float,
+    model: Output[Model],
+    comparison: Output[Dataset],
+    regression: Output[Dataset],
+):
+    import json
+
+    from sam2.contracts import TrainedModel
+
+    trained = TrainedModel(
+        uri=f"{run_uri}/checkpoints/checkpoint.pt",
+        run_uri=run_uri,
+        model_config="configs/sam2.1/sam2.1_hiera_t.yaml",
+        init_checkpoint="s3://models/sam2.1_hiera_tiny.pt",
+        dataset_version="v1",
+        dataset_uri="s3://data/datasets/demo/v1",
+    )
+    model.metadata.update(trained.to_metadata())
+
+    def scored(label: str, jf: float) -> dict:
+        return {"label": label, "checkpoint_uri": "", "version": None, "J&F": jf, "J": jf, "F": jf}
+
+    with open(comparison.path, "w") as handle:
+        json.dump(
+            {
+                "dataset_version": "v1",
+                "videos": ["bike", "cows"],
+                "models": {"new": scored("new", new), "baseline": scored("baseline", baseline)},
+                "skipped": {"champion": "none yet"},
+            },
+            handle,
+        )
+    with open(regression.path, "w") as handle:
+        json.dump(
+            {"dataset_uri": "s3://d/reg", "videos": ["x"], "new_score": reg_new, "baseline_score": 70.0},
+            handle,
+        )
+
+
+@dsl.pipeline
+def gated(run_uri: str, tracking_uri: str, new: float, baseline: float, reg_new: float) -> str:
+    run = scored_run(run_uri=run_uri, new=new, baseline=baseline, reg_new=reg_new)
+    promote = promote_model(
+        model=run.outputs["model"],
+        comparison=run.outputs["comparison"],
+        regression=run.outputs["regression"],
+        dataset_name="demo",
+        pipeline_run=run_uri,
+        mlflow_tracking_uri=tracking_uri,
+        baseline_margin=0.5,
+        regression_dataset_uri="s3://d/reg",
+        max_regression=1.0,
+    )
+    return promote.outputs["decision"]
+
+
+def test_the_promote_step_applies_the_gate_and_reports_it(tmp_path, s3_env, s3_bucket):
+    """components/promote.py through kfp.local: the val-split gate and the regression gate decide inside
+    the step, and the decision report lists every gate with its scores."""
+
+    from pipelines.local_run import import_kfp_local
+
+    local = import_kfp_local()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = f"s3://{s3_bucket}"
+    below = gated(run_uri=f"{runs}/a", tracking_uri=uri, new=50.0, baseline=50.2, reg_new=70.0)
+    assert below.output == "challenger"
+    forgot = gated(run_uri=f"{runs}/b", tracking_uri=uri, new=55.0, baseline=50.0, reg_new=68.5)
+    assert forgot.output == "challenger"
+    good = gated(run_uri=f"{runs}/c", tracking_uri=uri, new=55.0, baseline=50.0, reg_new=69.5)
+    assert good.output == "champion"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    rules = [client.get_model_version("sam2-demo", v).tags["promotion_rule"] for v in ("1", "2", "3")]
+    assert rules == ["gate-baseline", "gate-regression", "first"]
+    reports = sorted((tmp_path / "kfp").rglob("decision_report"))
+    texts = [p.read_text() for p in reports]
+    assert any("regression gate: FAIL" in t and "68.50" in t for t in texts)
+    assert any("baseline gate: PASS" in t and "regression gate: PASS" in t for t in texts)
