@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,36 @@ def test_training_curves_come_from_the_runs_tensorboard_logs(tmp_path: Path) -> 
         "train_loss_per_step": [],
         "val_J&F": [],
     }
+
+
+def test_a_video_named_with_a_space_keeps_its_image_links(tmp_path: Path) -> None:
+    """`![..](overlay_my clip (2)_00002.png)` ended the link at the space; link targets are percent-encoded."""
+    make_data(tmp_path)
+    for part in ("gt", "pred", "JPEGImages"):
+        (tmp_path / part / "bad").rename(tmp_path / part / "my clip (2)")
+    result = evaluate(tmp_path / "gt", tmp_path / "pred", num_processes=1, progress=False)
+    out = tmp_path / "report"
+    markdown = write_report(
+        result,
+        out,
+        tmp_path / "gt",
+        tmp_path / "pred",
+        tmp_path / "JPEGImages",
+        worst_videos=1,
+        frames_per_video=1,
+    )
+    assert (out / "overlay_my clip (2)_00002.png").is_file()
+    assert "](overlay_my%20clip%20%282%29_00002.png)" in markdown
+    targets = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", markdown)
+    assert targets and all((out / urllib.parse.unquote(t)).is_file() for t in targets)
+    embedded = write_report(
+        result,
+        tmp_path / "embedded",
+        tmp_path / "gt",
+        tmp_path / "pred",
+        tmp_path / "JPEGImages",
+        worst_videos=1,
+        frames_per_video=1,
+        embed_images=True,
+    )
+    assert not re.findall(r"!\[[^\]]*\]\((?!data:)[^)]*\)", embedded)

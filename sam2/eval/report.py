@@ -11,6 +11,7 @@ import base64
 import io
 import logging
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -198,7 +199,7 @@ def write_report(
     def image_ref(data: bytes, name: str) -> str:
         atomic_write_bytes(folder / name, data)
         written[name] = data
-        return name
+        return link_target(name)
 
     scored = [video for video in result.videos.values() if video.jf is not None]
     ranked = sorted(scored, key=lambda video: (video.jf, video.name))
@@ -319,6 +320,12 @@ def _points(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f}"
 
 
+def link_target(name: str) -> str:
+    """A file name as a Markdown link target: percent-encoded, so that a video named with a space or a
+    parenthesis (``my clip (2)``) does not end the link early."""
+    return urllib.parse.quote(name)
+
+
 class _Images:
     """The PNGs of one report: written into its folder, remembered for embedding."""
 
@@ -330,7 +337,7 @@ class _Images:
         """Write `data` as `name` in the report folder; returns the Markdown link target."""
         atomic_write_bytes(self.folder / name, data)
         self.written[name] = data
-        return name
+        return link_target(name)
 
 
 def write_comparison_report(
@@ -512,5 +519,5 @@ def _write_markdown(folder: Path, lines: list[str], written: dict[str, bytes], e
     if embed_images:
         for name, data in written.items():
             uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-            markdown = markdown.replace(f"]({name})", f"]({uri})")
+            markdown = markdown.replace(f"]({link_target(name)})", f"]({uri})")
     return markdown
