@@ -348,18 +348,18 @@ def test_a_gateway_with_a_private_ca_needs_kfp_ssl_ca_cert(tmp_path):
 
 
 def test_a_dex_restart_during_the_renewal_is_waited_out(tmp_path):
-    gateway = Gateway(cookie_expire_s=0.5)
+    gateway = Gateway()
     with KfpApiServer(gateway=gateway, multi_user=True, running_polls=10**6) as server:
         connection = cluster.connect(server.kfp_host, environ=_login_env(tmp_path))
         connection.backoff_s = 0.05
         run = cluster.submit(connection, {"dataset_name": "demo"}, "demo", package=COMPILED)
-        time.sleep(0.6)  # the session has expired: the next poll logs in again, while Dex answers 503 twice
+        gateway.sessions.clear()  # the session expired: the next poll logs in again, while Dex answers 503 twice
         server.state.faults = ["503:/dex/auth", "503:/dex/auth"]
         server.state.running_polls = server.state.run_polls.get(run.run_id, 0) + 1
         assert cluster.wait_for_run(connection, run.run_id, 60, poll_s=0.01) == "SUCCEEDED"
         assert server.state.faults == [] and gateway.logins == [USER, USER]
         # a wrong password at renewal is not waited out: it stops at once, saying how to resume
-        time.sleep(0.6)
+        gateway.sessions.clear()
         gateway.users[USER] = "changed"
         server.state.running_polls = 10**6
         with pytest.raises(
