@@ -5,8 +5,6 @@ from kfp.dsl import Dataset, Output
 
 from components.images import component_image
 
-DEMO_SOURCE = "demo:"
-
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
 def extract_frames(
