@@ -34,9 +34,11 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 # Local S3 server (SeaweedFS) with a key pair kept in .local/s3.env; idempotent. (DATA-PREP)
+# S3_PORT: the port to serve S3 on (default: the one in .local/s3.env, else 8333), e.g. when 8333 is taken.
+S3_PORT ?=
 .PHONY: services-up-s3 services-down-s3
 services-up-s3:
-	$(PY) -m sam2.tools.s3_server up
+	$(PY) -m sam2.tools.s3_server up $(if $(S3_PORT),--port $(S3_PORT))
 
 services-down-s3:
 	$(PY) -m sam2.tools.s3_server down

@@ -46,7 +46,7 @@ def ensure_local_services(local_dir: Path = LOCAL_DIR) -> dict[str, str]:
     if not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("S3_ENDPOINT_URL")):
         from sam2.tools.s3_server import service_up
 
-        logger.info("%s", service_up(local_dir, 8333))
+        logger.info("%s", service_up(local_dir))  # the port in .local/s3.env, else 8333
         applied.update(read_env_file(local_dir / "s3.env"))
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         (local_dir / "mlflow").mkdir(parents=True, exist_ok=True)

