@@ -73,16 +73,13 @@ def promote_model(
     """
     import json
     import os
-    import tempfile
     from collections import namedtuple
-    from pathlib import Path
 
     from components.runtime import configure
-    from sam2.contracts import PromotionDecision, TrainedModel
-    from sam2.promotion.gate import GateSettings, RegressionScores, gate_lines
-    from sam2.promotion.pipeline_run import promote_pipeline_run
+    from sam2.contracts import TrainedModel
+    from sam2.promotion.gate import GateSettings
+    from sam2.promotion.promote_step import promote_step, regression_scores
     from sam2.storage import ObjectStore
-    from sam2.utils.code_version import code_version
 
     configure(s3_endpoint_url, mlflow_tracking_uri)
     uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -90,85 +87,36 @@ def promote_model(
         raise ValueError("no MLflow registry: set the mlflow_tracking_uri parameter or MLFLOW_TRACKING_URI")
     with open(comparison.path) as handle:
         scores = json.load(handle)
-    trained = TrainedModel.from_metadata(model.metadata)
-    run_uri = trained.run_uri
-    gate = GateSettings(baseline_margin, regression_dataset_uri, max_regression)
-    regression_scores = None
+    found = None
     if regression is not None and regression_dataset_uri:
         with open(regression.path) as handle:
             found = json.load(handle)
-        regression_scores = RegressionScores(**{**found, "videos": tuple(found.get("videos", ()))})
-    store = ObjectStore()
-    with tempfile.TemporaryDirectory(prefix="sam2-promote-inputs-") as tmp:
-        work = Path(tmp)
-        report_dir = metrics_json = None
-        if store.exists(f"{run_uri}/report.md"):
-            report_dir = work / "report"
-            store.sync_to_local(f"{run_uri}/report", report_dir, require_marker=False)
-        if store.exists(f"{run_uri}/metrics.json"):
-            metrics_json = work / "metrics.json"
-            store.download_file(f"{run_uri}/metrics.json", metrics_json)
-        args = inference_args.split()
-        overrides = args[args.index("--hydra_overrides") + 1 :] if "--hydra_overrides" in args else []
-        outcome = promote_pipeline_run(
-            uri,
-            dataset_name,
-            pipeline_run,
-            trained,
-            scores,
-            report_dir,
-            metrics_json,
-            margin=promotion_margin,
-            allow_random_init=allow_random_init,
-            extra_params={
-                "model_size": trained.model_size,
-                "code_version": code_version(),
-                "image": image,
-                "inference_args": inference_args,
-                "promotion_margin": promotion_margin,
-                "allow_random_init": allow_random_init,
-                "pipeline_run": pipeline_run,
-                "baseline_margin": baseline_margin,
-                "regression_dataset_uri": regression_dataset_uri,
-                "max_regression": max_regression,
-            },
-            inference_overrides=overrides,
-            gate=gate,
-            regression=regression_scores,
-        )
-    result = outcome.result
-    table = "\n".join(f"    {line}" for line in outcome.comparison_lines)
-    with open(decision_report.path, "w") as handle:
-        handle.write(
-            f"# {result.decision.upper()}: {result.model_name} version {result.version}\n\n"
-            f"Rule `{result.rule}`: {result.reason}.\n\n"
-            f"Scores on the same {len(scores.get('videos', []))} val videos of data set version "
-            f"{scores.get('dataset_version')} (this run):\n\n{table}\n\n"
-            "Gate against the starting point (zero-shot baseline):\n\n"
-            + "".join(f"- {line}\n" for line in gate_lines(outcome.gate))
-            + "\n"
-            f"MLflow run `{outcome.run_id}`; model `{outcome.model_uri}` "
-            f'(load: `mlflow.pyfunc.load_model("models:/{result.model_name}/{result.version}")`); '
-            f"checkpoint `{trained.uri}`\n"
-        )
-    decided = PromotionDecision(
-        model_name=result.model_name,
-        version=result.version,
-        decision=result.decision,
-        rule=result.rule,
-        mlflow_run_id=outcome.run_id,
+    trained = TrainedModel.from_metadata(model.metadata)
+    step = promote_step(
+        ObjectStore(),
+        uri,
+        dataset_name,
+        pipeline_run,
+        trained,
+        scores,
+        promotion_margin=promotion_margin,
+        allow_random_init=allow_random_init,
+        inference_args=inference_args,
+        image=image,
+        gate=GateSettings(baseline_margin, regression_dataset_uri, max_regression),
+        regression=regression_scores(found, regression_dataset_uri),
     )
-    decision_report.metadata.update(decided.to_metadata())
-    models = scores["models"]
-    summary = "; ".join(outcome.comparison_lines) + f"; decision by rule {result.rule}"
+    with open(decision_report.path, "w") as handle:
+        handle.write(step.report_markdown)
+    decision_report.metadata.update(step.decision.to_metadata())
     outputs = namedtuple(
         "PromotionOutputs", ["decision", "model_version", "jf", "run_uri", "dataset_uri", "comparison"]
     )
     return outputs(
-        result.decision,
-        f"{result.model_name}/{result.version}",
-        float(models["new"]["J&F"]),
-        run_uri,
+        step.decision.decision,
+        f"{step.decision.model_name}/{step.decision.version}",
+        step.jf,
+        trained.run_uri,
         trained.dataset_uri,
-        summary,
+        step.summary,
     )

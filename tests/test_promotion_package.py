@@ -54,3 +54,14 @@ def test_the_promotion_rule_loads_without_mlflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_promote_step_keeps_the_inference_overrides_for_the_pyfunc_model():
+    from sam2.promotion.promote_step import hydra_overrides_of, regression_scores
+
+    args = "--device cpu --hydra_overrides ++model.image_size=128 ++model.fill_hole_area=0"
+    assert hydra_overrides_of(args) == ["++model.image_size=128", "++model.fill_hole_area=0"]
+    assert hydra_overrides_of("--device cpu") == []
+    found = {"dataset_uri": "s3://d/reg", "videos": ["a", "b"], "new_score": 50.0, "baseline_score": 49.0}
+    assert regression_scores(found, "s3://d/reg").videos == ("a", "b")
+    assert regression_scores(found, "") is None and regression_scores(None, "s3://d/reg") is None
