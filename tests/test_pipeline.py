@@ -43,8 +43,13 @@ def test_compiled_pipeline_loads_with_kfp_and_has_every_step():
         "for-loop-1",  # the ParallelFor of infer-videos over the shards
         "merge-predictions",
         "evaluate-predictions",
+        "score-regression-set",
         "promote-model",
+        "condition-2",  # dsl.If(deploy): deploy-model
     }
+    deploy = spec["root"]["dag"]["tasks"]["condition-2"]
+    assert "pipelinechannel--deploy" in deploy["triggerPolicy"]["condition"]
+    assert set(spec["components"]["comp-condition-2"]["dag"]["tasks"]) == {"deploy-model"}
     assert set(spec["root"]["outputDefinitions"]["parameters"]) == {
         "decision",
         "model_version",
@@ -61,6 +66,9 @@ def test_compiled_pipeline_wires_secrets_resources_and_caching():
     for name, executor in platform.items():
         secret_envs = [s for s in executor.get("secretAsEnv", [])]
         keys = {k["envVar"] for s in secret_envs for k in s["keyToEnv"]}
+        if name == "exec-deploy-model":  # talks to the Kubernetes API only: no object storage, no Secret
+            assert not secret_envs, name
+            continue
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= keys, name
     text = COMPILED.read_text()
     assert "AWS_SECRET_ACCESS_KEY=" not in text and "minioadmin" not in text
