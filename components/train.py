@@ -39,6 +39,8 @@ def train_model(
     pending_timeout_minutes: float = 30.0,
     shared_data_pvc: str = "",
     trainer_runtime: str = "torch-distributed",
+    image_pull_secrets: str = "",
+    queue_timeout_minutes: float = 0.0,
 ) -> str:
     """Train and publish checkpoints at s3://<runs_bucket>/<run_id>/checkpoints/.
 
@@ -84,6 +86,9 @@ def train_model(
             /shared-data to stage the train videos once per data set version; empty: none, each node
             downloads into its scratch volume.
         trainer_runtime: The Kubeflow Trainer ClusterTrainingRuntime a TrainJob references (TrainJob only).
+        image_pull_secrets: Docker-registry Secrets (comma-separated) the job's pods pull the image with.
+        queue_timeout_minutes: Fail when Kueue keeps the job suspended in its queue longer (0: wait);
+            that wait does not count against pending_timeout_minutes.
 
     Returns:
         The checkpoint's URI.
@@ -149,6 +154,8 @@ def train_model(
             pending_timeout_minutes=pending_timeout_minutes,
             shared_data_pvc=shared_data_pvc,
             trainer_runtime=trainer_runtime,
+            image_pull_secrets=image_pull_secrets,
+            queue_timeout_minutes=queue_timeout_minutes,
         )
         job_launcher = cluster_launcher(launcher, settings)  # auto: the kind the cluster serves, logged
     else:

@@ -14,6 +14,7 @@ from sam2.launch.cluster_settings import (
     DEFAULT_SHM_PER_GPU,
     DEFAULT_TRAINER_RUNTIME,
 )
+from sam2.launch.image_pull import parse_image_pull_secrets
 
 if TYPE_CHECKING:
     from sam2.launch.cluster_settings import ClusterSettings
@@ -43,6 +44,8 @@ def cluster_settings(
     env: Mapping[str, str] | None = None,
     shared_data_pvc: str = "",
     trainer_runtime: str = DEFAULT_TRAINER_RUNTIME,
+    image_pull_secrets: str = "",
+    queue_timeout_minutes: float = 0.0,
 ) -> ClusterSettings:
     """The train step's parameters as the one `ClusterSettings` every cluster launcher reads (it checks
     them where it is built and raises ValueError naming the parameter at fault). Fills in what the pod
@@ -53,6 +56,8 @@ def cluster_settings(
     POD_UID, POD_NAMESPACE in `env`, default os.environ); without them the job has no owner (a warning).
     `shared_data_pvc` (empty: none) is the ReadWriteMany claim the job's pods mount for the data set;
     `trainer_runtime` the Kubeflow Trainer runtime a TrainJob references.
+    `image_pull_secrets`: docker-registry Secret names (comma-separated) the job's pods pull with;
+    `queue_timeout_minutes`: how long the job may wait suspended in its Kueue queue (0: forever).
     """
     from components.images import component_image
     from sam2.launch.cluster_settings import ClusterSettings
@@ -92,4 +97,6 @@ def cluster_settings(
         owner_pod=owner,
         shared_data_pvc=shared_data_pvc.strip() or None,
         trainer_runtime=trainer_runtime or DEFAULT_TRAINER_RUNTIME,
+        image_pull_secrets=parse_image_pull_secrets(image_pull_secrets),
+        queue_timeout_s=queue_timeout_minutes * 60,
     )

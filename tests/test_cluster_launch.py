@@ -308,10 +308,32 @@ def test_pods_the_operator_cannot_create_are_explained_by_the_jobs_events(caplog
     assert f"pytorchjob {NAME} waits: FailedCreatePod: {why}" in caplog.text
 
 
-def test_a_job_kueue_keeps_suspended_says_so_at_the_pending_timeout():
-    cluster = FakeCluster({"conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]})
-    with pytest.raises(PendingTimeout, match="suspended: waiting for Kueue to admit it"):
-        _launcher(cluster, pending_timeout_s=0.1, scheduler="kueue", queue="team-a-gpus").launch(_request())
+SUSPENDED = {"conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]}
+
+
+def test_time_suspended_in_the_kueue_queue_is_not_pending_time():
+    """An ordinary queue wait (Kueue keeps the job suspended: runPolicy.suspend, condition Suspended) far past
+    pending_timeout must not fail the step; once admitted, the job's pods start and it finishes."""
+    cluster = FakeCluster(SUSPENDED)
+
+    def admit() -> None:
+        cluster.status = running()
+        cluster.add_pods(NAME)
+
+    cluster.script = (
+        [None] * 30 + [admit] + [None] * 3 + [lambda: setattr(cluster, "status", done("Succeeded"))]
+    )
+    launcher = _launcher(cluster, pending_timeout_s=0.05, scheduler="kueue", queue="team-a-gpus")
+    launcher.launch(_request())  # 30 polls suspended (> 0.05 s) and no PendingTimeout
+
+
+def test_queue_timeout_fails_a_job_kueue_never_admits():
+    from sam2.launch.job_watch import QueueTimeout
+
+    cluster = FakeCluster(SUSPENDED)
+    settings = dict(pending_timeout_s=0.01, scheduler="kueue", queue="team-a-gpus", queue_timeout_s=0.3)
+    with pytest.raises(QueueTimeout, match=r"still suspended in its queue after 0.3s \(queue_timeout\)"):
+        _launcher(cluster, **settings).launch(_request())
 
 
 def test_pending_timeout_zero_waits_without_limit():

@@ -120,3 +120,61 @@ def test_the_component_gives_both_service_accounts_the_pull_secret(tmp_path):
     assert set(accounts) == {"sam2-pipeline", "sam2-training"}
     for account in accounts.values():
         assert account["imagePullSecrets"] == [{"name": "sam2-registry"}]
+
+
+# -- the training job's pods ------------------------------------------------------------------------------------
+
+
+def _request():
+    from sam2.launch.launcher import TrainingRequest
+
+    return TrainingRequest("run-1", "c.yaml", "s3://d/v", "s3://r/run-1", num_nodes=3)
+
+
+def _found(node, key: str) -> list:
+    if isinstance(node, dict):
+        return ([node[key]] if key in node else []) + [v for x in node.values() for v in _found(x, key)]
+    if isinstance(node, list):
+        return [v for x in node for v in _found(x, key)]
+    return []
+
+
+def test_the_train_steps_secret_reaches_every_pod_of_either_job_kind():
+    from components.training_setup import cluster_settings
+    from sam2.launch.kubeflow import PyTorchJobLauncher
+    from sam2.launch.trainjob import TRAINER_APIS
+    from sam2.launch.trainjob_launcher import TrainJobLauncher
+
+    env = {"POD_NAME": "step", "POD_UID": "uid-1", "POD_NAMESPACE": "team-a"}
+    settings = cluster_settings(
+        "team-a", "i:1", "", 1.0, "never", "s3", image_pull_secrets="ghcr-pull", env=env
+    )
+    assert settings.image_pull_secrets == ("ghcr-pull",)
+    job = PyTorchJobLauncher(settings, custom_api=object(), core_api=object()).render(_request())
+    for role, replica in job["spec"]["pytorchReplicaSpecs"].items():
+        assert replica["template"]["spec"]["imagePullSecrets"] == [{"name": "ghcr-pull"}], role
+    for api in TRAINER_APIS:
+        rendered = TrainJobLauncher(settings, custom_api=object(), core_api=object(), api=api).render(
+            _request(), api
+        )
+        assert _found(rendered.trainjob, "imagePullSecrets") == [[{"name": "ghcr-pull"}]], api
+    unset = cluster_settings("team-a", "i:1", "", 1.0, "never", "s3", env=env)
+    job = PyTorchJobLauncher(unset, custom_api=object(), core_api=object()).render(_request())
+    assert not _found(job, "imagePullSecrets")
+    with pytest.raises(ValueError, match="image_pull_secrets: 'Bad_Name'"):
+        cluster_settings("team-a", "i:1", "", 1.0, "never", "s3", image_pull_secrets="Bad_Name", env=env)
+
+
+def test_the_pipeline_passes_its_secret_and_queue_timeout_to_the_train_step():
+    pipeline, _ = _compiled()
+    for component in [pipeline["root"], *pipeline["components"].values()]:
+        tasks = component.get("dag", {}).get("tasks", {})
+        if "train-model" in tasks:
+            inputs = tasks["train-model"]["inputs"]["parameters"]
+            assert inputs["image_pull_secrets"] == {"componentInputParameter": "image_pull_secret"}
+            assert inputs["queue_timeout_minutes"] == {"componentInputParameter": "queue_timeout_minutes"}
+            break
+    else:
+        raise AssertionError("no train-model task")
+    default = pipeline["root"]["inputDefinitions"]["parameters"]["queue_timeout_minutes"]["defaultValue"]
+    assert default == 0.0, "0 waits as long as the queue does"

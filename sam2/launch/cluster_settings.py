@@ -53,6 +53,9 @@ class ClusterSettings:
     `shared_data_pvc`: a ReadWriteMany claim (k8s/shared-data-pvc.yaml) every node mounts at
     /shared-data to stage the data set there once and reuse it; None: none.
     `trainer_runtime` / `trainer_runtime_kind`: the Kubeflow Trainer runtime a TrainJob references.
+    `image_pull_secrets`: docker-registry Secrets every node pod pulls its image with.
+    `queue_timeout_s`: how long the job may wait suspended in its Kueue queue (0: forever); that time is not
+    pending time, which starts once Kueue admits the job.
     Raises ValueError naming the setting at fault.
     """
 
@@ -81,6 +84,8 @@ class ClusterSettings:
     trainer_runtime: str = DEFAULT_TRAINER_RUNTIME
     trainer_runtime_kind: str = "ClusterTrainingRuntime"
     owner_poll_s: float = DEFAULT_OWNER_POLL_S
+    image_pull_secrets: tuple[str, ...] = ()
+    queue_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.namespace:
@@ -120,6 +125,11 @@ class ClusterSettings:
                 f"shared_data_pvc {self.shared_data_pvc!r} is not a PersistentVolumeClaim name "
                 "(a DNS-1123 subdomain: lower-case letters, digits, '-' and '.')"
             )
+        if self.queue_timeout_s < 0:
+            raise ValueError(f"queue_timeout_s must be >= 0 (0 waits forever), got {self.queue_timeout_s}")
+        for name in self.image_pull_secrets:
+            if len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+                raise ValueError(f"image_pull_secrets: {name!r} is not a Secret name (DNS-1123)")
         if not _DNS1123_SUBDOMAIN.match(self.trainer_runtime or ""):
             raise ValueError(f"trainer_runtime {self.trainer_runtime!r} is not a runtime name (DNS-1123)")
         if self.trainer_runtime_kind not in RUNTIME_KINDS:

@@ -44,6 +44,10 @@ class PendingTimeout(TrainingFailed):
     """The job's pods did not all start within `pending_timeout_s`."""
 
 
+class QueueTimeout(TrainingFailed):
+    """Kueue kept the job suspended in its queue for longer than `queue_timeout_s`."""
+
+
 @dataclass
 class WatchState:
     """What `wait` has seen so far: pod phases, pod uids per name, events logged, the waiting clock."""
@@ -58,6 +62,7 @@ class WatchState:
     last_message: str = ""
     condition: tuple[str, str] = ("", "")
     events_forbidden: bool = False
+    queued_since: float | None = None  # when the job was first seen suspended (waiting in its Kueue queue)
 
 
 def lines(chunks: Iterable[bytes]) -> Iterator[str]:
@@ -177,16 +182,18 @@ class JobWatch:
                 + self._failed_pod_logs(name)
             )
         suspended = self.suspended(job)
-        if len(pods) < expected and not suspended:
+        if suspended:
+            self._wait_in_queue(what, now, state)
+            return
+        state.queued_since = None
+        if len(pods) < expected:
             self._log_events(self.KIND.kind, name, job.get("metadata", {}).get("uid"), state)
-        if not waiting and len(pods) >= expected and not suspended:
+        if not waiting and len(pods) >= expected:
             state.since, state.last_message = now, ""  # everything started: the clock restarts
             return
         timeout = self.settings.pending_timeout_s
         if timeout and now - state.since > timeout:
-            if suspended:
-                why = "the job is suspended: waiting for Kueue to admit it (see `kubectl get workloads`)"
-            elif state.last_message:
+            if state.last_message:
                 why = f"last event: {state.last_message}"
             elif len(pods) < expected:
                 why = (
@@ -197,6 +204,20 @@ class JobWatch:
             raise PendingTimeout(
                 f"{what}: {len(waiting) or expected - len(pods)} of {expected} pod(s) did not start within "
                 f"{timeout:g}s (pending_timeout): {why}" + self._pod_failures(name, state)
+            )
+
+    def _wait_in_queue(self, what: str, now: float, state: WatchState) -> None:
+        """The job is suspended (Kueue has not admitted it): that is queue time, not pending time, so the
+        pending clock starts anew once it is admitted; `QueueTimeout` after `queue_timeout_s` (0: never)."""
+        state.since = now
+        if state.queued_since is None:
+            state.queued_since = now
+            logger.info("%s is suspended: waiting in its Kueue queue for admission", what)
+        limit = self.settings.queue_timeout_s
+        if limit and now - state.queued_since > limit:
+            raise QueueTimeout(
+                f"{what}: still suspended in its queue after {limit:g}s (queue_timeout): Kueue has not admitted "
+                f"it; see `kubectl -n {self.settings.namespace} get workloads` and the queue's quota"
             )
 
     def _note_restarts(self, pod: Any, pod_name: str, uid: str, state: WatchState) -> None:

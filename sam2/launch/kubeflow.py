@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from sam2.launch.cluster_settings import CLEANUP_POLICIES, ClusterSettings, dataloader_workers
+from sam2.launch.image_pull import add_image_pull_secrets
 from sam2.launch.job_lifecycle import JobFailed, JobKind, JobLifecycle, condition, is_transient
 from sam2.launch.job_watch import JobWatch, PendingTimeout
 from sam2.launch.job_watch import lines as _lines
@@ -96,6 +97,8 @@ class PyTorchJobLauncher(JobWatch, JobLifecycle):
         job = render_pytorchjob(job_spec_for(s, request, self.owner_reference()))
         if s.owner_pod is not None:  # its nodes end the job when the step's pod is over (owner_watch)
             attach_owner_watch_to_pytorchjob(job, OwnerPod(*s.owner_pod), s.owner_poll_s)
+        for replica in job["spec"]["pytorchReplicaSpecs"].values():
+            add_image_pull_secrets(replica["template"]["spec"], s.image_pull_secrets)
         return job
 
     def launch(self, request: TrainingRequest) -> TrainingResult:

@@ -19,6 +19,7 @@ import logging
 from typing import Any
 
 from sam2.launch.cluster_settings import DEFAULT_TRAINER_RUNTIME, ClusterSettings
+from sam2.launch.image_pull import add_image_pull_secrets
 from sam2.launch.job_lifecycle import JobKind, JobLifecycle, condition, describe
 from sam2.launch.job_watch import JobWatch
 from sam2.launch.kubeflow import job_spec_for
@@ -84,11 +85,18 @@ class TrainJobLauncher(JobWatch, JobLifecycle):
         self._request: TrainingRequest | None = None
 
     def _owner_watch(self) -> PodHook | None:
+        """The node pod's additions: the owner watch (sam2.launch.owner_watch) and image pull Secrets."""
         s = self.settings
-        if s.owner_pod is None:
+        if s.owner_pod is None and not s.image_pull_secrets:
             return None
-        owner = OwnerPod(*s.owner_pod)
-        return lambda pod: attach_owner_watch(pod, NODE, owner, s.owner_poll_s)
+        owner = OwnerPod(*s.owner_pod) if s.owner_pod is not None else None
+
+        def customize(pod: dict[str, Any]) -> None:
+            if owner is not None:
+                attach_owner_watch(pod, NODE, owner, s.owner_poll_s)
+            add_image_pull_secrets(pod, s.image_pull_secrets)
+
+        return customize
 
     def render(self, request: TrainingRequest, api: str = RUNTIME_PATCHES) -> RenderedTrainJob:
         """The TrainJob for `request` in form `api`, referencing the configured runtime."""
