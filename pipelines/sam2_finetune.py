@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 
+from components.deploy import deploy_model
 from components.evaluate import evaluate_predictions
 from components.extract_frames import extract_frames
 from components.infer import infer_videos
@@ -34,6 +35,7 @@ from components.merge_predictions import merge_predictions
 from components.plan_infer_shards import plan_infer_shards
 from components.promote import promote_model
 from components.resolve_models import resolve_reference_models
+from components.score_regression import score_regression_set
 from components.split import split_dataset
 from components.train import train_model
 from components.validate import validate_dataset
@@ -113,6 +115,11 @@ def sam2_finetune(
     infer_shards: int = 1,
     promotion_margin: float = 1.0,
     allow_random_init: bool = False,
+    baseline_margin: float = 0.0,
+    regression_dataset_uri: str = "",
+    max_regression: float = 0.0,
+    deploy: bool = False,
+    serving_variant: str = "gpu",
     mlflow_tracking_uri: str = "http://mlflow:5000",
     s3_endpoint_url: str = "http://minio:9000",
     s3_secret_name: str = "sam2-s3-credentials",
@@ -164,6 +171,16 @@ def sam2_finetune(
             same val videos) to take the `champion` alias.
         allow_random_init: Let a model trained from random weights (no init_checkpoint_uri) become
             champion; by default such a version is registered but stays challenger.
+        baseline_margin: J&F points a new model must also beat the run's zero-shot baseline (the initial
+            checkpoint, scored on the same val videos) by to take `champion`, the first version included.
+        regression_dataset_uri: `s3://` folder of a second DAVIS-style set (JPEGImages/, Annotations/), e.g.
+            a slice of a public benchmark; the new model and the baseline are scored there too (on CPU) and
+            the new one may lose at most `max_regression` J&F against the baseline. Empty: no such check.
+        max_regression: J&F points the new model may lose against the baseline on the regression set.
+        deploy: When the new version becomes champion, create or update the KServe InferenceService
+            `sam2` to serve it (a rolling update; k8s/inferenceservice.yaml, docs/serving.md); a
+            challenger leaves it untouched.
+        serving_variant: "gpu" or "cpu": which InferenceService manifest `deploy` renders.
         mlflow_tracking_uri: The MLflow server (registry and runs); not secret. Credentials, when it needs
             them, come from the optional Secret `sam2-mlflow-credentials`.
         s3_endpoint_url: The S3 endpoint of object storage (MinIO, SeaweedFS); not secret.
@@ -290,9 +307,22 @@ def sam2_finetune(
         s3_endpoint_url=s3_endpoint_url,
     ).set_display_name("evaluate")
 
+    # The gate's regression set (a no-op without regression_dataset_uri).
+    regression = score_regression_set(
+        model=train.outputs["model"],
+        references=references.outputs["references"],
+        regression_dataset_uri=regression_dataset_uri,
+        inference_args=inference_args,
+        s3_endpoint_url=s3_endpoint_url,
+    ).set_display_name("score regression set")
+
     promote = promote_model(
         model=train.outputs["model"],
         comparison=evaluate.outputs["comparison"],
+        regression=regression.outputs["regression"],
+        baseline_margin=baseline_margin,
+        regression_dataset_uri=regression_dataset_uri,
+        max_regression=max_regression,
         dataset_name=dataset_name,
         pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         promotion_margin=promotion_margin,
@@ -302,6 +332,18 @@ def sam2_finetune(
         mlflow_tracking_uri=mlflow_tracking_uri,
         s3_endpoint_url=s3_endpoint_url,
     ).set_display_name("promote")
+
+    # The champion as an endpoint: the step itself leaves a challenger's InferenceService untouched.
+    with dsl.If(deploy == True):  # noqa: E712 - a KFP condition on a pipeline parameter
+        deployed = deploy_model(
+            decision=promote.outputs["decision"],
+            model_version=promote.outputs["model_version"],
+            serving_variant=serving_variant,
+            image=TRAINING_IMAGE,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            s3_endpoint_url=s3_endpoint_url,
+            s3_secret_name=s3_secret_name,
+        ).set_display_name("deploy")
 
     # Extract always runs: its inputs name a source (an s3:// URI, a folder), not its content, so new data
     # at the same URI would hit the cache. It returns the version hashed from the content, and the other
@@ -313,7 +355,7 @@ def sam2_finetune(
         task.set_cpu_request("2").set_memory_request("4Gi").set_memory_limit("16Gi")
     # Every run trains, evaluates and registers anew (the run id is an input of train anyway); the
     # champion is looked up anew each run.
-    for task in (references, train, shards, infer, merge, evaluate, promote):
+    for task in (references, train, shards, infer, merge, evaluate, regression, promote, deployed):
         task.set_caching_options(False)
     # The train step only creates and watches the PyTorchJob; the GPUs are the job's.
     train.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("8Gi")
@@ -325,7 +367,23 @@ def sam2_finetune(
     merge.set_cpu_request("500m").set_memory_request("1Gi").set_memory_limit("4Gi")
     promote.set_cpu_request("500m").set_memory_request("1Gi").set_memory_limit("4Gi")
     references.set_cpu_request("250m").set_memory_request("512Mi").set_memory_limit("2Gi")
-    for task in (extract, validate, split, references, train, shards, infer, merge, evaluate, promote):
+    regression.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("16Gi")
+    deployed.set_cpu_request("100m").set_memory_request("256Mi").set_memory_limit("1Gi")
+    _restricted(deployed)
+    kubernetes.set_image_pull_secrets(deployed, [image_pull_secret])
+    for task in (
+        extract,
+        validate,
+        split,
+        references,
+        train,
+        shards,
+        infer,
+        merge,
+        evaluate,
+        regression,
+        promote,
+    ):
         _with_s3(task, s3_secret_name)
         _restricted(task)
         # An empty name (the default) is ignored by the kubelet (pkg/kubelet/kubelet_pods.go,

@@ -40,9 +40,9 @@ V2_OUTPUT = "result"
 def load_registered_predictor(model_uri: str) -> Any:
     """The video predictor of a registered version (`models:/<name>@<alias>` or `models:/<name>/<version>`)
     as `mlflow.pyfunc.load_model` builds it (on the GPU when there is one, else the CPU)."""
-    import mlflow.pyfunc
+    from sam2.promotion.loading import load_registered_model  # MLFLOW_S3_ENDPOINT_URL checked first
 
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().predictor
+    return load_registered_model(model_uri).unwrap_python_model().predictor
 
 
 class SAM2VideoTracker(kserve.Model):
