@@ -180,3 +180,51 @@ def test_training_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path: Path
     line = one_error_line(proc.stderr)
     assert f"checkpoint {corrupt} cannot be read" in line, line
     assert corrupt.read_bytes() == b"PK\x03\x04 a torch zip cut short"
+
+
+def _node(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return run_module("sam2.launch.training_node", *args, env=env)
+
+
+@pytest.fixture
+def node_dataset(tmp_path, s3_store, s3_bucket) -> str:
+    data = tmp_path / "data"
+    make_clips(data, {"a": 3, "b": 3})
+    uri = f"s3://{s3_bucket}/datasets/tiny/v1"
+    s3_store.upload_folder(data, uri)  # no splits/train.txt in it
+    return uri
+
+
+@pytest.mark.parametrize("case", ["missing_train_list", "wrong_credentials"])
+def test_training_node_refuses_in_one_line_with_a_permanent_code(
+    case: str, node_dataset: str, s3_server, s3_bucket, tmp_path
+) -> None:
+    """Exit 2 (permanent under restartPolicy ExitCode: a replaced pod would fail the same way), one logged
+    error line naming the list or the credentials, no traceback, and nothing published in the run folder."""
+    env = {**s3_server.env(), "SAM2_RETRY_BUDGET_S": "5"}
+    if case == "wrong_credentials":
+        env["AWS_SECRET_ACCESS_KEY"] = "definitely-wrong"
+    run_uri = f"s3://{s3_bucket}/runs/refused"
+    args = [
+        "--config",
+        TRAIN_CONFIG,
+        "--dataset-uri",
+        node_dataset,
+        "--run-uri",
+        run_uri,
+        "--scratch-dir",
+        str(tmp_path / "scratch"),
+    ]
+    proc = _node(args, env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if " ERROR training_node: error: " in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    if case == "missing_train_list":
+        assert f"training video list {node_dataset}/splits/train.txt does not exist" in errors[0]
+    else:
+        assert "rejected the credentials" in errors[0] and "AWS_SECRET_ACCESS_KEY" in errors[0]
+        assert "definitely-wrong" not in proc.stderr
+    from s3_server import store_for
+
+    assert not store_for(s3_server).list_objects(run_uri)
