@@ -36,6 +36,8 @@ def test_every_step_works_in_a_bounded_scratch_volume(tmp_path):
     pipeline, executors = _compile(tmp_path, SAM2_STEP_SCRATCH="60Gi")
     assert "emptyDir" in RESTRICTED_VOLUME_TYPES
     for name, executor in pipeline["deploymentSpec"]["executors"].items():
+        if name == "exec-deploy-model":  # it only calls the Kubernetes API: no data, no scratch
+            continue
         assert executors[name]["emptyDirMounts"] == [
             {"volumeName": "scratch", "mountPath": "/scratch", "sizeLimit": "60Gi"}
         ], name
