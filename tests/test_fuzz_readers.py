@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -171,8 +171,13 @@ def _refuses_cleanly(
 # ---- mask PNGs -----------------------------------------------------------------------------------------
 
 
+# Found by the 5,000-example pass: PIL raises ValueError for a truncated IHDR chunk.
+TRUNCATED_IHDR = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0cIHDR\x00\x00\x00\x10\x00\x00\x00\x0c\x08\x03\x00\x00\x00"
+
+
 @FUZZ
 @given(file_bytes(VALID_PNG))
+@example(TRUNCATED_IHDR)
 def test_mask_png_readers_refuse_cleanly(data: bytes) -> None:
     def run(tmp: Path) -> None:
         path = tmp / "00000.png"
@@ -201,6 +206,7 @@ def _one_video(tmp: Path, frame: bytes, mask: bytes | None = None, sav: bytes | 
 
 @FUZZ
 @given(file_bytes(VALID_PNG))
+@example(TRUNCATED_IHDR)
 def test_validation_reports_any_mask_as_a_problem_never_raises(data: bytes) -> None:
     def run(tmp: Path) -> None:
         root = _one_video(tmp, VALID_JPEG, mask=data)
@@ -242,6 +248,7 @@ def test_frame_readers_refuse_cleanly(data: bytes) -> None:
 
 @FUZZ
 @given(json_bytes(_sav_document()))
+@example(b'{"masklet_id": null, "masklet": [[]]}')  # found by the 5,000-example pass
 def test_sav_json_readers_refuse_cleanly(data: bytes) -> None:
     def run(tmp: Path) -> None:
         root = _one_video(tmp, VALID_JPEG, sav=data)

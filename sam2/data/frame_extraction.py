@@ -49,6 +49,7 @@ from sam2.data.layout import (
     mask_name,
 )
 from sam2.data.manifest import (
+    IMAGE_DECODE_ERRORS,
     VideoRecord,
     build_manifest,
     open_mask,
@@ -365,7 +366,7 @@ def copy_frame_folder(
             try:
                 with Image.open(path) as image:
                     image.convert("RGB").save(dest, format="JPEG", quality=settings.jpeg_quality)
-            except (OSError, SyntaxError) as err:  # PIL's errors for truncated or non-image files
+            except IMAGE_DECODE_ERRORS as err:  # PIL's errors for truncated or non-image files
                 # Kept as it is: validation reports the video (on_bad=exclude drops it, fail stops).
                 logger.warning(
                     "video %r: frame %s cannot be decoded (%s); validation will report it",

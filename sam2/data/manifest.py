@@ -32,6 +32,9 @@ from sam2.utils.file_hashing import sha256_of_file
 
 MANIFEST_FORMAT = 1
 
+IMAGE_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+"""What PIL raises for a damaged or hostile image file (a truncated IHDR chunk is a ValueError)."""
+
 
 @dataclass(frozen=True)
 class VideoRecord:
@@ -81,7 +84,9 @@ def open_mask(mask_path: Path) -> Iterator[Image.Image]:
                     "whose pixel values are object ids"
                 )
             yield image
-    except (OSError, SyntaxError) as err:  # PIL's errors for truncated or non-image files
+    except DataPrepError:
+        raise
+    except IMAGE_DECODE_ERRORS as err:
         raise DataPrepError(f"{mask_path}: not a readable PNG mask ({err})") from err
 
 
@@ -106,7 +111,7 @@ def mask_object_ids(mask_path: Path) -> set[int]:
 
 def sav_object_ids(annotation: dict) -> list[int]:
     """Object ids of an SA-V masklet JSON (``masklet_id``, else ``0..masklet_num-1``)."""
-    if "masklet_id" in annotation:
+    if annotation.get("masklet_id") is not None:
         return sorted(int(i) for i in annotation["masklet_id"])
     return list(range(int(annotation.get("masklet_num", 0))))
 
@@ -132,7 +137,7 @@ def scan_video(
     try:
         with Image.open(frames[0]) as first:
             width, height = first.size
-    except (OSError, SyntaxError):  # an unreadable frame: validation reports the video
+    except IMAGE_DECODE_ERRORS:  # an unreadable frame: validation reports the video
         width = height = 0
     if frame_digests is None:
         named = [(p.name, sha256_of_file(p)) for p in frames]

@@ -29,7 +29,7 @@ from sam2.data.layout import (
     list_frames,
     list_videos,
 )
-from sam2.data.manifest import combined_digest, load_manifest, sav_object_ids
+from sam2.data.manifest import IMAGE_DECODE_ERRORS, combined_digest, load_manifest, sav_object_ids
 from sam2.data.rle import check_rle, check_sav_annotation, read_json_document
 from sam2.data.rules import frames_without_masks, missing_masks_problem
 from sam2.data.validation_report import ValidationReport
@@ -65,7 +65,7 @@ def _check_frames(
             with Image.open(path) as image:
                 image.load()
                 frame_size = image.size
-        except (OSError, SyntaxError, ValueError) as err:
+        except IMAGE_DECODE_ERRORS as err:
             problems.append(f"frame {path.name} does not decode ({err})")
             continue
         if size is None:
@@ -107,7 +107,7 @@ def _check_png_masks(
                 values = np.asarray(image)
                 kind = _mask_kind(image, values)
                 mode, mask_size = image.mode, image.size
-        except (OSError, SyntaxError, ValueError) as err:
+        except IMAGE_DECODE_ERRORS as err:
             problems.append(f"mask {mask.name} does not decode ({err})")
             continue
         if kind is None:

@@ -46,7 +46,7 @@ def _read_png(path: str) -> np.ndarray:
     try:
         with PILImage.open(path) as img:
             return np.array(img)
-    except OSError as err:
+    except (OSError, SyntaxError, ValueError, EOFError, PILImage.DecompressionBombError) as err:
         raise DatasetError(f"cannot read mask {path!r} ({err}); re-export or exclude the video") from err
 
 
