@@ -180,6 +180,18 @@ def test_training_resume_from_a_corrupt_checkpoint_names_the_file(tmp_path: Path
     line = one_error_line(proc.stderr)
     assert f"checkpoint {corrupt} cannot be read" in line, line
     assert corrupt.read_bytes() == b"PK\x03\x04 a torch zip cut short"
+    debug = run_module(
+        "sam2.training.train",
+        "-c",
+        TRAIN_CONFIG,
+        "--use-cluster",
+        "0",
+        "--num-gpus",
+        "1",
+        *training_overrides(img, gt, log_dir),
+        env={"SAM2_DEBUG": "1"},
+    )
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
 def _node(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

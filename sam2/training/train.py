@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -29,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sam2.utils.atomic_io import atomic_write_text
-from sam2.utils.cli_errors import exit_code_for
+from sam2.utils.cli_errors import debug_enabled, exit_code_for
 from sam2.utils.cpu_threads import apply_cpu_threads, plan_cpu_threads
 from sam2.utils.network import free_port
 from sam2.utils.redaction import mask_secrets, redact_command
@@ -226,6 +227,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--use-cluster", type=int, default=0, choices=[0, 1], help="1: SLURM (not supported)")
     parser.add_argument("--num-gpus", type=int, default=None, help="workers per node (processes on the CPU)")
     parser.add_argument("--num-nodes", type=int, default=None, help="nodes in the job")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of a failure (or SAM2_DEBUG=1)"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.accelerator=cpu")
     return parser
 
@@ -260,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics = launch(cfg, num_gpus, num_nodes)
     except Exception as err:
         logger.debug("training failed", exc_info=True)
+        if args.debug or debug_enabled():
+            traceback.print_exception(err, file=sys.stderr)
         text = describe_error(err)
         print(f"error: {text}", file=sys.stderr)
         # 2 for bad data or settings (a damaged checkpoint, a missing mask), 1 when training itself failed
