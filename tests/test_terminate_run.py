@@ -16,6 +16,10 @@ with the environment the launcher rendered into the job, and a kubeconfig for th
 group gets SIGTERM, the step is SIGKILLed 5 ms later, and the API drops every delete, so only the node's own
 watch (sam2/launch/owner_watch.py) can end the job; the fake kubelet then reports the step pod's `main`
 container terminated, as the real one does once the container is gone.
+
+The same for a TrainJob (Kubeflow Trainer v2, tests/fake_trainer.py at 2.3.0): the launcher's own
+TrainingRuntime gives the node Job podFailurePolicy FailJob for exit codes 1-127, so the node's exit 3 fails
+the Job, the JobSet and the TrainJob at once (batch/v1 podFailurePolicy; the Trainer's JobSet).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 import pytest
 import torch
 from fake_cluster import FakeCluster, connection_reset, running, serve, step_pod
+from fake_trainer import FakeTrainerCluster
 from training_loop_support import MICRO_MODEL_OVERRIDES, NUM_FRAMES, RESOLUTION, TRAIN_CONFIG, make_clips
 
 from sam2.launch.owner_watch import EXIT_OWNER_GONE
@@ -62,9 +67,10 @@ import logging, sys
 from kubernetes import client, config
 from sam2.launch.kubeflow import ClusterSettings, PyTorchJobLauncher
 from sam2.launch.launcher import TrainingRequest
+from sam2.launch.trainjob_launcher import TrainJobLauncher
 
 logging.basicConfig(level=logging.INFO)
-kubeconfig, dataset_uri, run_uri, poll = sys.argv[1:5]
+kind, kubeconfig, dataset_uri, run_uri, poll = sys.argv[1:6]
 config.load_kube_config(config_file=kubeconfig)
 settings = ClusterSettings(
     namespace="team-a", image="registry.example/sam2:1", poll_s=0.2, stream_logs=False,
@@ -72,32 +78,47 @@ settings = ClusterSettings(
 )
 request = TrainingRequest(
     run_id="run-7", config="{TRAIN_CONFIG}", dataset_uri=dataset_uri, run_uri=run_uri, num_nodes=1, use_gpus=False,
-    overrides=tuple(sys.argv[5:]), mirror_interval_s=3600,
+    overrides=tuple(sys.argv[6:]), mirror_interval_s=3600,
 )
-PyTorchJobLauncher(settings, client.CustomObjectsApi(), client.CoreV1Api()).launch(request)
+launcher = PyTorchJobLauncher if kind == "pytorchjob" else TrainJobLauncher
+launcher(settings, client.CustomObjectsApi(), client.CoreV1Api()).launch(request)
 """
 
 
 class FakeKubelet:
-    """Runs each pod the fake operator creates as a real training node with the job's rendered container
-    (args, env); reports its exit to the operator (FakeCluster.exit_pod) and SIGTERMs it when its job is
-    deleted (the garbage collector deletes the pods; the kubelet signals their containers)."""
+    """Runs each pod the fake operator (or the fake Trainer's Job controller) creates as a real training
+    node with the job's rendered container (command, args, env); reports its exit to the controller
+    (FakeCluster.exit_pod, FakeTrainerCluster.exit_node) and SIGTERMs it when its job is deleted (the
+    garbage collector deletes the pods; the kubelet signals their containers)."""
 
     def __init__(self, cluster: FakeCluster, tmp: Path, kubeconfig: Path, s3_env: dict[str, str]) -> None:
         self.cluster, self.tmp, self.kubeconfig, self.s3_env = cluster, tmp, kubeconfig, s3_env
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.exits: dict[str, tuple[int, float]] = {}
-        cluster.on_create = self.create
         cluster.before_delete = self.signal_all
+        if isinstance(cluster, FakeTrainerCluster):
+            new_pod = cluster._new_pod
+
+            def create_node(name: str, index: int, job: dict):  # the Job controller made a node pod
+                made = new_pod(name, index, job)
+                (container,) = [c for c in job["template"]["spec"]["containers"] if c["name"] == "node"]
+                report = lambda code: cluster.exit_node(name, index, code)  # noqa: E731
+                self.start(made.metadata.name, container, report)
+                return made
+
+            cluster._new_pod = create_node
+        else:
+            cluster.on_create = self.create
 
     def create(self, job_name: str) -> None:
         job = self.cluster.jobs[job_name]
         for pod in self.cluster.add_pods(job_name):
             role = "Master" if "-master-" in pod.metadata.name else "Worker"
             (container,) = job["spec"]["pytorchReplicaSpecs"][role]["template"]["spec"]["containers"]
-            self.start(pod.metadata.name, container)
+            name = pod.metadata.name
+            self.start(name, container, lambda code, name=name: self.cluster.exit_pod(name, code))
 
-    def start(self, pod_name: str, container: dict) -> None:
+    def start(self, pod_name: str, container: dict, report) -> None:
         scratch = self.tmp / pod_name
         args = [str(scratch) if a == "/scratch" else a for a in container["args"]]
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
@@ -127,13 +148,13 @@ class FakeKubelet:
             start_new_session=True,
         )
         self.procs[pod_name] = proc
-        threading.Thread(target=self._report, args=(pod_name, proc), daemon=True).start()
+        threading.Thread(target=self._report, args=(pod_name, proc, report), daemon=True).start()
 
-    def _report(self, pod_name: str, proc: subprocess.Popen[str]) -> None:
+    def _report(self, pod_name: str, proc: subprocess.Popen[str], report) -> None:
         code = proc.wait()
         self.exits[pod_name] = (code, time.monotonic())
-        with contextlib.suppress(KeyError):
-            self.cluster.exit_pod(pod_name, code)
+        with contextlib.suppress(KeyError, ValueError):
+            report(code)
 
     def signal_all(self) -> None:
         for proc in self.procs.values():
@@ -171,10 +192,12 @@ def tiny_dataset(tmp_path, s3_env, s3_store, s3_bucket) -> str:
     return uri
 
 
+@pytest.mark.parametrize("kind", ["pytorchjob", "trainjob"])
 def test_terminate_kills_the_step_at_once_and_the_job_still_ends_with_a_resumable_checkpoint(
-    tmp_path, tiny_dataset, s3_env, s3_store, s3_bucket
+    kind, tmp_path, tiny_dataset, s3_env, s3_store, s3_bucket
 ):
-    cluster = FakeCluster(running())
+    cluster = FakeCluster(running()) if kind == "pytorchjob" else FakeTrainerCluster("2.3.0")
+    jobs = cluster.jobs if kind == "pytorchjob" else cluster.trainjobs
     cluster.step_pods[STEP_POD] = step_pod(STEP_POD, STEP_UID)
     server, api_client = serve(cluster)
     kubeconfig = _kubeconfig(tmp_path / "kubeconfig", api_client.configuration.host)
@@ -186,6 +209,7 @@ def test_terminate_kills_the_step_at_once_and_the_job_still_ends_with_a_resumabl
             sys.executable,
             "-c",
             STEP,
+            kind,
             str(kubeconfig),
             tiny_dataset,
             run_uri,
@@ -197,10 +221,14 @@ def test_terminate_kills_the_step_at_once_and_the_job_still_ends_with_a_resumabl
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    master = f"{NAME}-master-0"
-    local_ckpt = tmp_path / master / "experiment" / "checkpoints" / "checkpoint.pt"
     try:
         deadline = time.monotonic() + 240
+        while not kubelet.procs:  # the controller creates the job's (one) pod
+            assert step.poll() is None, (tmp_path / "step.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no pod within 240 s"
+            time.sleep(0.1)
+        (master,) = kubelet.procs
+        local_ckpt = tmp_path / master / "experiment" / "checkpoints" / "checkpoint.pt"
         while not local_ckpt.is_file():
             assert step.poll() is None, (tmp_path / "step.log").read_text()[-3000:]
             assert master not in kubelet.exits, kubelet.log(master)[-3000:]
@@ -218,7 +246,7 @@ def test_terminate_kills_the_step_at_once_and_the_job_still_ends_with_a_resumabl
             os.killpg(step.pid, signal.SIGKILL)
         step.wait(10)
         cluster.step_pods[STEP_POD] = step_pod(STEP_POD, STEP_UID, phase="Failed", main_exit=143)
-        assert NAME in cluster.jobs and not cluster.deleted, "the step's delete must not have landed"
+        assert NAME in jobs and not cluster.deleted, "the step's delete must not have landed"
 
         proc = kubelet.procs[master]
         proc.wait(BOUND_S + 60)
@@ -233,10 +261,16 @@ def test_terminate_kills_the_step_at_once_and_the_job_still_ends_with_a_resumabl
     assert code == EXIT_OWNER_GONE, log[-5000:]
     assert f"the pipeline step is over (pod {NAMESPACE}/{STEP_POD} is Failed)" in log, log[-3000:]
     assert took < BOUND_S, f"the job ended {took:.1f}s after terminate"
-    # The operator fails the job for the permanent exit (cleanPodPolicy Running would delete the rest).
-    conditions = {c["type"] for c in cluster.status["conditions"] if c["status"] == "True"}
-    assert conditions == {"Failed"}, cluster.status
-    print(f"\nterminate -> job's node exited {code} after {took:.1f}s (owner poll {OWNER_POLL_S:g}s)")
+    # The controller fails the job for the permanent exit: the Training Operator under restartPolicy
+    # ExitCode (cleanPodPolicy Running would delete the rest); the Job's podFailurePolicy FailJob, then the
+    # JobSet and the TrainJob.
+    status = cluster.status if kind == "pytorchjob" else {"conditions": cluster.conditions[NAME]}
+    conditions = {c["type"] for c in status["conditions"] if c["status"] == "True"}
+    if kind == "pytorchjob":
+        assert conditions == {"Failed"}, status
+    else:
+        assert "Failed" in conditions and not conditions & {"Running", "Succeeded", "Complete"}, status
+    print(f"\nterminate -> {kind}'s node exited {code} after {took:.1f}s (owner poll {OWNER_POLL_S:g}s)")
 
     # The newest checkpoint the node had is in S3, complete (marked), where a retried run resumes from.
     ckpts_uri = f"{run_uri}/checkpoints"
