@@ -112,10 +112,12 @@ say ""
 if [[ "$DRY" == 1 ]]; then
     DEVICE=cpu SIZES=(t) VOS_ARGS=(--resolution 128 --frames 3 --frame-size 96x128 --threads 1)
     TRAIN_ARGS=(--device cpu --sizes t --resolutions 128 --frames 3 --objects 2 --steps 1 --warmup 0)
+    SERVE_ARGS=(--size t --resolution 128 --frames 3 --frame-size 96x128 --threads 1 --rounds 1)
     COMPILE=0
 else
     DEVICE=cuda SIZES=(t s b+ l) VOS_ARGS=(--resolution 1024 --frames 24 --frame-size 480x854)
     TRAIN_ARGS=(--device cuda --sizes b+ --resolutions 1024 --frames 8 --objects 3 --steps 3 --warmup 1)
+    SERVE_ARGS=(--size b+ --resolution 1024 --frames 24 --frame-size 480x854 --rounds 2)
     COMPILE=1
 fi
 
@@ -129,6 +131,10 @@ phase train_step 90 200 "$PYTHON" benchmarks/train_step.py "${TRAIN_ARGS[@]}" --
 # --- 3. VOS frames/s, eager, every size, ours against the official package.
 phase vos_eager 60 200 "$PYTHON" benchmarks/vos_fps.py --device "$DEVICE" \
     --sizes "$(IFS=,; echo "${SIZES[*]}")" "${VOS_ARGS[@]}" --rounds 1
+
+# --- 3b. The serving path (sam2.serving.tracking on uploaded frames, COCO RLE out) against vos_inference on
+# the same clip: frames/s and peak memory (the image has no kserve, so no HTTP here; benchmarks/serving.py).
+phase serving 60 150 "$PYTHON" benchmarks/serving.py --inproc --device "$DEVICE" "${SERVE_ARGS[@]}"
 
 # --- 4. Compiled (vos_optimized=True, max-autotune on both sides), one size at a time while time is left.
 if [[ "$COMPILE" == 1 ]]; then
