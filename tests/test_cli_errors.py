@@ -240,3 +240,21 @@ def test_training_node_refuses_in_one_line_with_a_permanent_code(
     from s3_server import store_for
 
     assert not store_for(s3_server).list_objects(run_uri)
+
+
+def test_training_own_data_with_the_recipe_mose_list_says_what_to_pass(tmp_path: Path) -> None:
+    """README's 'Train without the pipeline' on one's own data: the recipe's MOSE sample list names videos
+    the folder does not hold; one line says to pass dataset.file_list_txt=null (docs/errors-and-exit-codes.md)."""
+    img, gt = make_clips(tmp_path / "data", {"cat": 3, "dog": 3})
+    overrides = [
+        o
+        for o in training_overrides(img, gt, tmp_path / "exp")
+        if not o.startswith(("dataset.file_list_txt", "dataset.val_file_list_txt"))
+    ]
+    proc = run_module(
+        "sam2.training.train", "-c", TRAIN_CONFIG, "--use-cluster", "0", "--num-gpus", "1", *overrides
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_error_line(proc.stderr)
+    assert "dataset.file_list_txt=null" in line and "'002b4dce'" in line and str(img) in line
+    assert not (tmp_path / "exp" / "checkpoints").exists()

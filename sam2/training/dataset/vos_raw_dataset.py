@@ -92,8 +92,18 @@ def select_videos(
     if not os.path.isdir(img_folder):
         raise DatasetError(f"img_folder {img_folder!r} does not exist or is not a folder")
     subset = read_name_list(file_list_txt, "file_list_txt")
+    present = [n for n in os.listdir(img_folder) if not n.startswith(".")]
     if subset is None:
-        subset = [n for n in os.listdir(img_folder) if not n.startswith(".")]
+        subset = present
+    else:
+        missing = sorted(set(subset) - set(present))
+        if missing:
+            raise DatasetError(
+                f"file_list_txt {file_list_txt!r} names {len(missing)} of its {len(set(subset))} videos that "
+                f"img_folder {img_folder!r} does not hold (e.g. {', '.join(repr(m) for m in missing[:3])}). "
+                "The recipes list upstream's MOSE videos: for your own data pass dataset.file_list_txt=null "
+                "(every video of img_folder) or your split's train.txt"
+            )
     excluded = set(read_name_list(excluded_videos_list_txt, "excluded_videos_list_txt") or [])
     names = sorted({n for n in subset if n not in excluded})
     if not names:
