@@ -54,7 +54,7 @@ def _is_bad_input(exc: BaseException) -> bool:
         exc,
         (
             ValueError,  # DataPrepError, MaskDataError, DatasetError, PresetError and the settings checks
-            LookupError,  # a missing key or model id (KeyError, UnknownModelIdError)
+            KeyError,  # a missing key or model id (UnknownModelIdError); not IndexError, a bug
             FileNotFoundError,
             NotADirectoryError,
             IsADirectoryError,
