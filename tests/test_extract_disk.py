@@ -7,6 +7,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+import pytest
 from test_data_extraction import write_davis_tree
 
 from sam2.data.frame_extraction import extract_dataset
@@ -48,3 +49,35 @@ def test_a_local_archive_is_left_where_it_is(tmp_path):
         handle.add(tree, arcname="DAVIS")
     extract_dataset(archive, tmp_path / "out", workers=1, work_dir=tmp_path / "work")
     assert archive.is_file(), "the user's own file must not be deleted"
+
+
+def test_staging_refuses_before_downloading_when_the_disk_lacks_room(
+    s3_store, s3_bucket, tmp_path, monkeypatch
+):
+    """The sizes come from the data set's marker; a step whose scratch cannot hold them fails at once naming
+    the settings that give it room, instead of filling the pod's disk until the kubelet evicts it. A full
+    file system cannot be made here, so the free space the check reads is the one value set."""
+    import shutil
+    from collections import namedtuple
+
+    from test_data_movement import TRAIN, publish_dataset
+
+    import sam2.data.staging as staging
+
+    uri = publish_dataset(s3_store, s3_bucket, tmp_path / "src")
+    need = sum(
+        info["size"]
+        for rel, info in s3_store.read_marker(uri)["files"].items()
+        if rel.split("/")[0] in ("JPEGImages", "Annotations") and rel.split("/")[1] in TRAIN
+    )
+    usage = namedtuple("usage", "total used free")
+    real_disk_usage = shutil.disk_usage
+    monkeypatch.setattr(staging.shutil, "disk_usage", lambda path: usage(10**12, 0, need))  # < need + 10%
+    dest = tmp_path / "scratch"
+    with pytest.raises(
+        staging.StagingError, match=r"needs [0-9.]+ [KMG]iB.*SAM2_STEP_SCRATCH.*SAM2_SHARED_DATA_PVC"
+    ):
+        staging.stage_videos(s3_store, uri, dest, TRAIN)
+    assert not (dest / "JPEGImages").exists(), "nothing downloaded"
+    monkeypatch.setattr(staging.shutil, "disk_usage", real_disk_usage)
+    assert staging.stage_videos(s3_store, uri, dest, TRAIN).fetched == 2 * len(TRAIN)

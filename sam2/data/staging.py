@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,31 @@ _FRAME_SUFFIXES = (".jpg", ".jpeg")
 class StagingError(RuntimeError):
     """The data set cannot provide what was asked: a video it does not hold, files that disagree with
     its manifest, or a lock not obtained in time. The message names the data set and the videos."""
+
+
+# Room kept free beyond what is staged: the file system's own slack, and what the step writes next to it.
+ROOM_SLACK = 0.1
+
+
+def _binary_size(num: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if num >= scale:
+            return f"{num / scale:.1f} {unit}"
+    return f"{num / 2**10:.1f} KiB"
+
+
+def check_room(dest: Path, need_bytes: int, data_uri: str) -> None:
+    """Fail before downloading when `dest`'s file system lacks `need_bytes` (+10%) free, instead of filling
+    the pod's disk until the kubelet evicts it (or the node's other pods). Sizes come from the data set's
+    marker. Raises StagingError naming the folder, the sizes and the settings that give a step more room."""
+    free = shutil.disk_usage(dest).free
+    want = int(need_bytes * (1 + ROOM_SLACK))
+    if want > free:
+        raise StagingError(
+            f"{dest} has {_binary_size(free)} free, staging from {data_uri} needs {_binary_size(want)} "
+            "(its files plus 10%): give the step more disk (compile the pipeline with SAM2_STEP_SCRATCH=<size>, "
+            "docs/cluster-operations.md has each step's need) or stage on the shared claim (SAM2_SHARED_DATA_PVC)"
+        )
 
 
 @dataclass(frozen=True)
@@ -206,6 +232,7 @@ def stage_videos(
             )
         if todo:
             include = [rel for *_, names in todo for rel in names]
+            check_room(root, sum(int(files[rel].get("size", 0)) for rel in include), data_uri)
             store.sync_to_local(data_uri, root, include=include, marker=marker)
             for part, video, digest, _ in todo:
                 stamp = root / STAMP_DIR / part / video
