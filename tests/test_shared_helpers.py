@@ -14,6 +14,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from makefile_dry_run import make_dry_run
 
 from sam2.utils.code_version import code_version
 from sam2.utils.file_hashing import CHUNK_BYTES, sha256_of_file
@@ -99,13 +100,7 @@ def test_code_version_is_one_string_for_mlflow_kfp_and_the_image_tag(tmp_path):
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         assert re.fullmatch(rf"{re.escape(version('sam2-kubeflow'))}-{commit}(-dirty)?", current), current
-        dry_run = subprocess.run(
-            ["make", "-n", "--no-print-directory", "image", "REGISTRY=r.example.com/team"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        dry_run = make_dry_run("image", "REGISTRY=r.example.com/team")
         assert f"-t r.example.com/team/sam2-kubeflow:{code_version()} " in dry_run
     # outside a checkout (a wheel in site-packages), even inside someone else's repository
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
