@@ -123,3 +123,12 @@ def test_a_named_kind_skips_discovery_and_a_bad_one_is_refused(kubeconfig):
     assert "discovery" not in cluster.calls
     with pytest.raises(ValueError, match="train_launcher must be one of auto, pytorchjob, trainjob, local"):
         cluster_launcher("mpijob", ClusterSettings(**SETTINGS))
+
+
+def test_the_pipeline_runs_the_cluster_launcher_the_cluster_serves_by_default():
+    from pathlib import Path
+
+    compiled = Path(__file__).resolve().parents[1] / "pipelines" / "sam2_finetune.yaml"
+    params = yaml.safe_load(compiled.read_text())["root"]["inputDefinitions"]["parameters"]
+    assert params["train_launcher"]["defaultValue"] == "auto"
+    assert params["trainer_runtime"]["defaultValue"] == "torch-distributed"

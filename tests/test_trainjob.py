@@ -531,3 +531,23 @@ def test_both_kinds_manifests_validate_against_their_crds():
     for doc in yaml.safe_load_all((ROOT / "k8s" / "trainjob.yaml").read_text()):
         for version in trainer_crds.VERSIONS:
             trainer_crds.validate(doc, version)
+
+
+def test_an_admins_runtime_is_referenced_and_what_it_must_set_is_named(caplog):
+    """trainer_runtime names the admin's own ClusterTrainingRuntime: the launcher references it and creates
+    no runtime of its own; the settings the TrainJob's form cannot carry are named in the step's log (never
+    dropped in silence), here a priority class under v2.3.0."""
+    caplog.set_level(logging.INFO, logger="sam2.launch")
+    cluster = FakeTrainerCluster("2.3.0")
+    own = copy.deepcopy(trainer_crds.torch_distributed("2.3.0"))
+    own["metadata"]["name"] = "team-torch"
+    cluster.cluster_runtimes["team-torch"] = own
+    with _Http(cluster, trainer_runtime="team-torch", priority_class="training-high") as http:
+        _polls(cluster, None, lambda: cluster.complete(NAME))
+        http.launcher().launch(_request())
+    assert [c["kind"] for c in cluster.created] == ["TrainJob"]
+    assert cluster.created[0]["spec"]["runtimeRef"]["name"] == "team-torch"
+    assert (
+        "spec.runtimePatches of a TrainJob cannot carry priorityClassName: the runtime ClusterTrainingRuntime "
+        "team-torch must set them" in caplog.text
+    )
