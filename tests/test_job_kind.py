@@ -129,6 +129,7 @@ def test_the_pipeline_runs_the_cluster_launcher_the_cluster_serves_by_default():
     from pathlib import Path
 
     compiled = Path(__file__).resolve().parents[1] / "pipelines" / "sam2_finetune.yaml"
-    params = yaml.safe_load(compiled.read_text())["root"]["inputDefinitions"]["parameters"]
+    pipeline = next(yaml.safe_load_all(compiled.read_text()))
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
     assert params["train_launcher"]["defaultValue"] == "auto"
     assert params["trainer_runtime"]["defaultValue"] == "torch-distributed"
