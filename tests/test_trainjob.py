@@ -551,3 +551,38 @@ def test_an_admins_runtime_is_referenced_and_what_it_must_set_is_named(caplog):
         "spec.runtimePatches of a TrainJob cannot carry priorityClassName: the runtime ClusterTrainingRuntime "
         "team-torch must set them" in caplog.text
     )
+
+
+def test_a_trainjob_whose_pods_cannot_be_made_says_why_at_the_pending_timeout():
+    """The Trainer records a Warning event on the TrainJob when it cannot build its objects (reason
+    TrainJobResourcesCreationFailed: pkg/controller/trainjob_controller.go, Reconcile); with no pod to
+    watch, the step logs the controller's events and the pending timeout names the last one."""
+    from types import SimpleNamespace
+
+    cluster = FakeTrainerCluster("2.3.0")
+    message = (
+        'TrainJob resources reconciliation failed: jobsets.jobset.x-k8s.io "x" is forbidden: exceeded quota'
+    )
+
+    def no_pods(name, index, job):
+        if not cluster.events:
+            uid = cluster.trainjobs[name]["metadata"]["uid"]
+            cluster.events.append(
+                SimpleNamespace(
+                    metadata=SimpleNamespace(uid="ev-trainjob"),
+                    involved_object=SimpleNamespace(kind="TrainJob", name=name, uid=uid),
+                    reason="TrainJobResourcesCreationFailed",
+                    message=message,
+                    type="Warning",
+                    count=1,
+                )
+            )
+
+    cluster._new_pod = no_pods
+    with (
+        _Http(cluster, pending_timeout_s=0.3) as http,
+        pytest.raises(
+            PendingTimeout, match=f"last event: {NAME}: TrainJobResourcesCreationFailed: {message}"
+        ),
+    ):
+        http.launcher().launch(_request())
