@@ -14,11 +14,12 @@ from typing import Any
 from sam2.launch.cluster_settings import CLEANUP_POLICIES, ClusterSettings, dataloader_workers
 from sam2.launch.image_pull import add_image_pull_secrets
 from sam2.launch.job_lifecycle import JobFailed, JobKind, JobLifecycle, condition, is_transient
+from sam2.launch.job_spec import job_spec_for
 from sam2.launch.job_watch import JobWatch, PendingTimeout
 from sam2.launch.job_watch import lines as _lines
 from sam2.launch.launcher import TrainingRequest, TrainingResult
 from sam2.launch.owner_watch import OwnerPod, attach_owner_watch_to_pytorchjob
-from sam2.launch.pytorchjob import CONTAINER_NAME, TrainingJobSpec, job_name_for, render_pytorchjob
+from sam2.launch.pytorchjob import CONTAINER_NAME, render_pytorchjob
 
 # Names other modules and tests import from here.
 __all__ = [
@@ -48,42 +49,6 @@ PYTORCHJOB = JobKind(
     container=CONTAINER_NAME,
     succeeded="Succeeded",
 )
-RUN_ID_LABEL = "sam2-kubeflow/run-id"
-
-
-def job_spec_for(
-    settings: ClusterSettings, request: TrainingRequest, owner: dict[str, Any] | None
-) -> TrainingJobSpec:
-    """The job spec of either kind for `request` under `settings` (the one place settings become a job)."""
-    s = settings
-    env = {"S3_ENDPOINT_URL": s.s3_endpoint_url} if s.s3_endpoint_url else {}
-    overrides = list(request.node_args())
-    if not any(arg.startswith("scratch.num_train_workers=") for arg in request.overrides):
-        overrides.append(f"scratch.num_train_workers={dataloader_workers(s.cpu_per_gpu)}")
-    return TrainingJobSpec(
-        name=job_name_for(request.run_id),
-        image=s.image,
-        args=["--scratch-dir", "/scratch", *overrides],
-        num_nodes=request.num_nodes,
-        gpus_per_node=request.procs_per_node if request.use_gpus else 0,
-        cpu_procs_per_node=request.procs_per_node,
-        namespace=s.namespace,
-        env=env,
-        s3_secret_name=s.s3_secret_name,
-        labels={RUN_ID_LABEL: job_name_for(request.run_id, prefix="run")},
-        scratch_bytes=request.scratch_bytes,
-        cpu_per_gpu=s.cpu_per_gpu,
-        memory_per_gpu=s.memory_per_gpu,
-        shm_per_gpu=s.shm_per_gpu,
-        node_selector=dict(s.node_selector),
-        tolerations=list(s.tolerations),
-        priority_class=s.priority_class,
-        active_deadline_seconds=max(1, int(s.timeout_s)),
-        owner=owner,
-        scheduler=s.scheduler,
-        queue=s.queue,
-        shared_data_pvc=s.shared_data_pvc,
-    )
 
 
 class PyTorchJobLauncher(JobWatch, JobLifecycle):

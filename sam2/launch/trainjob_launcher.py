@@ -21,8 +21,8 @@ from typing import Any
 from sam2.launch.cluster_settings import DEFAULT_TRAINER_RUNTIME, ClusterSettings
 from sam2.launch.image_pull import add_image_pull_secrets
 from sam2.launch.job_lifecycle import JobKind, JobLifecycle, condition, describe
+from sam2.launch.job_spec import job_spec_for
 from sam2.launch.job_watch import JobWatch
-from sam2.launch.kubeflow import job_spec_for
 from sam2.launch.launcher import TrainingFailed, TrainingRequest, TrainingResult
 from sam2.launch.owner_watch import OwnerPod, attach_owner_watch
 from sam2.launch.trainjob import (
