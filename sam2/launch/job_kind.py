@@ -84,7 +84,8 @@ def cluster_launcher(kind: str, settings: Any, custom_api: Any = None, core_api:
 
         try:
             config.load_incluster_config()
-        except config.ConfigException:  # not in a pod: $KUBECONFIG as it is now (the client reads it at import)
+        except config.ConfigException:
+            # not in a pod: $KUBECONFIG as it is now (the client reads it only at import)
             config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
         custom_api = custom_api or client.CustomObjectsApi()
         core_api = core_api or client.CoreV1Api()
