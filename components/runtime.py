@@ -12,13 +12,20 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sam2.utils.cli_errors import install_excepthook
+
 if TYPE_CHECKING:
     from sam2.storage import ObjectStore
 
 
 def configure(s3_endpoint_url: str = "", mlflow_tracking_uri: str = "") -> None:
-    """Apply non-secret settings passed as pipeline parameters; secrets arrive as env vars from Secrets."""
+    """Apply non-secret settings passed as pipeline parameters; secrets arrive as env vars from Secrets.
+
+    An exception the step does not catch ends it as one `error:` line with the exit code of
+    sam2.utils.cli_errors (2 bad input, 201 unreachable; the traceback with SAM2_DEBUG=1).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    install_excepthook(prog="step")
     if s3_endpoint_url:
         os.environ["S3_ENDPOINT_URL"] = s3_endpoint_url
     # KFP 2.17's MLflow integration injects MLFLOW_RUN_ID with the server holding it: that server stays

@@ -258,3 +258,39 @@ def test_training_own_data_with_the_recipe_mose_list_says_what_to_pass(tmp_path:
     line = one_error_line(proc.stderr)
     assert "dataset.file_list_txt=null" in line and "'002b4dce'" in line and str(img) in line
     assert not (tmp_path / "exp" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "raised, code, named",
+    [
+        ("ValueError('on_bad must be exclude or fail')", 2, "on_bad must be exclude or fail"),
+        (
+            "__import__('sam2.storage').storage.StorageUnreachableError('S3 endpoint http://minio:9000 did not answer')",
+            201,
+            "http://minio:9000",
+        ),
+    ],
+)
+def test_a_pipeline_step_ends_in_one_line_with_the_exit_code(raised: str, code: int, named: str) -> None:
+    """A component's function runs under KFP's executor, which leaves an exception to Python (traceback,
+    exit 1); components.runtime.configure installs the same rule."""
+    script = f"from components.runtime import configure\nconfigure()\nraise {raised}\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "SAM2_DEBUG"},
+    )
+    assert proc.returncode == code, proc.stderr
+    assert named in one_error_line(proc.stderr) and proc.stderr.count("step: error: ") == 1
+    debug = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SAM2_DEBUG": "1"},
+    )
+    assert debug.returncode == code and "Traceback" in debug.stderr

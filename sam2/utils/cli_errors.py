@@ -19,6 +19,7 @@ A traceback is printed only with ``--debug`` on the command line or ``SAM2_DEBUG
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pickle
 import sys
@@ -147,3 +148,24 @@ def cli_entry(main: Callable[[list[str]], int]) -> Callable[[Sequence[str] | Non
             return report_failure(exc, debug)
 
     return wrapper
+
+
+def install_excepthook(prog: str | None = None) -> None:
+    """The same rule where another program owns the top of the process (KFP's executor calls a pipeline
+    component's function): an uncaught exception prints the one line and the process exits with its code
+    (2 / 201 / 1) instead of Python's traceback and 1. ``SAM2_DEBUG=1`` keeps the traceback."""
+    previous = sys.excepthook
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
+        if not isinstance(exc, Exception):
+            previous(exc_type, exc, tb)  # KeyboardInterrupt, SystemExit: as Python does
+            return
+        if debug_enabled():
+            previous(exc_type, exc, tb)
+        code = report_failure(exc, debug=False, prog=prog)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    sys.excepthook = hook
