@@ -146,6 +146,9 @@ def test_python_modules_and_their_flags_exist(page):
     for module, args in re.findall(r"python -m ((?:sam2|pipelines)(?:\.\w+)+)([^\n`|]*)", text):
         source = _module_file(module)
         assert source is not None, f"{page.name}: python -m {module}: no such module"
+        if source.name == "__init__.py":  # a package runs its __main__
+            source = source.with_name("__main__.py")
+            assert source.is_file(), f"{page.name}: python -m {module}: the package has no __main__.py"
         code = source.read_text()
         for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", args):
             assert f'"{flag}"' in code or f"'{flag}'" in code, f"{page.name}: {module} has no flag {flag}"
