@@ -153,9 +153,9 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 def test_clip_shorter_than_num_frames_is_named(tmp_path, capsys):
     img, gt = make_clips(tmp_path / "data", {"long_enough": 4, "too_short": 2})
     rc = _cli(training_overrides(img, gt, tmp_path / "run"))
-    assert rc == 1
+    assert rc == 2  # bad data is exit 2 (docs/errors-and-exit-codes.md)
     err = capsys.readouterr().err
-    assert "too_short" in err and "num_frames" in err
+    assert "too_short" in err and "num_frames" in err and "Traceback" not in err
 
 
 def _micro_model(prompts: list[str]):
@@ -299,8 +299,9 @@ def test_val_epoch_freq_zero_is_a_config_error_naming_the_key(tmp_path, capsys):
     img, gt = make_clips(tmp_path / "data", {"clip": NUM_FRAMES})
     log_dir = tmp_path / "run"
     overrides = training_overrides(img, gt, log_dir, extra=["trainer.mode=train", "scratch.val_epoch_freq=0"])
-    assert _cli(overrides) == 1
+    assert _cli(overrides) == 2  # a bad setting is exit 2 (docs/errors-and-exit-codes.md)
     err = capsys.readouterr().err
+    assert "Traceback" not in err
     assert "trainer.val_epoch_freq" in err and "got 0" in err and "train_only" in err
     assert not (log_dir / "checkpoints" / "checkpoint.pt").exists()
 
@@ -312,8 +313,9 @@ def test_missing_initial_checkpoint_names_the_setting(tmp_path, capsys):
     overrides.append(
         f"trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path={tmp_path / 'nope.pt'}"
     )
-    assert _cli(overrides) == 1
+    assert _cli(overrides) == 2  # a bad setting is exit 2 (docs/errors-and-exit-codes.md)
     err = capsys.readouterr().err
+    assert "Traceback" not in err
     assert "nope.pt does not exist" in err and "state_dict.checkpoint_path" in err and "null" in err
 
 
