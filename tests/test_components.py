@@ -125,9 +125,10 @@ def test_promote_component_registers_and_decides_inside_the_step(kfp_local, tmp_
 
 
 @dsl.component(base_image="unused", install_kfp_package=False)
-def tiny_trained_model(run_uri: str, model: Output[Model]) -> str:
+def tiny_trained_model(run_uri: str, model: Output[Model], random_init: bool = False) -> str:
     """Stands in for train: the tiny model with random weights written by our package, as a trained
-    checkpoint at <run>/checkpoints/checkpoint.pt and as the 'given' initial checkpoint (the baseline)."""
+    checkpoint at <run>/checkpoints/checkpoint.pt and as the 'given' initial checkpoint (the baseline);
+    with `random_init`, as a model trained from random weights (no initial checkpoint, no baseline)."""
     from components.runtime import write_pointer
     from sam2.build_sam import model_configs
     from sam2.contracts import TrainedModel
@@ -145,21 +146,22 @@ def tiny_trained_model(run_uri: str, model: Output[Model]) -> str:
         model_config=model_cfg,
         training_config=train_cfg,
         training_overrides="scratch.num_epochs=1 scratch.resolution=128",
-        init_checkpoint=init,
+        init_checkpoint="" if random_init else init,
+        random_init=random_init,
         dataset_uri="s3://data/datasets/demo/v1",
         dataset_version="v1",
         train_seconds=1.0,
     )
     model.metadata.update(trained.to_metadata())
     write_pointer(model.path, dict(model.metadata))
-    return init
+    return "" if random_init else init
 
 
 TINY_INFERENCE = "--device cpu --hydra_overrides ++model.image_size=128"
 
 
 @dsl.pipeline
-def score_and_promote(bucket: str, run_uri: str, tracking_uri: str) -> str:
+def score_and_promote(bucket: str, run_uri: str, tracking_uri: str, random_init: bool = False) -> str:
     extract = extract_frames(
         source_uri="demo:", dataset_name="demo", data_bucket=bucket, demo_videos=3, demo_frames=4
     )
@@ -169,7 +171,7 @@ def score_and_promote(bucket: str, run_uri: str, tracking_uri: str) -> str:
     split = split_dataset(
         validated=validate.outputs["validated"], dataset_version=extract.outputs["Output"], val_fraction=0.34
     )
-    trained = tiny_trained_model(run_uri=run_uri)
+    trained = tiny_trained_model(run_uri=run_uri, random_init=random_init)
     refs = resolve_reference_models(
         dataset_name="demo",
         model_size="t",
@@ -215,7 +217,12 @@ def test_new_champion_and_baseline_are_scored_on_the_same_videos_and_logged(
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_env["S3_ENDPOINT_URL"])  # run artifacts live in S3
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = score_and_promote(bucket=s3_bucket, run_uri=f"s3://{s3_bucket}/run-a", tracking_uri=uri).output
+    # The first version starts from random weights (allow_random_init): no zero-shot baseline, so the
+    # baseline gate does not apply and the first rule makes it champion. Started from these same weights,
+    # a version would tie its baseline and the gate would keep it challenger (tests/test_promotion_gate.py).
+    first = score_and_promote(
+        bucket=s3_bucket, run_uri=f"s3://{s3_bucket}/run-a", tracking_uri=uri, random_init=True
+    ).output
     assert "champion not scored: no champion registered yet" in first and "decision by rule first" in first
     second = score_and_promote(bucket=s3_bucket, run_uri=f"s3://{s3_bucket}/run-b", tracking_uri=uri).output
     # The same weights again: the champion scored in this run on the same videos, difference exactly 0.
