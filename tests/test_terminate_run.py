@@ -37,30 +37,18 @@ import pytest
 import torch
 from fake_cluster import FakeCluster, connection_reset, running, serve, step_pod
 from fake_trainer import FakeTrainerCluster
-from training_loop_support import MICRO_MODEL_OVERRIDES, NUM_FRAMES, RESOLUTION, TRAIN_CONFIG, make_clips
+from test_training_node_signals import NODE_OVERRIDES as SIGNAL_TEST_NODE_OVERRIDES
+from training_loop_support import NUM_FRAMES, TRAIN_CONFIG, make_clips
 
 from sam2.launch.owner_watch import EXIT_OWNER_GONE
 from sam2.launch.pytorchjob import job_name_for
-from sam2.tools.s3_server import free_port
+from sam2.utils.network import free_port
 
 NAMESPACE, STEP_POD, STEP_UID = "team-a", "run-7-train-model-pod", "uid-step-7"
 NAME = job_name_for("run-7")
 OWNER_POLL_S = 1.0  # production: 30 s (owner_watch.DEFAULT_POLL_S); the bound below scales with it
 BOUND_S = 90.0  # poll + torchrun's stop + the checkpoint upload, on this loaded 2-core machine
-NODE_OVERRIDES = [
-    "dataset.val_file_list_txt=null",
-    "dataset.multiplier=1",
-    f"scratch.resolution={RESOLUTION}",
-    f"scratch.num_frames={NUM_FRAMES}",
-    "scratch.max_num_objects=2",
-    "scratch.train_batch_size=1",
-    "scratch.num_train_workers=0",
-    "trainer.accelerator=cpu",
-    "trainer.data.train.pin_memory=false",
-    "trainer.checkpoint.model_weight_initializer.state_dict.checkpoint_path=null",
-    *MICRO_MODEL_OVERRIDES,
-    "scratch.num_epochs=500",
-]
+NODE_OVERRIDES = [*SIGNAL_TEST_NODE_OVERRIDES, "scratch.num_epochs=500"]
 
 STEP = f"""
 import logging, sys
