@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from logged_process import LoggedProcess, publish_tiny_dataset
 from training_loop_support import MICRO_MODEL_OVERRIDES, NUM_FRAMES, RESOLUTION, TRAIN_CONFIG, make_clips
 
 from sam2.launch.pytorchjob import PyTorchJobSpec, render_pytorchjob
@@ -131,34 +131,13 @@ def _node_env(port: int) -> dict[str, str]:
     }
 
 
-class _Node:
+class _Node(LoggedProcess):
     """`python -m sam2.launch.training_node` in a session of its own, its log collected line by line."""
 
     def __init__(
         self, args: list[str], log: Path, entry: Sequence[str] = ("-m", "sam2.launch.training_node")
     ) -> None:
-        self.log = log
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, *entry, *args],
-            env=_node_env(free_port()),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self._pump = threading.Thread(target=self._read, daemon=True)
-        self._pump.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        with self.log.open("w") as out:
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                out.write(line)
-
-    def text(self) -> str:
-        return "".join(self.lines)
+        super().__init__([sys.executable, *entry, *args], _node_env(free_port()), log)
 
     def wait_for(self, predicate, what: str, seconds: float = 180) -> None:
         deadline = time.monotonic() + seconds
@@ -167,11 +146,6 @@ class _Node:
                 pytest.fail(f"{what}: not seen (exit {self.proc.poll()}); log:\n{self.text()[-5000:]}")
             time.sleep(0.02)
 
-    def wait(self, seconds: float = 180) -> int:
-        code = self.proc.wait(seconds)
-        self._pump.join(10)
-        return code
-
     def kill_all(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -179,13 +153,7 @@ class _Node:
 
 @pytest.fixture
 def tiny_dataset(tmp_path, s3_env, s3_store, s3_bucket) -> str:
-    data = tmp_path / "data"
-    make_clips(data, {"a": NUM_FRAMES, "b": NUM_FRAMES})
-    (data / "splits").mkdir()
-    (data / "splits" / "train.txt").write_text("a\nb\n")
-    uri = f"s3://{s3_bucket}/datasets/tiny/v1"
-    s3_store.upload_folder(data, uri)
-    return uri
+    return publish_tiny_dataset(tmp_path / "data", s3_store, s3_bucket, NUM_FRAMES, make_clips)
 
 
 def _node_args(dataset_uri: str, run_uri: str, scratch: Path, epochs: int) -> list[str]:

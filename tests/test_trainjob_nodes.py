@@ -26,7 +26,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import pytest
 import torch
 import trainer_crds
 from fake_trainer import COMPLETION_INDEX, node_job
+from logged_process import LoggedProcess, publish_tiny_dataset
 from test_rendezvous import _kill_tree
 from test_training_node_signals import NODE_OVERRIDES
 from training_loop_support import NUM_FRAMES, TRAIN_CONFIG, make_clips
@@ -57,13 +57,7 @@ EPOCHS = 8
 @pytest.fixture
 def tiny_dataset(tmp_path, s3_env, s3_store, s3_bucket) -> str:
     """Two short clips and their train list, published in the local S3 server."""
-    data = tmp_path / "data"
-    make_clips(data, {"a": NUM_FRAMES, "b": NUM_FRAMES})
-    (data / "splits").mkdir()
-    (data / "splits" / "train.txt").write_text("a\nb\n")
-    uri = f"s3://{s3_bucket}/datasets/tiny/v1"
-    s3_store.upload_folder(data, uri)
-    return uri
+    return publish_tiny_dataset(tmp_path / "data", s3_store, s3_bucket, NUM_FRAMES, make_clips)
 
 
 def _unshare_works() -> bool:
@@ -103,7 +97,7 @@ def _node_env(container: dict, index: int, secrets: dict[str, dict[str, str]]) -
     return env
 
 
-class _Pod:
+class _Pod(LoggedProcess):
     """One node: the container's command in a mount namespace with its volumes bound at their paths."""
 
     def __init__(
@@ -122,37 +116,14 @@ class _Pod:
         if tmp_mount is not None:
             binds.append(f"mount --bind {tmp_mount} /tmp")
         script = " && ".join([*binds, f"hostname {hostname}", f"cd {IMAGE_WORKDIR}", 'exec "$@"'])
-        self.lines: list[str] = []
-        self.log = log
-        self.proc = subprocess.Popen(
+        super().__init__(
             ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script, "node"]
             + container["command"]
             + container["args"],
-            env=env,
+            env,
+            log,
             cwd="/",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
         )
-        self._pump = threading.Thread(target=self._read, daemon=True)
-        self._pump.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        with self.log.open("w") as out:
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                out.write(line)
-                out.flush()
-
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    def wait(self, seconds: float) -> int:
-        code = self.proc.wait(seconds)
-        self._pump.join(10)
-        return code
 
     def kill(self) -> None:
         """SIGKILL every process of the pod, as the kubelet ends a container: the node and its descendants
